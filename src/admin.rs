@@ -1,0 +1,170 @@
+//! The admin listener (default `0.0.0.0:15020`).
+//!
+//! | method | path | who | what |
+//! | --- | --- | --- | --- |
+//! | GET | `/live` | anyone | 200 while the process is healthy |
+//! | GET | `/ready` | anyone | 200 once every listener is bound; 503 while starting or draining |
+//! | GET | `/ready/app` | anyone | runs the app readiness check (`readiness.app`): 200, or 503 with the reason |
+//! | GET | `/metrics` | anyone | Prometheus text format |
+//! | POST | `/shutdown` | loopback | starts the same stop as SIGTERM |
+//! | POST | `/reopen-logs` | loopback | reopens the access-log file (after an external rotation) |
+//! | GET | `/config` | loopback | the effective configuration as YAML |
+//! | GET | `/log-level` | loopback | the current diagnostics filter |
+//! | PUT | `/log-level` | loopback | sets the diagnostics filter from the request body (`debug`, `tandem=trace`) |
+//!
+//! Everything but `/live`, `/ready`, `/ready/app` and `/metrics` answers 403 to a peer that is not
+//! on loopback. Admin requests are not access-logged.
+
+use crate::logging::LogControl;
+use crate::readiness::AppCheck;
+use crate::shutdown::Shutdown;
+use crate::telemetry::Telemetry;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Everything the admin endpoints read or act on.
+pub struct AdminState {
+    pub telemetry: Arc<Telemetry>,
+    pub shutdown: Shutdown,
+    /// True once every listener is bound; false again when a stop begins.
+    pub ready: Arc<AtomicBool>,
+    /// The effective configuration, rendered once.
+    pub config_yaml: String,
+    pub log: Option<LogControl>,
+    pub app_check: AppCheck,
+    pub app: SocketAddr,
+}
+
+impl AdminState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.shutdown.is_draining()
+    }
+}
+
+/// The admin service for one connection.
+#[derive(Clone)]
+pub struct AdminService {
+    state: Arc<AdminState>,
+    peer: SocketAddr,
+}
+
+impl AdminService {
+    pub fn new(state: Arc<AdminState>, peer: SocketAddr) -> Self {
+        Self { state, peer }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for AdminService {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let state = self.state.clone();
+        let peer = self.peer;
+        Box::pin(async move { Ok(handle(state, peer, req).await) })
+    }
+}
+
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// Whether a peer may use the mutating endpoints: loopback, including IPv4-mapped IPv6.
+pub fn is_loopback(peer: &SocketAddr) -> bool {
+    match peer {
+        SocketAddr::V4(a) => a.ip().is_loopback(),
+        SocketAddr::V6(a) => a.ip().is_loopback() || a.ip().to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+async fn handle(state: Arc<AdminState>, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let public = matches!(path, "/live" | "/ready" | "/ready/app" | "/metrics");
+    if !public && !is_loopback(&peer) {
+        return reply(StatusCode::FORBIDDEN, format!("{path} answers loopback callers only\n"));
+    }
+    match (req.method(), path) {
+        (&Method::GET | &Method::HEAD, "/live") => reply(StatusCode::OK, "live\n"),
+        (&Method::GET | &Method::HEAD, "/ready") => {
+            if state.is_ready() {
+                reply(StatusCode::OK, "ready\n")
+            } else if state.shutdown.is_draining() {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+            }
+        }
+        (&Method::GET | &Method::HEAD, "/ready/app") => match state.app_check.check(state.app).await {
+            Ok(()) => reply(StatusCode::OK, "app ready\n"),
+            Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("app not ready: {why}\n")),
+        },
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            let mut r = reply(StatusCode::OK, state.telemetry.metrics.render());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::POST, "/shutdown") => {
+            if state.shutdown.trigger() {
+                tracing::info!(%peer, "stop requested through POST /shutdown");
+            }
+            reply(StatusCode::OK, "draining\n")
+        }
+        (&Method::POST, "/reopen-logs") => {
+            if state.telemetry.access_log.enabled() {
+                state.telemetry.access_log.reopen();
+                state.telemetry.access_log.flush();
+                reply(StatusCode::OK, "access log reopened\n")
+            } else {
+                reply(StatusCode::OK, "access log is off\n")
+            }
+        }
+        (&Method::GET, "/config") => {
+            let mut r = reply(StatusCode::OK, state.config_yaml.clone());
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
+            r
+        }
+        (&Method::GET, "/log-level") => match &state.log {
+            Some(l) => reply(StatusCode::OK, format!("{}\n", l.current())),
+            None => reply(StatusCode::NOT_FOUND, "diagnostics are not reloadable in this process\n"),
+        },
+        (&Method::PUT, "/log-level") => {
+            let Some(l) = &state.log else {
+                return reply(StatusCode::NOT_FOUND, "diagnostics are not reloadable in this process\n");
+            };
+            let body = match Limited::new(req.into_body(), 4096).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return reply(StatusCode::BAD_REQUEST, format!("cannot read body: {e}\n")),
+            };
+            let level = String::from_utf8_lossy(&body).trim().to_owned();
+            match l.set(&level) {
+                Ok(()) => {
+                    tracing::info!(%peer, level = %level, "log level changed");
+                    reply(StatusCode::OK, format!("{level}\n"))
+                }
+                Err(e) => reply(StatusCode::BAD_REQUEST, format!("invalid filter {level:?}: {e}\n")),
+            }
+        }
+        (_, "/live" | "/ready" | "/ready/app" | "/metrics" | "/shutdown" | "/reopen-logs" | "/config" | "/log-level") => {
+            reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "not found; endpoints: /live /ready /ready/app /metrics /shutdown /reopen-logs /config /log-level\n",
+        ),
+    }
+}

@@ -1,0 +1,154 @@
+//! Command-line definitions (clap derive) and the mapping of flags onto configuration key paths.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// tandem: a service-mesh proxy sidecar in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "tandem", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    #[command(after_help = "Examples:\n  tandem run --app 127.0.0.1:8080\n  tandem run -c /etc/tandem/tandem.yaml --access-log /var/log/tandem/access.log\n  TANDEM_INBOUND_TIMEOUTS_RESPONSE=30s tandem run\n\nPrecedence: flags > TANDEM_* environment variables > the file > defaults.")]
+    Run(RunArgs),
+    /// Run the embedded default: the echo app on a free loopback port and the proxy in front of it.
+    #[command(after_help = "Example:\n  tandem demo\n  curl -i http://127.0.0.1:15006/hello")]
+    Demo(DemoArgs),
+    /// Run the load-test target: a JSON echo shaped by ?status=, ?delay=, ?size=, ?chunked=1, ?echo_body=1.
+    #[command(after_help = "Examples:\n  tandem echo --listen 127.0.0.1:8080\n  curl 'http://127.0.0.1:8080/x?status=503&delay=250ms'\n  curl 'http://127.0.0.1:8080/x?size=16KiB' -o /dev/null")]
+    Echo(EchoArgs),
+    /// Validate a configuration like `nginx -t`: every problem with its key; exit 0 or 1; nothing bound.
+    #[command(after_help = "Examples:\n  tandem check -c tandem.yaml\n  TANDEM_INBOUND_APP=127.0.0.1:9090 tandem check")]
+    Check(CheckArgs),
+}
+
+/// Flags shared by `run` and `check`: the configuration sources.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConfigArgs {
+    /// YAML configuration file.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address of the app (inbound.app).
+    #[arg(long, value_name = "ADDR")]
+    pub app: Option<String>,
+    /// Protocol spoken to the app: http1 or http2 (inbound.app_protocol).
+    #[arg(long, value_name = "PROTO")]
+    pub app_protocol: Option<String>,
+    /// Inbound listen address (inbound.listen).
+    #[arg(long, value_name = "ADDR")]
+    pub inbound: Option<String>,
+    /// Outbound listen address (outbound.listen).
+    #[arg(long, value_name = "ADDR")]
+    pub outbound: Option<String>,
+    /// Admin listen address (admin.listen).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+    /// Access log destination: stdout, off, or a file path (access_log.destination).
+    #[arg(long, value_name = "DEST")]
+    pub access_log: Option<String>,
+    /// Access log format: json or text (access_log.format).
+    #[arg(long, value_name = "FORMAT")]
+    pub access_log_format: Option<String>,
+    /// Diagnostics filter, e.g. info or tandem=debug (log.level; RUST_LOG wins).
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Diagnostics format: plain or json (log.format).
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Worker threads; 0 follows the CPU limit (runtime.workers).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<String>,
+    /// Upstream connect timeout (inbound.timeouts.connect).
+    #[arg(long, value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
+    /// Upstream response timeout (inbound.timeouts.response).
+    #[arg(long, value_name = "DURATION")]
+    pub response_timeout: Option<String>,
+    /// Request-head read timeout (inbound.timeouts.header_read).
+    #[arg(long, value_name = "DURATION")]
+    pub header_read_timeout: Option<String>,
+    /// Downstream idle timeout (inbound.timeouts.idle).
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// Most concurrent downstream connections (inbound.limits.max_connections).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<String>,
+    /// Most requests in flight (inbound.limits.max_in_flight).
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<String>,
+    /// Largest request head (inbound.limits.max_header_bytes).
+    #[arg(long, value_name = "SIZE")]
+    pub max_header_bytes: Option<String>,
+    /// Most request header fields (inbound.limits.max_headers).
+    #[arg(long, value_name = "N")]
+    pub max_headers: Option<String>,
+    /// Drain deadline after a stop begins (shutdown.drain_timeout).
+    #[arg(long, value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
+}
+
+impl ConfigArgs {
+    /// The flags given, as (key path, value) overrides.
+    pub fn overrides(&self) -> Vec<(String, String)> {
+        let pairs: [(&str, &Option<String>); 19] = [
+            ("inbound.app", &self.app),
+            ("inbound.app_protocol", &self.app_protocol),
+            ("inbound.listen", &self.inbound),
+            ("outbound.listen", &self.outbound),
+            ("admin.listen", &self.admin),
+            ("access_log.destination", &self.access_log),
+            ("access_log.format", &self.access_log_format),
+            ("log.level", &self.log_level),
+            ("log.format", &self.log_format),
+            ("runtime.workers", &self.workers),
+            ("inbound.timeouts.connect", &self.connect_timeout),
+            ("inbound.timeouts.response", &self.response_timeout),
+            ("inbound.timeouts.header_read", &self.header_read_timeout),
+            ("inbound.timeouts.idle", &self.idle_timeout),
+            ("inbound.limits.max_connections", &self.max_connections),
+            ("inbound.limits.max_in_flight", &self.max_in_flight),
+            ("inbound.limits.max_header_bytes", &self.max_header_bytes),
+            ("inbound.limits.max_headers", &self.max_headers),
+            ("shutdown.drain_timeout", &self.drain_timeout),
+        ];
+        pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| ((*k).to_owned(), v.clone()))).collect()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the proxy listens.
+    #[arg(long, default_value = "127.0.0.1:15006", value_name = "ADDR")]
+    pub inbound: SocketAddr,
+    /// Where the admin endpoints listen.
+    #[arg(long, default_value = "127.0.0.1:15020", value_name = "ADDR")]
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct EchoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Worker threads; 0 follows the CPU limit.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub workers: usize,
+}

@@ -1,0 +1,180 @@
+//! The body of each subcommand: load the configuration, start the runtime, run, and turn the
+//! outcome into an exit code.
+
+use crate::app;
+use crate::cli::{CheckArgs, ConfigArgs, DemoArgs, EchoArgs, RunArgs};
+use crate::config::{Config, Loaded, Sources};
+use std::process::ExitCode;
+
+/// Loads the configuration from the file, the process environment and the flags.
+pub fn load(args: &ConfigArgs) -> Result<Loaded, crate::config::Problems> {
+    Config::load(&Sources {
+        file: args.config.clone(),
+        env: std::env::vars().filter(|(k, _)| k.starts_with("TANDEM_")).collect(),
+        flags: args.overrides(),
+    })
+}
+
+fn report(problems: &crate::config::Problems) {
+    eprintln!("tandem: invalid configuration ({} problem{}):", problems.0.len(), if problems.0.len() == 1 { "" } else { "s" });
+    for p in &problems.0 {
+        eprintln!("  {p}");
+    }
+}
+
+fn runtime(workers: usize, name: &str) -> std::io::Result<tokio::runtime::Runtime> {
+    let w = crate::runtime::workers(workers);
+    let rt = if w.count == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().thread_name(name).build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(w.count)
+            .enable_all()
+            .thread_name(name)
+            .build()?
+    };
+    tracing::info!(workers = w.count, source = %w.source, "runtime workers");
+    Ok(rt)
+}
+
+/// Raises the soft open-file limit to the hard limit, as nginx and Go servers do, so that
+/// `max_connections` is not cut short by a low default.
+fn raise_nofile_limit() {
+    #[cfg(unix)]
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// `tandem check`: every problem with its key and exit 1, or the effective configuration and exit 0.
+pub fn check(args: &CheckArgs) -> ExitCode {
+    match load(&args.config) {
+        Ok(loaded) => {
+            for name in &loaded.ignored_env {
+                eprintln!("tandem: note: {name} names no configuration key; ignored");
+            }
+            print!("{}", loaded.config.to_yaml());
+            eprintln!("tandem: configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(p) => {
+            report(&p);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tandem run`: validate, then bind everything, then serve until stopped.
+pub fn run(args: &RunArgs) -> ExitCode {
+    let loaded = match load(&args.config) {
+        Ok(l) => l,
+        Err(p) => {
+            report(&p);
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = loaded.config;
+    let log = crate::logging::init(&config.log.level, config.log.format);
+    for name in &loaded.ignored_env {
+        tracing::warn!(variable = %name, "environment variable names no configuration key; ignored");
+    }
+    raise_nofile_limit();
+    let rt = match runtime(config.runtime.workers, "tandem") {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandem: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match app::start(config, log).await {
+            Ok(running) => {
+                running.wait_with_signals().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("tandem: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// `tandem demo`: the echo app on a free loopback port and the proxy in front of it.
+pub fn demo(args: &DemoArgs) -> ExitCode {
+    let log = crate::logging::init("info", crate::config::LogFormat::Plain);
+    let rt = match runtime(0, "tandem") {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandem: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let echo = match app::Echo::start("127.0.0.1:0".parse().expect("literal address")).await {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("tandem: cannot start the echo app: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut config = Config::default();
+        config.inbound.listen = crate::config::Human::new(args.inbound);
+        config.inbound.app = crate::config::Human::new(echo.addr);
+        config.admin.listen = crate::config::Human::new(args.admin);
+        config.shutdown.drain_timeout = crate::config::Human::new(std::time::Duration::from_secs(5));
+        let running = match app::start(config, log).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("tandem: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let p = running.inbound_addr;
+        let a = running.admin_addr;
+        println!(
+            "\ntandem demo: the echo app is on {app}, the proxy in front of it on {p}.\n\
+             Try (access log lines appear below as JSON):\n\n  \
+             curl -i http://{p}/hello\n  \
+             curl -i 'http://{p}/slow?delay=300ms&status=503'\n  \
+             curl -s -X POST --data-binary 'hello tandem' 'http://{p}/upload?echo_body=1'\n  \
+             curl -s http://{a}/metrics | grep tandem_http_requests_total\n\n\
+             Ctrl-C stops it.\n",
+            app = echo.addr
+        );
+        running.wait_with_signals().await;
+        echo.stop();
+        ExitCode::SUCCESS
+    })
+}
+
+/// `tandem echo`: the load-test target.
+pub fn echo(args: &EchoArgs) -> ExitCode {
+    crate::logging::init("info", crate::config::LogFormat::Plain);
+    raise_nofile_limit();
+    let rt = match runtime(args.workers, "tandem-echo") {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandem: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match app::Echo::start(args.listen).await {
+            Ok(echo) => {
+                tracing::info!(listen = %echo.addr, "echo app listening");
+                echo.wait_with_signals().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tandem: cannot listen on {}: {e}", args.listen);
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,836 @@
+//! Configuration: the serde structs, their production defaults, loading (file, then `TANDEM_*`
+//! environment, then flags), and validation that names the key of every problem.
+//!
+//! Loading works on a YAML value tree first, so that every source speaks the same key paths:
+//!
+//! 1. the file (if any) is parsed into a tree;
+//! 2. every `TANDEM_<KEY_PATH>` environment variable for a known key is laid over it
+//!    (`TANDEM_INBOUND_TIMEOUTS_CONNECT=250ms` sets `inbound.timeouts.connect`);
+//! 3. flags are laid over that, by the same key paths;
+//! 4. keys the tree has but the defaults do not are all reported ("unknown key");
+//! 5. the tree is deserialized (`deny_unknown_fields` as a backstop, type errors carry their path);
+//! 6. [`Config::validate`] checks values (durations, sizes, addresses, ranges) and reports them all.
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_yaml_ng::Value;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The whole configuration of `tandem run`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub inbound: Inbound,
+    pub outbound: Outbound,
+    pub admin: Admin,
+    pub access_log: AccessLog,
+    pub log: Log,
+    pub shutdown: Shutdown,
+    pub runtime: Runtime,
+    pub readiness: Readiness,
+}
+
+/// The inbound listener: clients → tandem → the app on localhost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Inbound {
+    /// Address the inbound listener binds.
+    pub listen: Human<SocketAddr>,
+    /// Address of the app (usually on loopback).
+    pub app: Human<SocketAddr>,
+    /// Protocol spoken to the app: `http1` or `http2` (h2c prior knowledge, for gRPC apps).
+    pub app_protocol: AppProtocol,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+}
+
+/// Timeouts of one listener and its upstream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Time a client has to send a complete request head.
+    pub header_read: Human<Duration>,
+    /// Time to establish a TCP connection to the upstream.
+    pub connect: Human<Duration>,
+    /// Time from sending the request to receiving the upstream's response head.
+    pub response: Human<Duration>,
+    /// A downstream connection with no traffic and no request in flight for this long is closed.
+    pub idle: Human<Duration>,
+    /// Pooled upstream connections idle for this long are closed.
+    pub upstream_idle: Human<Duration>,
+}
+
+/// Limits of one listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request head (request line plus headers) accepted; larger gets 431.
+    pub max_header_bytes: Human<ByteSize>,
+    /// Most request header fields accepted; more gets 431.
+    pub max_headers: usize,
+    /// Most concurrent downstream connections; the excess are closed at once and counted.
+    pub max_connections: usize,
+    /// Most requests in flight; the excess get 503 `UO` at once.
+    pub max_in_flight: usize,
+    /// Most idle pooled connections kept per upstream.
+    pub max_idle_per_upstream: usize,
+}
+
+/// Protocol spoken to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    Http1,
+    Http2,
+}
+
+/// The outbound listener: the app's own calls → tandem → other services.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Outbound {
+    /// Address the outbound listener binds (loopback by default: it is a forward proxy).
+    pub listen: Human<SocketAddr>,
+    /// Allow a non-loopback `listen` address (an open forward proxy is a hole).
+    pub allow_non_loopback: bool,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+}
+
+/// The admin listener: `/live`, `/ready`, `/metrics` and the loopback-only endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    pub listen: Human<SocketAddr>,
+}
+
+/// The per-request access log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLog {
+    /// `stdout`, `off`, or a file path.
+    pub destination: String,
+    /// `json` (one object per line) or `text` (Envoy-like one-line format).
+    pub format: AccessLogFormat,
+    /// A file destination is rotated when it reaches this size.
+    pub max_size: Human<ByteSize>,
+    /// Rotated files kept (`access.log.1` … `access.log.N`).
+    pub max_files: usize,
+    /// Lines queued for the writer before new ones are dropped (and counted).
+    pub queue: usize,
+}
+
+/// Access log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    Json,
+    Text,
+}
+
+/// tandem's own diagnostics (stderr).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A `tracing` filter: `info`, `debug`, `tandem=debug,hyper=info`, …
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// Diagnostics format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Stopping.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shutdown {
+    /// After a stop begins, in-flight requests get this long to finish.
+    pub drain_timeout: Human<Duration>,
+}
+
+/// The async runtime.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    /// Worker threads; 0 means "follow the container's CPU limit".
+    pub workers: usize,
+}
+
+/// How tandem decides that the app is ready (`/ready/app`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Readiness {
+    /// `tcp`, `http:/path`, `file:/path` or `none`.
+    pub app: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            inbound: Inbound::default(),
+            outbound: Outbound::default(),
+            admin: Admin::default(),
+            access_log: AccessLog::default(),
+            log: Log::default(),
+            shutdown: Shutdown::default(),
+            runtime: Runtime::default(),
+            readiness: Readiness::default(),
+        }
+    }
+}
+
+impl Default for Inbound {
+    fn default() -> Self {
+        Self {
+            listen: Human::new(SocketAddr::from(([0, 0, 0, 0], 15006))),
+            app: Human::new(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            app_protocol: AppProtocol::Http1,
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            header_read: Human::new(Duration::from_secs(10)),
+            connect: Human::new(Duration::from_secs(1)),
+            response: Human::new(Duration::from_secs(15)),
+            idle: Human::new(Duration::from_secs(60)),
+            upstream_idle: Human::new(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: Human::new(ByteSize(64 * 1024)),
+            max_headers: 100,
+            max_connections: 10_000,
+            max_in_flight: 10_000,
+            max_idle_per_upstream: 256,
+        }
+    }
+}
+
+impl Default for Outbound {
+    fn default() -> Self {
+        Self {
+            listen: Human::new(SocketAddr::from(([127, 0, 0, 1], 15001))),
+            allow_non_loopback: false,
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self { listen: Human::new(SocketAddr::from(([0, 0, 0, 0], 15020))) }
+    }
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        Self {
+            destination: "stdout".to_owned(),
+            format: AccessLogFormat::Json,
+            max_size: Human::new(ByteSize(100 * 1024 * 1024)),
+            max_files: 5,
+            queue: 65_536,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self { level: "info".to_owned(), format: LogFormat::Plain }
+    }
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self { drain_timeout: Human::new(Duration::from_secs(20)) }
+    }
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self { workers: 0 }
+    }
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self { app: "tcp".to_owned() }
+    }
+}
+
+/// One configuration problem, named by its key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found while loading a configuration.
+#[derive(Debug, Clone)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem { key: key.into(), message: message.into() }
+}
+
+/// Where the configuration comes from: an optional file, the environment, and flag overrides.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// `-c FILE`.
+    pub file: Option<std::path::PathBuf>,
+    /// Environment variables as (name, value) pairs; only `TANDEM_*` ones are looked at.
+    pub env: Vec<(String, String)>,
+    /// Flag overrides as (dotted key path, value).
+    pub flags: Vec<(String, String)>,
+}
+
+/// What loading produced besides the configuration: notes worth a warning.
+#[derive(Debug, Default, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// `TANDEM_*` variables that name no key (Kubernetes injects `<SERVICE>_PORT` variables, so
+    /// these are warnings, not errors).
+    pub ignored_env: Vec<String>,
+}
+
+impl Config {
+    /// Loads and validates a configuration from its sources; every problem is reported at once.
+    pub fn load(sources: &Sources) -> Result<Loaded, Problems> {
+        let mut tree = match &sources.file {
+            Some(path) => read_file(path)?,
+            None => Value::Mapping(Default::default()),
+        };
+        if tree.is_null() {
+            tree = Value::Mapping(Default::default());
+        }
+        let defaults = serde_yaml_ng::to_value(Config::default())
+            .map_err(|e| Problems(vec![problem("(defaults)", e.to_string())]))?;
+        let mut leaves = Vec::new();
+        leaf_paths(&defaults, &mut Vec::new(), &mut leaves);
+
+        let mut problems = Vec::new();
+        let mut ignored_env = Vec::new();
+        for (name, value) in &sources.env {
+            let Some(rest) = name.strip_prefix("TANDEM_") else { continue };
+            match leaves.iter().find(|path| env_name(path) == rest) {
+                Some(path) => set_path(&mut tree, path, scalar(value), &mut problems, name),
+                None => ignored_env.push(name.clone()),
+            }
+        }
+        for (key, value) in &sources.flags {
+            let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+            set_path(&mut tree, &path, scalar(value), &mut problems, key);
+        }
+        unknown_keys(&tree, &defaults, &mut Vec::new(), &mut problems);
+        if !problems.is_empty() {
+            return Err(Problems(problems));
+        }
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let path = e.path().to_string();
+            let key = if path == "." { "(root)".to_owned() } else { path };
+            Problems(vec![problem(key, clean_serde_message(&e.inner().to_string()))])
+        })?;
+        config.validate()?;
+        Ok(Loaded { config, ignored_env })
+    }
+
+    /// Checks every value; returns all problems, each named by its key path.
+    pub fn validate(&self) -> Result<(), Problems> {
+        let mut p = Vec::new();
+        self.inbound.listen.check("inbound.listen", &mut p);
+        self.inbound.app.check("inbound.app", &mut p);
+        self.inbound.timeouts.check("inbound.timeouts", &mut p);
+        self.inbound.limits.check("inbound.limits", &mut p);
+        self.outbound.listen.check("outbound.listen", &mut p);
+        self.outbound.timeouts.check("outbound.timeouts", &mut p);
+        self.outbound.limits.check("outbound.limits", &mut p);
+        self.admin.listen.check("admin.listen", &mut p);
+        self.access_log.max_size.check("access_log.max_size", &mut p);
+        self.shutdown.drain_timeout.check("shutdown.drain_timeout", &mut p);
+
+        if self.outbound.listen.is_valid()
+            && !self.outbound.listen.value.ip().is_loopback()
+            && !self.outbound.allow_non_loopback
+        {
+            p.push(problem(
+                "outbound.listen",
+                format!(
+                    "{} is not a loopback address; an open forward proxy is a hole \
+                     (set outbound.allow_non_loopback: true to allow it)",
+                    self.outbound.listen.value
+                ),
+            ));
+        }
+        let d = self.access_log.destination.trim();
+        if d.is_empty() {
+            p.push(problem("access_log.destination", "must be stdout, off, or a file path"));
+        }
+        if self.access_log.max_files == 0 {
+            p.push(problem("access_log.max_files", "must be at least 1"));
+        }
+        if self.access_log.queue == 0 {
+            p.push(problem("access_log.queue", "must be at least 1"));
+        }
+        if self.access_log.max_size.is_valid() && self.access_log.max_size.value.0 < 4096 {
+            p.push(problem("access_log.max_size", "must be at least 4KiB"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            p.push(problem("log.level", format!("invalid filter {:?}: {e}", self.log.level)));
+        }
+        if self.runtime.workers > 1024 {
+            p.push(problem("runtime.workers", "must be at most 1024 (0 follows the CPU limit)"));
+        }
+        if let Err(e) = crate::readiness::AppCheck::parse(&self.readiness.app) {
+            p.push(problem("readiness.app", e));
+        }
+        let listeners = [
+            ("inbound.listen", &self.inbound.listen),
+            ("outbound.listen", &self.outbound.listen),
+            ("admin.listen", &self.admin.listen),
+        ];
+        for (i, (ka, a)) in listeners.iter().enumerate() {
+            for (kb, b) in listeners.iter().skip(i + 1) {
+                if a.is_valid() && b.is_valid() && a.value == b.value && a.value.port() != 0 {
+                    p.push(problem(*kb, format!("{} is also {ka}", b.value)));
+                }
+            }
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(Problems(p))
+        }
+    }
+
+    /// The effective configuration as YAML (what `tandem check` and `GET /config` print).
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+impl Timeouts {
+    fn check(&self, prefix: &str, p: &mut Vec<Problem>) {
+        self.header_read.check(&format!("{prefix}.header_read"), p);
+        self.connect.check(&format!("{prefix}.connect"), p);
+        self.response.check(&format!("{prefix}.response"), p);
+        self.idle.check(&format!("{prefix}.idle"), p);
+        self.upstream_idle.check(&format!("{prefix}.upstream_idle"), p);
+        for (name, d) in [("header_read", &self.header_read), ("connect", &self.connect)] {
+            if d.is_valid() && d.value.is_zero() {
+                p.push(problem(format!("{prefix}.{name}"), "must be greater than 0"));
+            }
+        }
+    }
+}
+
+impl Limits {
+    fn check(&self, prefix: &str, p: &mut Vec<Problem>) {
+        self.max_header_bytes.check(&format!("{prefix}.max_header_bytes"), p);
+        if self.max_header_bytes.is_valid() && self.max_header_bytes.value.0 < 1024 {
+            p.push(problem(format!("{prefix}.max_header_bytes"), "must be at least 1KiB"));
+        }
+        for (name, v) in [
+            ("max_headers", self.max_headers),
+            ("max_connections", self.max_connections),
+            ("max_in_flight", self.max_in_flight),
+        ] {
+            if v == 0 {
+                p.push(problem(format!("{prefix}.{name}"), "must be at least 1"));
+            }
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<Value, Problems> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Problems(vec![problem("(file)", format!("cannot read {}: {e}", path.display()))])
+    })?;
+    serde_yaml_ng::from_str(&text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!(" at line {} column {}", l.line(), l.column()))
+            .unwrap_or_default();
+        Problems(vec![problem(
+            "(file)",
+            format!("{} is not valid YAML{at}: {e}", path.display()),
+        )])
+    })
+}
+
+/// serde's messages end with location hints that mean nothing once we name the key ourselves.
+fn clean_serde_message(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+/// The environment variable suffix for a key path: `inbound.timeouts.connect` → `INBOUND_TIMEOUTS_CONNECT`.
+pub fn env_name(path: &[String]) -> String {
+    path.join("_").to_ascii_uppercase()
+}
+
+/// Every leaf key path of the defaults (what can be set from the environment).
+pub fn leaf_paths(v: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    match v {
+        Value::Mapping(m) if !m.is_empty() => {
+            for (k, child) in m {
+                if let Some(k) = k.as_str() {
+                    prefix.push(k.to_owned());
+                    leaf_paths(child, prefix, out);
+                    prefix.pop();
+                }
+            }
+        }
+        _ => out.push(prefix.clone()),
+    }
+}
+
+/// An environment or flag value: YAML scalars (`true`, `12`, `[a, b]`), else the plain string.
+fn scalar(s: &str) -> Value {
+    let t = s.trim();
+    if t.starts_with('[') || t == "true" || t == "false" || t.parse::<i64>().is_ok() {
+        if let Ok(v) = serde_yaml_ng::from_str::<Value>(t) {
+            return v;
+        }
+    }
+    Value::String(s.to_owned())
+}
+
+fn set_path(tree: &mut Value, path: &[String], value: Value, problems: &mut Vec<Problem>, source: &str) {
+    let mut node = tree;
+    for (i, key) in path.iter().enumerate() {
+        if !node.is_mapping() {
+            if node.is_null() {
+                *node = Value::Mapping(Default::default());
+            } else {
+                problems.push(problem(
+                    path[..i].join("."),
+                    format!("is not a section, cannot set {source}"),
+                ));
+                return;
+            }
+        }
+        let Value::Mapping(map) = node else { return };
+        let k = Value::String(key.clone());
+        if i + 1 == path.len() {
+            map.insert(k, value);
+            return;
+        }
+        node = map.entry(k).or_insert(Value::Null);
+    }
+}
+
+fn unknown_keys(v: &Value, d: &Value, path: &mut Vec<String>, problems: &mut Vec<Problem>) {
+    let (Value::Mapping(m), Value::Mapping(dm)) = (v, d) else { return };
+    if dm.is_empty() {
+        return;
+    }
+    for (k, child) in m {
+        let name = match k.as_str() {
+            Some(s) => s.to_owned(),
+            None => format!("{k:?}"),
+        };
+        path.push(name.clone());
+        match dm.get(k) {
+            Some(dchild) => unknown_keys(child, dchild, path, problems),
+            None => {
+                let known: Vec<&str> = dm.keys().filter_map(Value::as_str).collect();
+                problems.push(problem(
+                    path.join("."),
+                    format!("unknown key (expected one of: {})", known.join(", ")),
+                ));
+            }
+        }
+        path.pop();
+    }
+}
+
+/// A value written in human units in the file (`250ms`, `64KiB`, `0.0.0.0:15006`). A value that
+/// does not parse is kept as written and reported by [`Config::validate`] under its key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Human<T> {
+    pub value: T,
+    invalid: Option<String>,
+}
+
+impl<T> Human<T> {
+    pub fn new(value: T) -> Self {
+        Self { value, invalid: None }
+    }
+    pub fn is_valid(&self) -> bool {
+        self.invalid.is_none()
+    }
+}
+
+impl<T: HumanUnit> Human<T> {
+    fn check(&self, key: &str, p: &mut Vec<Problem>) {
+        if let Some(raw) = &self.invalid {
+            p.push(problem(key, format!("invalid {} {raw:?}", T::KIND)));
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Human<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: HumanUnit> fmt::Debug for Human<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.invalid {
+            Some(raw) => write!(f, "invalid({raw:?})"),
+            None => f.write_str(&self.value.render()),
+        }
+    }
+}
+
+/// A type written in human units.
+pub trait HumanUnit: Sized {
+    /// The value held while the written one is invalid (never used: validation fails first).
+    fn placeholder() -> Self;
+    /// What it is called in messages: "duration", "size", "address".
+    const KIND: &'static str;
+    fn parse_human(s: &str) -> Option<Self>;
+    fn render(&self) -> String;
+}
+
+impl<T: HumanUnit> Serialize for Human<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.invalid {
+            Some(raw) => s.serialize_str(raw),
+            None => s.serialize_str(&self.value.render()),
+        }
+    }
+}
+
+impl<'de, T: HumanUnit> Deserialize<'de> for Human<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<T: HumanUnit> de::Visitor<'_> for V<T> {
+            type Value = Human<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a {}", T::KIND)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Human<T>, E> {
+                Ok(match T::parse_human(s) {
+                    Some(value) => Human::new(value),
+                    None => Human { value: T::placeholder(), invalid: Some(s.to_owned()) },
+                })
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Human<T>, E> {
+                self.visit_str(&n.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Human<T>, E> {
+                self.visit_str(&n.to_string())
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Human<T>, E> {
+                self.visit_str(&n.to_string())
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl HumanUnit for Duration {
+    const KIND: &'static str = "duration";
+    fn placeholder() -> Self {
+        Duration::ZERO
+    }
+    fn parse_human(s: &str) -> Option<Self> {
+        parse_duration(s)
+    }
+    fn render(&self) -> String {
+        render_duration(*self)
+    }
+}
+
+impl HumanUnit for SocketAddr {
+    const KIND: &'static str = "address";
+    fn placeholder() -> Self {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    }
+    fn parse_human(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if let Ok(a) = SocketAddr::from_str(s) {
+            return Some(a);
+        }
+        // `:8080` means every IPv4 interface, as in Go and Envoy.
+        let port = s.strip_prefix(':')?.parse::<u16>().ok()?;
+        Some(SocketAddr::from(([0, 0, 0, 0], port)))
+    }
+    fn render(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// A size in bytes, written `512`, `64KiB`, `1MiB`, `10MB`, `1GiB`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl HumanUnit for ByteSize {
+    const KIND: &'static str = "size";
+    fn placeholder() -> Self {
+        ByteSize(0)
+    }
+    fn parse_human(s: &str) -> Option<Self> {
+        parse_size(s).map(ByteSize)
+    }
+    fn render(&self) -> String {
+        let n = self.0;
+        for (unit, m) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if n >= m && n % m == 0 {
+                return format!("{}{unit}", n / m);
+            }
+        }
+        n.to_string()
+    }
+}
+
+/// Parses `250ms`, `30s`, `1m`, `1h30m`, `100us`, `1.5s`; a bare `0` is zero.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        if num_end == 0 {
+            return None;
+        }
+        let n: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit = rest[..unit_end].trim();
+        rest = &rest[unit_end..];
+        let secs = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += n * secs;
+    }
+    if !total.is_finite() || total > 1e9 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+fn render_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".to_owned();
+    }
+    for (unit, n) in [("h", 3_600_000_000_000u128), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1000)] {
+        if nanos % n == 0 {
+            return format!("{}{unit}", nanos / n);
+        }
+    }
+    format!("{nanos}ns")
+}
+
+/// Parses `512`, `512B`, `64KiB`, `64KB`, `64k`, `1MiB`, `2GiB`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    if split == 0 {
+        return None;
+    }
+    let n: u64 = s[..split].parse().ok()?;
+    let mult: u64 = match s[split..].trim() {
+        "" | "B" => 1,
+        "KiB" | "k" | "K" | "Ki" => 1 << 10,
+        "KB" | "kB" => 1000,
+        "MiB" | "M" | "Mi" | "m" => 1 << 20,
+        "MB" => 1_000_000,
+        "GiB" | "G" | "Gi" | "g" => 1 << 30,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_human_units() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("100us"), Some(Duration::from_micros(100)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("5 parsecs"), None);
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(render_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(render_duration(Duration::from_secs(120)), "2m");
+    }
+
+    #[test]
+    fn sizes_parse_in_human_units() {
+        assert_eq!(parse_size("64KiB"), Some(65536));
+        assert_eq!(parse_size("1MiB"), Some(1 << 20));
+        assert_eq!(parse_size("10MB"), Some(10_000_000));
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(ByteSize(65536).render(), "64KiB");
+    }
+
+    #[test]
+    fn env_names_follow_key_paths() {
+        let path: Vec<String> = ["inbound", "timeouts", "connect"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(env_name(&path), "INBOUND_TIMEOUTS_CONNECT");
+    }
+}

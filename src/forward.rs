@@ -1,0 +1,203 @@
+//! The leaf of every stack: the pooled keep-alive upstream client, and the header rewriting every
+//! forwarded request and response goes through (hop-by-hop removal, `x-forwarded-*`, request id).
+
+use crate::config::{AppProtocol, Limits, Timeouts};
+use crate::record::CountingBody;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::net::SocketAddr;
+
+/// The upstream client type: pooled keep-alive connections, request bodies streamed as they come.
+pub type UpstreamClient = Client<HttpConnector, CountingBody>;
+
+/// Builds the pooled client for one upstream side.
+pub fn client(timeouts: &Timeouts, limits: &Limits, protocol: AppProtocol) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(timeouts.connect.value));
+    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    connector.enforce_http(true);
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(timeouts.upstream_idle.value)
+        .pool_max_idle_per_host(limits.max_idle_per_upstream)
+        // Host comes from the client's request, never from the upstream's address.
+        .set_host(false)
+        .http1_max_buf_size(1024 * 1024)
+        .http2_only(protocol == AppProtocol::Http2);
+    if protocol == AppProtocol::Http2 {
+        b.http2_keep_alive_interval(std::time::Duration::from_secs(30))
+            .http2_keep_alive_timeout(std::time::Duration::from_secs(10))
+            .http2_adaptive_window(true);
+    }
+    b.build(connector)
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The request id header, kept when the client sent one and generated otherwise.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether a request asks for an HTTP/1.1 protocol upgrade (WebSocket and friends).
+pub fn wants_upgrade(headers: &HeaderMap, version: http::Version) -> bool {
+    version == http::Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Removes hop-by-hop headers (RFC 9110 section 7.6.1): `Connection` and every field it names,
+/// `Keep-Alive`, `Proxy-Connection`, `TE` (except `TE: trailers`), `Transfer-Encoding`, and
+/// `Upgrade` unless this message is part of an upgrade, in which case `Connection: upgrade` and
+/// `Upgrade` are kept.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        // Fields named by Connection; rarely present beyond keep-alive/close/upgrade.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| {
+                let t = t.trim();
+                if t.is_empty() || (upgrade && t.eq_ignore_ascii_case("upgrade")) {
+                    None
+                } else {
+                    HeaderName::from_bytes(t.as_bytes()).ok()
+                }
+            })
+            .collect();
+        for n in named {
+            if n != header::UPGRADE || !upgrade {
+                headers.remove(&n);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    if let Some(te) = headers.get(header::TE) {
+        let trailers = te
+            .to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+            .unwrap_or(false);
+        headers.remove(header::TE);
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Appends the peer to `x-forwarded-for` and sets `x-forwarded-proto`.
+pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, proto: &'static str) {
+    let ip = peer.ip();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => HeaderValue::from_str(&format!("{prev}, {ip}")),
+        _ => HeaderValue::from_str(&ip.to_string()),
+    };
+    if let Ok(v) = value {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+}
+
+/// Keeps the client's `x-request-id` or generates a UUIDv4 one; returns the value used.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        if !v.is_empty() {
+            return v.clone();
+        }
+    }
+    let v = new_request_id();
+    headers.insert(&X_REQUEST_ID, v.clone());
+    v
+}
+
+/// A random UUIDv4, formatted without allocating more than the header value itself.
+pub fn new_request_id() -> HeaderValue {
+    let n = fastrand::u128(..);
+    let mut b = n.to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut j = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[j] = b'-';
+            j += 1;
+        }
+        out[j] = HEX[(byte >> 4) as usize];
+        out[j + 1] = HEX[(byte & 0xf) as usize];
+        j += 2;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_connection_named_ones_too() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn upgrades_keep_their_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(wants_upgrade(&h, http::Version::HTTP_11));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+    }
+
+    #[test]
+    fn request_ids_are_uuids() {
+        let v = new_request_id();
+        let s = v.to_str().expect("ascii");
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert_ne!(new_request_id(), v);
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        set_forwarded(&mut h, "192.0.2.7:5555".parse().expect("addr"), "http");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+}

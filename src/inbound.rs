@@ -1,0 +1,239 @@
+//! The inbound stack: a client's request → checks → the app on localhost, and the response back.
+//!
+//! The stages, outermost first (each one line of why), composed in one service so that a request
+//! costs one boxed future and no per-layer clones:
+//!
+//! 1. **record** — start the access-log/metrics record; it reports once, when the response body
+//!    ends or the client goes away (`DC`).
+//! 2. **load shed** — over `max_in_flight` answers 503 `UO` at once; nothing queues.
+//! 3. **request checks** — head over `max_header_bytes`/`max_headers` answers 431 `DPE`.
+//! 4. **rewrite** — strip hop-by-hop headers, set `x-forwarded-*`, keep or make `x-request-id`.
+//! 5. **timeout + forward** — pooled client to the app; connect failures `UF`, resets `UC`, garbage
+//!    `UPE`, no response head within `timeouts.response` `UT`.
+//! 6. **upgrade** — a `101` joins the client and app connections into a byte tunnel.
+
+use crate::body::ProxyBody;
+use crate::config::Inbound as InboundConfig;
+use crate::error::{error_response, ProxyError};
+use crate::forward::{self, UpstreamClient};
+use crate::record::{CountingBody, Direction, Finish, InFlight, RequestRecord};
+use crate::telemetry::Telemetry;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// State shared by every inbound connection.
+pub struct InboundProxy {
+    client: UpstreamClient,
+    app: SocketAddr,
+    app_authority: Authority,
+    telemetry: Arc<Telemetry>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: usize,
+    max_header_bytes: usize,
+    max_headers: usize,
+    response_timeout: Duration,
+    connect_timeout_ms: u64,
+    proto: &'static str,
+    errors: crate::ratelimit::RateLimitedLog,
+}
+
+impl InboundProxy {
+    pub fn new(cfg: &InboundConfig, telemetry: Arc<Telemetry>, tls: bool) -> Result<Arc<Self>, http::Error> {
+        let app = cfg.app.value;
+        let app_authority = Authority::try_from(app.to_string().as_str())?;
+        Ok(Arc::new(Self {
+            client: forward::client(&cfg.timeouts, &cfg.limits, cfg.app_protocol),
+            app,
+            app_authority,
+            telemetry,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            max_in_flight: cfg.limits.max_in_flight,
+            max_header_bytes: cfg.limits.max_header_bytes.value.0 as usize,
+            max_headers: cfg.limits.max_headers,
+            response_timeout: cfg.timeouts.response.value,
+            connect_timeout_ms: cfg.timeouts.connect.value.as_millis() as u64,
+            proto: if tls { "https" } else { "http" },
+            errors: crate::ratelimit::RateLimitedLog::new(Duration::from_secs(5)),
+        }))
+    }
+
+    /// The service for one downstream connection from `peer`.
+    pub fn service(self: &Arc<Self>, peer: SocketAddr) -> InboundService {
+        InboundService { proxy: self.clone(), peer }
+    }
+
+    /// Requests in flight right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+/// The inbound service bound to one downstream connection.
+#[derive(Clone)]
+pub struct InboundService {
+    proxy: Arc<InboundProxy>,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<Request<Incoming>> for InboundService {
+    type Response = Response<ProxyBody>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let proxy = self.proxy.clone();
+        let peer = self.peer;
+        Box::pin(async move { Ok(proxy.handle(req, peer).await) })
+    }
+}
+
+impl InboundProxy {
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let upgrade = forward::wants_upgrade(req.headers(), req.version());
+        let downstream_upgrade = if upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
+        let (mut parts, body) = req.into_parts();
+        let mut record = RequestRecord::start(Direction::Inbound, peer, &parts);
+        record.upstream_host = Some(self.app);
+
+        // Load shed: never queue beyond max_in_flight.
+        let now = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let in_flight = InFlight(self.in_flight.clone());
+        if now >= self.max_in_flight {
+            let finish = Finish::new(record, None, self.telemetry.clone()).with_guard(in_flight);
+            return self.fail(ProxyError::TooManyRequests { limit: self.max_in_flight }, finish);
+        }
+
+        // Request-head limits (hyper's own limits sit above these as a backstop).
+        if let Some(err) = self.check_head(&parts) {
+            let finish = Finish::new(record, None, self.telemetry.clone()).with_guard(in_flight);
+            return self.fail(err, finish);
+        }
+
+        forward::strip_hop_by_hop(&mut parts.headers, upgrade);
+        forward::set_forwarded(&mut parts.headers, peer, self.proto);
+        record.request_id = Some(forward::ensure_request_id(&mut parts.headers));
+        record.x_forwarded_for = parts.headers.get("x-forwarded-for").cloned();
+        // An HTTP/2 client names the authority in the URI, not in Host; the app gets it as Host.
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(a) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                parts.headers.insert(header::HOST, a);
+            }
+        }
+        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(self.app_authority.clone());
+        uri.path_and_query = Some(path);
+        parts.uri = match Uri::from_parts(uri) {
+            Ok(u) => u,
+            Err(e) => {
+                let finish = Finish::new(record, None, self.telemetry.clone()).with_guard(in_flight);
+                return self.fail(ProxyError::BadRequest { what: format!("cannot build upstream URI: {e}") }, finish);
+            }
+        };
+        parts.version = http::Version::HTTP_11;
+        parts.extensions.clear();
+
+        let received = (!body.is_end_stream_hint()).then(|| Arc::new(AtomicU64::new(0)));
+        let body = CountingBody::new(body, received.clone());
+        let mut finish = Finish::new(record, received, self.telemetry.clone()).with_guard(in_flight);
+        let upstream_req = Request::from_parts(parts, body);
+
+        let sent_at = Instant::now();
+        let result = tokio::time::timeout(self.response_timeout, self.client.request(upstream_req)).await;
+        let mut resp = match result {
+            Err(_) => {
+                return self.fail(
+                    ProxyError::UpstreamTimeout {
+                        upstream: self.app.to_string(),
+                        timeout_ms: self.response_timeout.as_millis() as u64,
+                    },
+                    finish,
+                )
+            }
+            Ok(Err(e)) => return self.fail(ProxyError::from_client(&e, self.app, self.connect_timeout_ms), finish),
+            Ok(Ok(resp)) => resp,
+        };
+        let upgraded = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let Some(r) = finish.record_mut() {
+            r.upstream_service_time = Some(sent_at.elapsed());
+            r.response_code = resp.status().as_u16();
+        }
+        if upgraded {
+            if let Some(down) = downstream_upgrade {
+                let up = hyper::upgrade::on(&mut resp);
+                tokio::spawn(tunnel(down, up));
+            }
+        }
+        forward::strip_hop_by_hop(resp.headers_mut(), upgraded);
+        let (parts, body) = resp.into_parts();
+        Response::from_parts(parts, ProxyBody::upstream(body).with_finish(finish))
+    }
+
+    fn check_head(&self, parts: &http::request::Parts) -> Option<ProxyError> {
+        let count = parts.headers.len();
+        if count > self.max_headers {
+            return Some(ProxyError::HeadersTooLarge {
+                what: format!("{count} header fields, the limit is {}", self.max_headers),
+            });
+        }
+        let mut size = parts.uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(1);
+        for (name, value) in &parts.headers {
+            size += name.as_str().len() + value.len() + 4;
+        }
+        if size > self.max_header_bytes {
+            return Some(ProxyError::HeadersTooLarge {
+                what: format!("request head of {size} bytes, the limit is {}", self.max_header_bytes),
+            });
+        }
+        None
+    }
+
+    /// Answers with tandem's own error response, logging upstream failures (rate-limited).
+    fn fail(&self, err: ProxyError, mut finish: Finish) -> Response<ProxyBody> {
+        let resp: Response<ProxyBody> = error_response(&err);
+        if let Some(r) = finish.record_mut() {
+            r.response_code = resp.status().as_u16();
+            r.response_flags = Some(err.reason());
+        }
+        if err.status().is_server_error() {
+            self.errors.warn(err.reason().as_str(), &err);
+        }
+        let (parts, body) = resp.into_parts();
+        Response::from_parts(parts, body.with_finish(finish))
+    }
+}
+
+/// Copies bytes both ways between the two halves of an upgraded connection.
+async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    let (down, up) = match tokio::try_join!(down, up) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut down = hyper_util::rt::TokioIo::new(down);
+    let mut up = hyper_util::rt::TokioIo::new(up);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+/// Whether a request body is known to be empty before it is read.
+trait EndHint {
+    fn is_end_stream_hint(&self) -> bool;
+}
+
+impl EndHint for Incoming {
+    fn is_end_stream_hint(&self) -> bool {
+        http_body::Body::is_end_stream(self)
+    }
+}

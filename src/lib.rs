@@ -1,0 +1,52 @@
+//! tandem: a service-mesh proxy sidecar in one binary.
+//!
+//! tandem runs beside an app in a pod's shared network namespace: it takes the pod's inbound
+//! traffic and forwards it to the app on localhost, and writes an access-log line and Prometheus
+//! metrics for every request. The same binary is a standalone reverse proxy (`tandem run --app`)
+//! and a load-test target (`tandem echo`).
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`cli`] | clap definitions and the flag → configuration-key mapping |
+//! | [`commands`] | the body of each subcommand: load, start the runtime, run, exit code |
+//! | [`config`] | serde structs, defaults, loading (file, `TANDEM_*`, flags), validation by key |
+//! | [`app`] | wiring: bind every listener first, serve, drain on stop |
+//! | [`serve`] | the one accept loop: TCP → HTTP/1.1 or h2c → service, limits, graceful drain |
+//! | [`inbound`] | the inbound stack: checks, rewriting, forwarding to the app |
+//! | [`forward`] | the pooled upstream client and the header rewriting rules |
+//! | [`error`] | the error enum and the one error → response function |
+//! | [`body`] | the response body type: streamed, counted, reported when it ends |
+//! | [`record`] | the per-request record and its once-only completion report |
+//! | [`telemetry`] | the metrics + access log handle every listener shares |
+//! | [`access_log`] | the access-log writer thread, formats, rotation and reopen |
+//! | [`metrics`] | every Prometheus metric, on one registry passed in |
+//! | [`admin`] | the admin endpoints (`/live`, `/ready`, `/metrics`, …) |
+//! | [`readiness`] | the app readiness check behind `/ready/app` |
+//! | [`shutdown`] | the stop signal and the open-connection tracker |
+//! | [`runtime`] | worker count from the container's CPU limit |
+//! | [`logging`] | tandem's own diagnostics (`tracing`) and the run-time filter |
+//! | [`ratelimit`] | rate-limited warnings for repeated errors |
+//! | [`echo`] | the load-test target / test app |
+
+pub mod access_log;
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod echo;
+pub mod error;
+pub mod forward;
+pub mod inbound;
+pub mod logging;
+pub mod metrics;
+pub mod ratelimit;
+pub mod readiness;
+pub mod record;
+pub mod runtime;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;

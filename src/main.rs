@@ -1,0 +1,15 @@
+//! The `tandem` binary: parse the command line and run the chosen command.
+
+use clap::Parser;
+use std::process::ExitCode;
+use tandem::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Run(a) => tandem::commands::run(a),
+        Command::Check(a) => tandem::commands::check(a),
+        Command::Demo(a) => tandem::commands::demo(a),
+        Command::Echo(a) => tandem::commands::echo(a),
+    }
+}

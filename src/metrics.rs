@@ -1,0 +1,224 @@
+//! Prometheus metrics: every metric tandem exports, registered on one registry that is passed in,
+//! with a fixed, small label set (never a path or a raw authority).
+
+use crate::error::Reason;
+use crate::record::{Direction, RequestRecord};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets, in seconds: resolve 100 µs to 60 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Every metric tandem exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    /// Lines the access log dropped because its queue was full.
+    pub access_log_dropped: IntCounter,
+    /// Lines the access log wrote.
+    pub access_log_written: IntCounter,
+    ready: IntGauge,
+    /// Per direction, the children looked up once (no label hashing per request).
+    fast: [Fast; 2],
+    /// Status codes 0..600 as label values, made once.
+    status: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Fast {
+    duration_app: Histogram,
+    in_flight: IntGauge,
+    request_bytes: IntCounter,
+    response_bytes: IntCounter,
+    conns_opened: IntCounter,
+    conns_closed: IntCounter,
+    conns_active: IntGauge,
+    conns_rejected: IntCounter,
+}
+
+
+fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+impl Metrics {
+    /// Registers every metric on `registry`.
+    pub fn new(registry: Registry) -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new("tandem_http_requests_total", "HTTP requests completed, by outcome."),
+            &["direction", "upstream", "method", "status_code", "response_flags"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tandem_http_request_duration_seconds",
+                "Time from the request head to the end of the response body.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["direction", "upstream"],
+        )?;
+        let in_flight = IntGaugeVec::new(
+            Opts::new("tandem_http_requests_in_flight", "HTTP requests being served."),
+            &["direction"],
+        )?;
+        let request_bytes = IntCounterVec::new(
+            Opts::new("tandem_http_request_bytes_total", "Request body bytes received from clients."),
+            &["direction"],
+        )?;
+        let response_bytes = IntCounterVec::new(
+            Opts::new("tandem_http_response_bytes_total", "Response body bytes sent to clients."),
+            &["direction"],
+        )?;
+        let conns_opened = IntCounterVec::new(
+            Opts::new("tandem_tcp_connections_opened_total", "Downstream TCP connections accepted."),
+            &["direction"],
+        )?;
+        let conns_closed = IntCounterVec::new(
+            Opts::new("tandem_tcp_connections_closed_total", "Downstream TCP connections closed."),
+            &["direction"],
+        )?;
+        let conns_active = IntGaugeVec::new(
+            Opts::new("tandem_tcp_connections_active", "Downstream TCP connections open."),
+            &["direction"],
+        )?;
+        let conns_rejected = IntCounterVec::new(
+            Opts::new(
+                "tandem_tcp_connections_rejected_total",
+                "Downstream TCP connections closed at once because max_connections was reached.",
+            ),
+            &["direction"],
+        )?;
+        let access_log_dropped = IntCounter::new(
+            "tandem_access_log_dropped_total",
+            "Access log lines dropped because the writer could not keep up.",
+        )?;
+        let access_log_written =
+            IntCounter::new("tandem_access_log_lines_total", "Access log lines written.")?;
+        let ready = IntGauge::new("tandem_ready", "1 when every listener is bound and tandem is not draining.")?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("tandem_build_info", "Build information; the value is always 1."),
+            &["version"],
+        )?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(request_bytes.clone()))?;
+        registry.register(Box::new(response_bytes.clone()))?;
+        registry.register(Box::new(conns_opened.clone()))?;
+        registry.register(Box::new(conns_closed.clone()))?;
+        registry.register(Box::new(conns_active.clone()))?;
+        registry.register(Box::new(conns_rejected.clone()))?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
+        registry.register(Box::new(access_log_written.clone()))?;
+        registry.register(Box::new(ready.clone()))?;
+        registry.register(Box::new(build_info))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+
+        let fast = |d: Direction| Fast {
+            duration_app: duration.with_label_values(&[d.as_str(), "app"]),
+            in_flight: in_flight.with_label_values(&[d.as_str()]),
+            request_bytes: request_bytes.with_label_values(&[d.as_str()]),
+            response_bytes: response_bytes.with_label_values(&[d.as_str()]),
+            conns_opened: conns_opened.with_label_values(&[d.as_str()]),
+            conns_closed: conns_closed.with_label_values(&[d.as_str()]),
+            conns_active: conns_active.with_label_values(&[d.as_str()]),
+            conns_rejected: conns_rejected.with_label_values(&[d.as_str()]),
+        };
+        // Series exist from the start, so a dashboard sees zeros rather than nothing.
+        let fast = [fast(Direction::Inbound), fast(Direction::Outbound)];
+        Ok(Self {
+            registry,
+            requests,
+            duration,
+            access_log_dropped,
+            access_log_written,
+            ready,
+            fast,
+            status: (0..600u16).map(|c| c.to_string()).collect(),
+        })
+    }
+
+    fn fast(&self, d: Direction) -> &Fast {
+        &self.fast[d as usize]
+    }
+
+    pub fn request_started(&self, d: Direction) {
+        self.fast(d).in_flight.inc();
+    }
+
+    /// Counts a finished request.
+    pub fn request_finished(&self, r: &RequestRecord) {
+        let f = self.fast(r.direction);
+        f.in_flight.dec();
+        f.request_bytes.inc_by(r.bytes_received);
+        f.response_bytes.inc_by(r.bytes_sent);
+        let secs = r.duration.as_secs_f64();
+        if r.upstream_cluster == "app" {
+            f.duration_app.observe(secs);
+        } else {
+            self.duration.with_label_values(&[r.direction.as_str(), r.upstream_cluster]).observe(secs);
+        }
+        let flags = r.response_flags.map(Reason::as_str).unwrap_or("-");
+        self.requests
+            .with_label_values(&[
+                r.direction.as_str(),
+                r.upstream_cluster,
+                method_label(&r.method),
+                self.status.get(usize::from(r.response_code)).map(String::as_str).unwrap_or("other"),
+                flags,
+            ])
+            .inc();
+    }
+
+    pub fn connection_opened(&self, d: Direction) {
+        let f = self.fast(d);
+        f.conns_opened.inc();
+        f.conns_active.inc();
+    }
+
+    pub fn connection_closed(&self, d: Direction) {
+        let f = self.fast(d);
+        f.conns_closed.inc();
+        f.conns_active.dec();
+    }
+
+    pub fn connection_rejected(&self, d: Direction) {
+        self.fast(d).conns_rejected.inc();
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// The registry, for components that register their own metrics (TLS, outbound).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Everything in the Prometheus text format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}

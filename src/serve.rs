@@ -1,0 +1,231 @@
+//! The one accept loop every listener runs: TCP → hyper-util's auto connection (HTTP/1.1 or h2c
+//! by prior knowledge) → the listener's service, with connection limits, idle timeout and a
+//! graceful drain (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY) when a stop begins.
+
+use crate::record::Direction;
+use crate::shutdown::{Drain, Tracker};
+use crate::telemetry::Telemetry;
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How one listener treats its connections.
+#[derive(Debug, Clone)]
+pub struct ConnSettings {
+    /// Time a client has to send a complete HTTP/1.1 request head.
+    pub header_read_timeout: Duration,
+    /// A connection that moves no bytes for this long is closed gracefully (0: never).
+    pub idle_timeout: Duration,
+    /// Request-head limits enforced by the service; hyper's own limits sit above them as a backstop.
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// Connections beyond this are closed at once and counted.
+    pub max_connections: usize,
+}
+
+impl ConnSettings {
+    /// Settings for internal listeners (admin, echo).
+    pub fn internal() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_connections: 100_000,
+        }
+    }
+}
+
+/// Binds a TCP listener with `SO_REUSEADDR` and a deep backlog.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Serves `listener` until `drain` fires, then stops accepting and asks every open connection to
+/// close gracefully. Returns once the accept loop has stopped; `tracker` counts the connections
+/// still open so the caller can wait for them (with its deadline).
+#[allow(clippy::too_many_arguments)]
+pub async fn serve<F, S, B>(
+    listener: TcpListener,
+    settings: ConnSettings,
+    direction: Direction,
+    telemetry: Option<Arc<Telemetry>>,
+    mut drain: Drain,
+    tracker: Arc<Tracker>,
+    make_service: F,
+) where
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size((settings.max_header_bytes * 2).max(16 * 1024))
+        .max_headers(settings.max_headers * 2 + 16);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes * 2).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    let mut accept_errors = 0u32;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = drain.wait() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                accept_errors = 0;
+                a
+            }
+            Err(e) => {
+                // EMFILE/ENFILE/ENOMEM: back off instead of spinning on a listener that stays
+                // readable; the pending connection waits in the backlog.
+                accept_errors = accept_errors.saturating_add(1);
+                if accept_errors == 1 || accept_errors % 100 == 0 {
+                    tracing::warn!(error = %e, direction = direction.as_str(), "accept failed; backing off");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if tracker.count() >= settings.max_connections {
+            if let Some(t) = &telemetry {
+                t.metrics.connection_rejected(direction);
+            }
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let guard = tracker.open();
+        let service = make_service(peer);
+        let builder = builder.clone();
+        let telemetry = telemetry.clone();
+        let mut conn_drain = drain.clone();
+        let idle = settings.idle_timeout;
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Some(t) = &telemetry {
+                t.metrics.connection_opened(direction);
+            }
+            let activity = Arc::new(AtomicU64::new(0));
+            let io = TokioIo::new(Counted { inner: stream, activity: activity.clone() });
+            let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
+            let mut closing = false;
+            let mut last_seen = 0u64;
+            let mut idle_tick = tokio::time::interval_at(
+                tokio::time::Instant::now() + idle.max(Duration::from_millis(1)),
+                idle.max(Duration::from_millis(1)),
+            );
+            loop {
+                tokio::select! {
+                    res = conn.as_mut() => {
+                        if let Err(e) = res {
+                            tracing::debug!(error = %e, %peer, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = conn_drain.wait(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = idle_tick.tick(), if !closing && !idle.is_zero() => {
+                        let seen = activity.load(Ordering::Relaxed);
+                        if seen == last_seen {
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        last_seen = seen;
+                    }
+                }
+            }
+            if let Some(t) = &telemetry {
+                t.metrics.connection_closed(direction);
+            }
+        });
+    }
+}
+
+/// A TCP stream that counts the bytes it moves, for the idle timeout.
+struct Counted {
+    inner: TcpStream,
+    activity: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.activity.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.activity.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.activity.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Waits for a future but gives up at `deadline`; true if it finished in time.
+pub async fn within<Fut: Future>(deadline: Duration, fut: Fut) -> bool {
+    tokio::time::timeout(deadline, fut).await.is_ok()
+}
