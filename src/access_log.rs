@@ -71,10 +71,9 @@ impl AccessLog {
         }
         let sink = Sink::open(dest, cfg.max_size.value.0, cfg.max_files)?;
         let (tx, rx) = mpsc::sync_channel(cfg.queue);
-        let writer = Writer { sink, format: cfg.format, written, reopen: reopen.clone(), buf: Vec::with_capacity(64 * 1024) };
-        let thread = std::thread::Builder::new()
-            .name("tandem-access-log".into())
-            .spawn(move || writer.run(rx))?;
+        let writer =
+            Writer { sink, format: cfg.format, written, reopen: reopen.clone(), buf: Vec::with_capacity(64 * 1024) };
+        let thread = std::thread::Builder::new().name("tandem-access-log".into()).spawn(move || writer.run(rx))?;
         Ok(Self {
             tx: Some(tx),
             dropped,
@@ -99,10 +98,7 @@ impl AccessLog {
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
                 let last = self.last_drop_warning.load(Ordering::Relaxed);
                 if now >= last + 5
-                    && self
-                        .last_drop_warning
-                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
+                    && self.last_drop_warning.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
                 {
                     tracing::warn!(
                         dropped_total = self.dropped.get(),
@@ -212,9 +208,11 @@ impl Sink {
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot open access log {}: {e}", path.display()))
-    })
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open access log {}: {e}", path.display())))
 }
 
 struct Writer {
@@ -249,7 +247,8 @@ impl Writer {
                             AccessLogFormat::Text => format_text(&r, &mut self.buf),
                         }
                         let line_len = (self.buf.len() - before) as u64;
-                        if self.sink.path.is_some() && self.sink.size + (before as u64) + line_len > self.sink.max_size {
+                        if self.sink.path.is_some() && self.sink.size + (before as u64) + line_len > self.sink.max_size
+                        {
                             // Write what precedes this line, rotate, then carry the line over.
                             let line = self.buf.split_off(before);
                             self.write_out();
@@ -463,7 +462,12 @@ pub fn format_text(r: &RequestRecord, out: &mut Vec<u8>) {
         text_field(v.as_ref().map(|v| v.as_bytes()).unwrap_or(b"-"), out);
         out.push(b'"');
     }
-    let _ = write!(out, " \"{}\" {}", r.upstream_host.map(|h| h.to_string()).unwrap_or_else(|| "-".into()), r.direction.as_str());
+    let _ = write!(
+        out,
+        " \"{}\" {}",
+        r.upstream_host.map(|h| h.to_string()).unwrap_or_else(|| "-".into()),
+        r.direction.as_str()
+    );
     out.push(b'\n');
 }
 

@@ -112,10 +112,8 @@ async fn handle(state: Arc<AdminState>, peer: SocketAddr, req: Request<Incoming>
         },
         (&Method::GET | &Method::HEAD, "/metrics") => {
             let mut r = reply(StatusCode::OK, state.telemetry.metrics.render());
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             r
         }
         (&Method::POST, "/shutdown") => {
@@ -159,9 +157,10 @@ async fn handle(state: Arc<AdminState>, peer: SocketAddr, req: Request<Incoming>
                 Err(e) => reply(StatusCode::BAD_REQUEST, format!("invalid filter {level:?}: {e}\n")),
             }
         }
-        (_, "/live" | "/ready" | "/ready/app" | "/metrics" | "/shutdown" | "/reopen-logs" | "/config" | "/log-level") => {
-            reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-        }
+        (
+            _,
+            "/live" | "/ready" | "/ready/app" | "/metrics" | "/shutdown" | "/reopen-logs" | "/config" | "/log-level",
+        ) => reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => reply(
             StatusCode::NOT_FOUND,
             "not found; endpoints: /live /ready /ready/app /metrics /shutdown /reopen-logs /config /log-level\n",

@@ -65,12 +65,9 @@ fn settings(t: &crate::config::Timeouts, l: &crate::config::Limits) -> ConnSetti
 /// Binds every listener, then starts serving. Nothing is served until everything is bound.
 pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, StartError> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
-    let access_log = AccessLog::start(
-        &config.access_log,
-        metrics.access_log_written.clone(),
-        metrics.access_log_dropped.clone(),
-    )
-    .map_err(StartError::AccessLog)?;
+    let access_log =
+        AccessLog::start(&config.access_log, metrics.access_log_written.clone(), metrics.access_log_dropped.clone())
+            .map_err(StartError::AccessLog)?;
     let telemetry = Arc::new(Telemetry::new(metrics, access_log));
     let app_check = AppCheck::parse(&config.readiness.app).map_err(StartError::Readiness)?;
 
@@ -202,11 +199,9 @@ impl Running {
 #[cfg(unix)]
 async fn handle_signals(shutdown: Shutdown, telemetry: Arc<Telemetry>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut usr1)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::user_defined1()),
-    ) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut usr1)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::user_defined1()))
+    else {
         tracing::error!("cannot install signal handlers");
         return;
     };

@@ -15,16 +15,22 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy.
-    #[command(after_help = "Examples:\n  tandem run --app 127.0.0.1:8080\n  tandem run -c /etc/tandem/tandem.yaml --access-log /var/log/tandem/access.log\n  TANDEM_INBOUND_TIMEOUTS_RESPONSE=30s tandem run\n\nPrecedence: flags > TANDEM_* environment variables > the file > defaults.")]
+    #[command(
+        after_help = "Examples:\n  tandem run --app 127.0.0.1:8080\n  tandem run -c /etc/tandem/tandem.yaml --access-log /var/log/tandem/access.log\n  TANDEM_INBOUND_TIMEOUTS_RESPONSE=30s tandem run\n\nPrecedence: flags > TANDEM_* environment variables > the file > defaults."
+    )]
     Run(RunArgs),
     /// Run the embedded default: the echo app on a free loopback port and the proxy in front of it.
     #[command(after_help = "Example:\n  tandem demo\n  curl -i http://127.0.0.1:15006/hello")]
     Demo(DemoArgs),
     /// Run the load-test target: a JSON echo shaped by ?status=, ?delay=, ?size=, ?chunked=1, ?echo_body=1.
-    #[command(after_help = "Examples:\n  tandem echo --listen 127.0.0.1:8080\n  curl 'http://127.0.0.1:8080/x?status=503&delay=250ms'\n  curl 'http://127.0.0.1:8080/x?size=16KiB' -o /dev/null")]
+    #[command(
+        after_help = "Examples:\n  tandem echo --listen 127.0.0.1:8080\n  curl 'http://127.0.0.1:8080/x?status=503&delay=250ms'\n  curl 'http://127.0.0.1:8080/x?size=16KiB' -o /dev/null"
+    )]
     Echo(EchoArgs),
     /// Validate a configuration like `nginx -t`: every problem with its key; exit 0 or 1; nothing bound.
-    #[command(after_help = "Examples:\n  tandem check -c tandem.yaml\n  TANDEM_INBOUND_APP=127.0.0.1:9090 tandem check")]
+    #[command(
+        after_help = "Examples:\n  tandem check -c tandem.yaml\n  TANDEM_INBOUND_APP=127.0.0.1:9090 tandem check"
+    )]
     Check(CheckArgs),
 }
 

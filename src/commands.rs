@@ -16,7 +16,11 @@ pub fn load(args: &ConfigArgs) -> Result<Loaded, crate::config::Problems> {
 }
 
 fn report(problems: &crate::config::Problems) {
-    eprintln!("tandem: invalid configuration ({} problem{}):", problems.0.len(), if problems.0.len() == 1 { "" } else { "s" });
+    eprintln!(
+        "tandem: invalid configuration ({} problem{}):",
+        problems.0.len(),
+        if problems.0.len() == 1 { "" } else { "s" }
+    );
     for p in &problems.0 {
         eprintln!("  {p}");
     }
@@ -27,11 +31,7 @@ fn runtime(workers: usize, name: &str) -> std::io::Result<tokio::runtime::Runtim
     let rt = if w.count == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().thread_name(name).build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(w.count)
-            .enable_all()
-            .thread_name(name)
-            .build()?
+        tokio::runtime::Builder::new_multi_thread().worker_threads(w.count).enable_all().thread_name(name).build()?
     };
     tracing::info!(workers = w.count, source = %w.source, "runtime workers");
     Ok(rt)

@@ -21,7 +21,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// The whole configuration of `tandem run`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub inbound: Inbound,
@@ -157,7 +157,7 @@ pub struct Shutdown {
 }
 
 /// The async runtime.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Runtime {
     /// Worker threads; 0 means "follow the container's CPU limit".
@@ -170,21 +170,6 @@ pub struct Runtime {
 pub struct Readiness {
     /// `tcp`, `http:/path`, `file:/path` or `none`.
     pub app: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            inbound: Inbound::default(),
-            outbound: Outbound::default(),
-            admin: Admin::default(),
-            access_log: AccessLog::default(),
-            log: Log::default(),
-            shutdown: Shutdown::default(),
-            runtime: Runtime::default(),
-            readiness: Readiness::default(),
-        }
-    }
 }
 
 impl Default for Inbound {
@@ -261,12 +246,6 @@ impl Default for Log {
 impl Default for Shutdown {
     fn default() -> Self {
         Self { drain_timeout: Human::new(Duration::from_secs(20)) }
-    }
-}
-
-impl Default for Runtime {
-    fn default() -> Self {
-        Self { workers: 0 }
     }
 }
 
@@ -480,18 +459,11 @@ impl Limits {
 }
 
 fn read_file(path: &Path) -> Result<Value, Problems> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Problems(vec![problem("(file)", format!("cannot read {}: {e}", path.display()))])
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Problems(vec![problem("(file)", format!("cannot read {}: {e}", path.display()))]))?;
     serde_yaml_ng::from_str(&text).map_err(|e| {
-        let at = e
-            .location()
-            .map(|l| format!(" at line {} column {}", l.line(), l.column()))
-            .unwrap_or_default();
-        Problems(vec![problem(
-            "(file)",
-            format!("{} is not valid YAML{at}: {e}", path.display()),
-        )])
+        let at = e.location().map(|l| format!(" at line {} column {}", l.line(), l.column())).unwrap_or_default();
+        Problems(vec![problem("(file)", format!("{} is not valid YAML{at}: {e}", path.display()))])
     })
 }
 
@@ -542,10 +514,7 @@ fn set_path(tree: &mut Value, path: &[String], value: Value, problems: &mut Vec<
             if node.is_null() {
                 *node = Value::Mapping(Default::default());
             } else {
-                problems.push(problem(
-                    path[..i].join("."),
-                    format!("is not a section, cannot set {source}"),
-                ));
+                problems.push(problem(path[..i].join("."), format!("is not a section, cannot set {source}")));
                 return;
             }
         }
@@ -574,10 +543,7 @@ fn unknown_keys(v: &Value, d: &Value, path: &mut Vec<String>, problems: &mut Vec
             Some(dchild) => unknown_keys(child, dchild, path, problems),
             None => {
                 let known: Vec<&str> = dm.keys().filter_map(Value::as_str).collect();
-                problems.push(problem(
-                    path.join("."),
-                    format!("unknown key (expected one of: {})", known.join(", ")),
-                ));
+                problems.push(problem(path.join("."), format!("unknown key (expected one of: {})", known.join(", "))));
             }
         }
         path.pop();
@@ -770,7 +736,9 @@ fn render_duration(d: Duration) -> String {
     if nanos == 0 {
         return "0s".to_owned();
     }
-    for (unit, n) in [("h", 3_600_000_000_000u128), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1000)] {
+    for (unit, n) in
+        [("h", 3_600_000_000_000u128), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1000)]
+    {
         if nanos % n == 0 {
             return format!("{}{unit}", nanos / n);
         }

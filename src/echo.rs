@@ -65,7 +65,8 @@ impl Params {
                     );
                 }
                 "delay" => {
-                    p.delay = Some(crate::config::parse_duration(v).ok_or_else(|| format!("delay: invalid duration {v:?}"))?)
+                    p.delay =
+                        Some(crate::config::parse_duration(v).ok_or_else(|| format!("delay: invalid duration {v:?}"))?)
                 }
                 "size" => {
                     let n = crate::config::parse_size(v).ok_or_else(|| format!("size: invalid size {v:?}"))?;
@@ -159,7 +160,10 @@ pub enum EchoBody {
     /// Sent without a length, so the connection uses chunked encoding.
     Chunked(Option<Bytes>),
     /// `size=` bytes of filler, in 64 KiB frames.
-    Sized { remaining: u64, chunked: bool },
+    Sized {
+        remaining: u64,
+        chunked: bool,
+    },
     /// The request body, streamed back.
     Stream(Incoming),
 }

@@ -128,12 +128,8 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. }
             | ProxyError::UpstreamClosed { .. }
             | ProxyError::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::ConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
-            ProxyError::TooManyRequests { .. } | ProxyError::RetriesExhausted { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::ConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::TooManyRequests { .. } | ProxyError::RetriesExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,

@@ -45,17 +45,14 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// Whether a request asks for an HTTP/1.1 protocol upgrade (WebSocket and friends).
 pub fn wants_upgrade(headers: &HeaderMap, version: http::Version) -> bool {
-    version == http::Version::HTTP_11
-        && headers.contains_key(header::UPGRADE)
-        && connection_has(headers, "upgrade")
+    version == http::Version::HTTP_11 && headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
-    })
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))).unwrap_or(false))
 }
 
 /// Removes hop-by-hop headers (RFC 9110 section 7.6.1): `Connection` and every field it names,
@@ -90,10 +87,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     headers.remove(&PROXY_CONNECTION);
     headers.remove(header::TRANSFER_ENCODING);
     if let Some(te) = headers.get(header::TE) {
-        let trailers = te
-            .to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
-            .unwrap_or(false);
+        let trailers =
+            te.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))).unwrap_or(false);
         headers.remove(header::TE);
         if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));

@@ -38,9 +38,9 @@ pub fn init(filter: &str, format: LogFormat) -> Option<LogControl> {
     let (layer, handle) = reload::Layer::new(env_filter);
     let registry = tracing_subscriber::registry().with(layer);
     let result = match format {
-        LogFormat::Plain => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
-            .try_init(),
+        LogFormat::Plain => {
+            registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false)).try_init()
+        }
         LogFormat::Json => registry
             .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_current_span(false))
             .try_init(),

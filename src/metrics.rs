@@ -41,7 +41,6 @@ struct Fast {
     conns_rejected: IntCounter,
 }
 
-
 fn method_label(m: &http::Method) -> &'static str {
     match *m {
         http::Method::GET => "GET",
@@ -107,8 +106,7 @@ impl Metrics {
             "tandem_access_log_dropped_total",
             "Access log lines dropped because the writer could not keep up.",
         )?;
-        let access_log_written =
-            IntCounter::new("tandem_access_log_lines_total", "Access log lines written.")?;
+        let access_log_written = IntCounter::new("tandem_access_log_lines_total", "Access log lines written.")?;
         let ready = IntGauge::new("tandem_ready", "1 when every listener is bound and tandem is not draining.")?;
         let build_info = IntGaugeVec::new(
             Opts::new("tandem_build_info", "Build information; the value is always 1."),

@@ -2,8 +2,8 @@
 //! kubelet: a TCP connect (default), an HTTP path answering 2xx, a file appearing on a shared
 //! volume (the seed's technique), or nothing.
 
-use http_body_util::Empty;
 use bytes::Bytes;
+use http_body_util::Empty;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
