@@ -430,6 +430,23 @@ pub fn format_json(r: &RequestRecord, out: &mut Vec<u8>) {
         Some(t) => json_str(t.as_bytes(), out),
         None => out.extend_from_slice(b"null"),
     }
+    match &r.tls {
+        Some(t) => {
+            let _ = write!(out, ",\"tls_version\":\"{}\",\"alpn\":", t.version);
+            match t.alpn {
+                Some(a) => {
+                    let _ = write!(out, "\"{a}\"");
+                }
+                None => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(b",\"downstream_peer_identity\":");
+            match &t.peer_identity {
+                Some(id) => json_str(id.as_bytes(), out),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        None => out.extend_from_slice(b",\"tls_version\":null,\"alpn\":null,\"downstream_peer_identity\":null"),
+    }
     out.extend_from_slice(b"}\n");
 }
 

@@ -13,6 +13,7 @@ use crate::record::Direction;
 use crate::serve::{self, ConnSettings};
 use crate::shutdown::{Shutdown, Tracker};
 use crate::telemetry::Telemetry;
+use crate::tls::TlsServer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub enum StartError {
     App(#[from] http::Error),
     #[error("readiness.app: {0}")]
     Readiness(String),
+    #[error("{0}")]
+    Tls(crate::tls::TlsError),
 }
 
 /// A started tandem: every listener bound and serving.
@@ -86,7 +89,11 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
 
     let shutdown = Shutdown::new();
     let ready = Arc::new(AtomicBool::new(false));
-    let inbound = InboundProxy::new(&config.inbound, telemetry.clone(), false)?;
+    let tls = match &config.inbound.tls {
+        Some(t) => Some(TlsServer::new(t.clone(), telemetry.metrics.registry()).map_err(StartError::Tls)?),
+        None => None,
+    };
+    let inbound = InboundProxy::new(&config.inbound, telemetry.clone(), tls.is_some())?;
     let inbound_conns = Tracker::new();
 
     let admin_state = Arc::new(AdminState {
@@ -108,9 +115,14 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
         None,
         admin_stop.drain(),
         Tracker::new(),
-        move |peer| AdminService::new(admin_state.clone(), peer),
+        None,
+        move |meta: serve::ConnMeta| AdminService::new(admin_state.clone(), meta.peer),
     ));
 
+    let mut tasks = Vec::new();
+    if let Some(t) = &tls {
+        tasks.push(tokio::spawn(t.clone().watch()));
+    }
     let proxy = inbound.clone();
     let inbound_task = tokio::spawn(serve::serve(
         inbound_listener,
@@ -119,7 +131,8 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
         Some(telemetry.clone()),
         shutdown.drain(),
         inbound_conns.clone(),
-        move |peer| proxy.service(peer),
+        tls,
+        move |meta| proxy.service(meta),
     ));
 
     ready.store(true, Ordering::Release);
@@ -139,7 +152,10 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
         inbound,
         inbound_conns,
         drain_timeout: config.shutdown.drain_timeout.value,
-        tasks: vec![inbound_task],
+        tasks: {
+            tasks.push(inbound_task);
+            tasks
+        },
         admin_task,
     })
 }
@@ -251,6 +267,7 @@ impl Echo {
             None,
             shutdown.drain(),
             Tracker::new(),
+            None,
             |_| EchoService,
         ));
         Ok(Self { addr, shutdown, task })

@@ -58,6 +58,11 @@ pub fn check(args: &CheckArgs) -> ExitCode {
                 eprintln!("tandem: note: {name} names no configuration key; ignored");
             }
             print!("{}", loaded.config.to_yaml());
+            if let Some(tls) = &loaded.config.inbound.tls {
+                if let Ok(summary) = crate::tls::check_files(tls) {
+                    eprintln!("tandem: inbound.tls.cert: certificate expires {}", summary.expiry_text());
+                }
+            }
             eprintln!("tandem: configuration is valid");
             ExitCode::SUCCESS
         }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_yaml_ng::Value;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -46,6 +46,45 @@ pub struct Inbound {
     pub app_protocol: AppProtocol,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// TLS on the inbound listener (absent: plaintext).
+    pub tls: Option<InboundTls>,
+}
+
+/// TLS termination (and optionally mutual TLS) on the inbound listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key: PKCS#8, PKCS#1 or SEC1.
+    pub key: PathBuf,
+    /// PEM CA bundle: when set, clients must present a certificate signed by it (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Peer identities allowed (URI SANs such as `spiffe://cluster.local/ns/shop/sa/frontend`, or
+    /// DNS SANs; a trailing `*` matches a prefix). Empty: any certificate the CA signed.
+    #[serde(default)]
+    pub allowed_identities: Vec<String>,
+    /// A client that has not completed the handshake in this time is disconnected.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Human<Duration>,
+}
+
+fn default_handshake_timeout() -> Human<Duration> {
+    Human::new(Duration::from_secs(10))
+}
+
+impl InboundTls {
+    /// A template with every key, for environment-variable names and the reference.
+    pub fn template() -> Self {
+        Self {
+            cert: PathBuf::from("/etc/tandem/tls/tls.crt"),
+            key: PathBuf::from("/etc/tandem/tls/tls.key"),
+            client_ca: Some(PathBuf::from("/etc/tandem/tls/ca.crt")),
+            allowed_identities: Vec::new(),
+            handshake_timeout: default_handshake_timeout(),
+        }
+    }
 }
 
 /// Timeouts of one listener and its upstream.
@@ -180,6 +219,7 @@ impl Default for Inbound {
             app_protocol: AppProtocol::Http1,
             timeouts: Timeouts::default(),
             limits: Limits::default(),
+            tls: None,
         }
     }
 }
@@ -320,8 +360,10 @@ impl Config {
         if tree.is_null() {
             tree = Value::Mapping(Default::default());
         }
-        let defaults = serde_yaml_ng::to_value(Config::default())
-            .map_err(|e| Problems(vec![problem("(defaults)", e.to_string())]))?;
+        let mut template = Config::default();
+        template.inbound.tls = Some(InboundTls::template());
+        let defaults =
+            serde_yaml_ng::to_value(template).map_err(|e| Problems(vec![problem("(defaults)", e.to_string())]))?;
         let mut leaves = Vec::new();
         leaf_paths(&defaults, &mut Vec::new(), &mut leaves);
 
@@ -362,6 +404,18 @@ impl Config {
         self.outbound.timeouts.check("outbound.timeouts", &mut p);
         self.outbound.limits.check("outbound.limits", &mut p);
         self.admin.listen.check("admin.listen", &mut p);
+        if let Some(tls) = &self.inbound.tls {
+            tls.handshake_timeout.check("inbound.tls.handshake_timeout", &mut p);
+            if !tls.allowed_identities.is_empty() && tls.client_ca.is_none() {
+                p.push(problem(
+                    "inbound.tls.allowed_identities",
+                    "needs inbound.tls.client_ca: identities come from client certificates",
+                ));
+            }
+            if let Err(e) = crate::tls::check_files(tls) {
+                p.push(problem(e.key, e.message));
+            }
+        }
         self.access_log.max_size.check("access_log.max_size", &mut p);
         self.shutdown.drain_timeout.check("shutdown.drain_timeout", &mut p);
 

@@ -17,7 +17,11 @@ use crate::config::Inbound as InboundConfig;
 use crate::error::{error_response, ProxyError};
 use crate::forward::{self, UpstreamClient};
 use crate::record::{CountingBody, Direction, Finish, InFlight, RequestRecord};
+use crate::serve::ConnMeta;
 use crate::telemetry::Telemetry;
+use http::HeaderName;
+
+static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -64,9 +68,9 @@ impl InboundProxy {
         }))
     }
 
-    /// The service for one downstream connection from `peer`.
-    pub fn service(self: &Arc<Self>, peer: SocketAddr) -> InboundService {
-        InboundService { proxy: self.clone(), peer }
+    /// The service for one downstream connection.
+    pub fn service(self: &Arc<Self>, meta: ConnMeta) -> InboundService {
+        InboundService { proxy: self.clone(), meta }
     }
 
     /// Requests in flight right now.
@@ -79,7 +83,7 @@ impl InboundProxy {
 #[derive(Clone)]
 pub struct InboundService {
     proxy: Arc<InboundProxy>,
-    peer: SocketAddr,
+    meta: ConnMeta,
 }
 
 impl hyper::service::Service<Request<Incoming>> for InboundService {
@@ -89,18 +93,20 @@ impl hyper::service::Service<Request<Incoming>> for InboundService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let proxy = self.proxy.clone();
-        let peer = self.peer;
-        Box::pin(async move { Ok(proxy.handle(req, peer).await) })
+        let meta = self.meta.clone();
+        Box::pin(async move { Ok(proxy.handle(req, meta).await) })
     }
 }
 
 impl InboundProxy {
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>, meta: ConnMeta) -> Response<ProxyBody> {
+        let peer = meta.peer;
         let upgrade = forward::wants_upgrade(req.headers(), req.version());
         let downstream_upgrade = if upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
         let (mut parts, body) = req.into_parts();
         let mut record = RequestRecord::start(Direction::Inbound, peer, &parts);
         record.upstream_host = Some(self.app);
+        record.tls = meta.tls.clone();
 
         // Load shed: never queue beyond max_in_flight.
         let now = self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -118,6 +124,11 @@ impl InboundProxy {
 
         forward::strip_hop_by_hop(&mut parts.headers, upgrade);
         forward::set_forwarded(&mut parts.headers, peer, self.proto);
+        // Only tandem vouches for client certificates: a client-supplied XFCC never passes.
+        parts.headers.remove(&X_FORWARDED_CLIENT_CERT);
+        if let Some(xfcc) = meta.tls.as_ref().and_then(|t| t.xfcc.clone()) {
+            parts.headers.insert(&X_FORWARDED_CLIENT_CERT, xfcc);
+        }
         record.request_id = Some(forward::ensure_request_id(&mut parts.headers));
         record.x_forwarded_for = parts.headers.get("x-forwarded-for").cloned();
         // An HTTP/2 client names the authority in the URI, not in Host; the app gets it as Host.

@@ -28,6 +28,7 @@
 //! | [`runtime`] | worker count from the container's CPU limit |
 //! | [`logging`] | tandem's own diagnostics (`tracing`) and the run-time filter |
 //! | [`ratelimit`] | rate-limited warnings for repeated errors |
+//! | [`tls`] | inbound TLS and mutual TLS (rustls), identities, rotation from files |
 //! | [`echo`] | the load-test target / test app |
 
 pub mod access_log;
@@ -50,3 +51,4 @@ pub mod runtime;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

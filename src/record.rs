@@ -57,6 +57,8 @@ pub struct RequestRecord {
     pub user_agent: Option<HeaderValue>,
     pub request_id: Option<HeaderValue>,
     pub traceparent: Option<HeaderValue>,
+    /// What TLS negotiated on the downstream connection (absent in plaintext).
+    pub tls: Option<Arc<crate::tls::ConnTls>>,
 }
 
 impl RequestRecord {
@@ -88,6 +90,7 @@ impl RequestRecord {
             user_agent: req.headers.get(http::header::USER_AGENT).cloned(),
             request_id: None,
             traceparent: req.headers.get("traceparent").cloned(),
+            tls: None,
         }
     }
 

@@ -1,10 +1,11 @@
-//! The one accept loop every listener runs: TCP → hyper-util's auto connection (HTTP/1.1 or h2c
-//! by prior knowledge) → the listener's service, with connection limits, idle timeout and a
+//! The one accept loop every listener runs: TCP → optional TLS → hyper-util's auto connection
+//! (HTTP/1.1 or h2: by ALPN under TLS, by prior knowledge in plaintext) → the listener's service, with connection limits, idle timeout and a
 //! graceful drain (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY) when a stop begins.
 
 use crate::record::Direction;
 use crate::shutdown::{Drain, Tracker};
 use crate::telemetry::Telemetry;
+use crate::tls::{ConnTls, TlsServer};
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -20,6 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 
 /// How one listener treats its connections.
 #[derive(Debug, Clone)]
@@ -59,9 +61,18 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// What a service knows about its connection.
+#[derive(Debug, Clone)]
+pub struct ConnMeta {
+    pub peer: SocketAddr,
+    /// What TLS negotiated, on a TLS listener.
+    pub tls: Option<Arc<ConnTls>>,
+}
+
 /// Serves `listener` until `drain` fires, then stops accepting and asks every open connection to
 /// close gracefully. Returns once the accept loop has stopped; `tracker` counts the connections
-/// still open so the caller can wait for them (with its deadline).
+/// still open so the caller can wait for them (with its deadline). With `tls`, every connection
+/// is a TLS handshake first (ALPN picks HTTP/2 or HTTP/1.1).
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<F, S, B>(
     listener: TcpListener,
@@ -70,9 +81,10 @@ pub async fn serve<F, S, B>(
     telemetry: Option<Arc<Telemetry>>,
     mut drain: Drain,
     tracker: Arc<Tracker>,
+    tls: Option<Arc<TlsServer>>,
     make_service: F,
 ) where
-    F: Fn(SocketAddr) -> S,
+    F: Fn(ConnMeta) -> S + Send + Sync + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -93,6 +105,7 @@ pub async fn serve<F, S, B>(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
+    let make_service = Arc::new(make_service);
     let mut accept_errors = 0u32;
     loop {
         let accepted = tokio::select! {
@@ -125,7 +138,8 @@ pub async fn serve<F, S, B>(
         }
         let _ = stream.set_nodelay(true);
         let guard = tracker.open();
-        let service = make_service(peer);
+        let make_service = make_service.clone();
+        let tls = tls.clone();
         let builder = builder.clone();
         let telemetry = telemetry.clone();
         let mut conn_drain = drain.clone();
@@ -136,7 +150,21 @@ pub async fn serve<F, S, B>(
                 t.metrics.connection_opened(direction);
             }
             let activity = Arc::new(AtomicU64::new(0));
-            let io = TokioIo::new(Counted { inner: stream, activity: activity.clone() });
+            let counted = |inner| Counted { inner, activity: activity.clone() };
+            let (io, meta) = match &tls {
+                None => (Transport::Plain(counted(stream)), ConnMeta { peer, tls: None }),
+                Some(tls) => match tls.accept(stream, counted).await {
+                    Some((s, info)) => (Transport::Tls(Box::new(s)), ConnMeta { peer, tls: Some(Arc::new(info)) }),
+                    None => {
+                        if let Some(t) = &telemetry {
+                            t.metrics.connection_closed(direction);
+                        }
+                        return;
+                    }
+                },
+            };
+            let service = make_service(meta);
+            let io = TokioIo::new(io);
             let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
             let mut closing = false;
             let mut last_seen = 0u64;
@@ -170,6 +198,62 @@ pub async fn serve<F, S, B>(
                 t.metrics.connection_closed(direction);
             }
         });
+    }
+}
+
+/// The byte stream under HTTP: plain TCP or TLS over it.
+enum Transport {
+    Plain(Counted),
+    Tls(Box<TlsStream<Counted>>),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Plain(s) => s.is_write_vectored(),
+            Transport::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
