@@ -8,6 +8,7 @@ use crate::echo::EchoService;
 use crate::inbound::InboundProxy;
 use crate::logging::LogControl;
 use crate::metrics::Metrics;
+use crate::outbound::OutboundProxy;
 use crate::readiness::AppCheck;
 use crate::record::Direction;
 use crate::serve::{self, ConnSettings};
@@ -41,6 +42,8 @@ pub enum StartError {
 pub struct Running {
     pub inbound_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The outbound (forward proxy) listener's address.
+    pub outbound_addr: SocketAddr,
     shutdown: Shutdown,
     ready: Arc<AtomicBool>,
     telemetry: Arc<Telemetry>,
@@ -49,6 +52,9 @@ pub struct Running {
     drain_timeout: Duration,
     tasks: Vec<JoinHandle<()>>,
     admin_task: JoinHandle<()>,
+    /// Outbound serves through the drain (the app finishes its own work) and stops with the process.
+    outbound_stop: Shutdown,
+    outbound_task: JoinHandle<()>,
 }
 
 fn bind(key: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
@@ -76,6 +82,12 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
 
     let inbound_listener = bind("inbound.listen", config.inbound.listen.value)?;
     let admin_listener = bind("admin.listen", config.admin.listen.value)?;
+    let outbound_listener = bind("outbound.listen", config.outbound.listen.value)?;
+    let outbound_addr = outbound_listener.local_addr().map_err(|source| StartError::Bind {
+        key: "outbound.listen",
+        addr: config.outbound.listen.value,
+        source,
+    })?;
     let inbound_addr = inbound_listener.local_addr().map_err(|source| StartError::Bind {
         key: "inbound.listen",
         addr: config.inbound.listen.value,
@@ -123,6 +135,23 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
     if let Some(t) = &tls {
         tasks.push(tokio::spawn(t.clone().watch()));
     }
+
+    // Outbound keeps serving while inbound drains, so the app can finish its own work: its
+    // accept loop stops only when the process exits.
+    let outbound_stop = Shutdown::new();
+    let outbound_conns = Tracker::new();
+    let outbound = OutboundProxy::new(&config.outbound, telemetry.clone(), outbound_addr, outbound_conns.clone());
+    let outbound_task = tokio::spawn(serve::serve(
+        outbound_listener,
+        settings(&config.outbound.timeouts, &config.outbound.limits),
+        Direction::Outbound,
+        Some(telemetry.clone()),
+        outbound_stop.drain(),
+        outbound_conns,
+        None,
+        move |meta: serve::ConnMeta| outbound.service(meta.peer),
+    ));
+
     let proxy = inbound.clone();
     let inbound_task = tokio::spawn(serve::serve(
         inbound_listener,
@@ -141,11 +170,13 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
         inbound = %inbound_addr,
         app = %config.inbound.app.value,
         admin = %admin_addr,
+        outbound = %outbound_addr,
         "tandem is ready"
     );
     Ok(Running {
         inbound_addr,
         admin_addr,
+        outbound_addr,
         shutdown,
         ready,
         telemetry,
@@ -157,6 +188,8 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
             tasks
         },
         admin_task,
+        outbound_stop,
+        outbound_task,
     })
 }
 
@@ -197,6 +230,8 @@ impl Running {
             t.abort();
         }
         self.admin_task.abort();
+        self.outbound_stop.trigger();
+        self.outbound_task.abort();
         self.telemetry.access_log.flush();
     }
 

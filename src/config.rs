@@ -11,6 +11,7 @@
 //! 5. the tree is deserialized (`deny_unknown_fields` as a backstop, type errors carry their path);
 //! 6. [`Config::validate`] checks values (durations, sizes, addresses, ranges) and reports them all.
 
+use crate::policy::Rule;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_yaml_ng::Value;
@@ -135,6 +136,14 @@ pub struct Outbound {
     pub listen: Human<SocketAddr>,
     /// Allow a non-loopback `listen` address (an open forward proxy is a hole).
     pub allow_non_loopback: bool,
+    /// Destinations the app may reach; empty allows every destination not denied. Patterns are
+    /// `HOST[:PORTS]` (see [`crate::policy`]); a YAML list, or one comma-separated string (for
+    /// `TANDEM_OUTBOUND_ALLOW`).
+    #[serde(deserialize_with = "patterns")]
+    pub allow: Vec<Human<Rule>>,
+    /// Destinations the app may never reach; a match here wins over `allow`.
+    #[serde(deserialize_with = "patterns")]
+    pub deny: Vec<Human<Rule>>,
     pub timeouts: Timeouts,
     pub limits: Limits,
 }
@@ -253,6 +262,8 @@ impl Default for Outbound {
         Self {
             listen: Human::new(SocketAddr::from(([127, 0, 0, 1], 15001))),
             allow_non_loopback: false,
+            allow: Vec::new(),
+            deny: Vec::new(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),
         }
@@ -403,6 +414,8 @@ impl Config {
         self.outbound.listen.check("outbound.listen", &mut p);
         self.outbound.timeouts.check("outbound.timeouts", &mut p);
         self.outbound.limits.check("outbound.limits", &mut p);
+        check_patterns("outbound.allow", &self.outbound.allow, &mut p);
+        check_patterns("outbound.deny", &self.outbound.deny, &mut p);
         self.admin.listen.check("admin.listen", &mut p);
         if let Some(tls) = &self.inbound.tls {
             tls.handshake_timeout.check("inbound.tls.handshake_timeout", &mut p);
@@ -510,6 +523,46 @@ impl Limits {
             }
         }
     }
+}
+
+/// Reports every destination pattern that did not parse, by its index (`outbound.allow[2]`).
+fn check_patterns(key: &str, list: &[Human<Rule>], p: &mut Vec<Problem>) {
+    for (i, h) in list.iter().enumerate() {
+        if let Some(raw) = &h.invalid {
+            let why = raw.parse::<Rule>().err().unwrap_or_else(|| "cannot parse".to_owned());
+            p.push(problem(format!("{key}[{i}]"), format!("invalid destination pattern {raw:?}: {why}")));
+        }
+    }
+}
+
+/// A list of destination patterns: a YAML sequence, or one comma-separated string (what an
+/// environment variable or a flag can carry).
+fn patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Human<Rule>>, D::Error> {
+    struct V;
+    impl<'de> de::Visitor<'de> for V {
+        type Value = Vec<Human<Rule>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of destination patterns, or one comma-separated string")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            let parse = |t: &str| match t.parse() {
+                Ok(r) => Human::new(r),
+                Err(_) => Human { value: Rule::placeholder(), invalid: Some(t.to_owned()) },
+            };
+            Ok(s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(parse).collect())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(h) = seq.next_element::<Human<Rule>>()? {
+                out.push(h);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 fn read_file(path: &Path) -> Result<Value, Problems> {

@@ -142,7 +142,15 @@ impl ProxyError {
 
     /// Classifies an error from the pooled upstream client.
     pub fn from_client(err: &hyper_util::client::legacy::Error, upstream: SocketAddr, connect_timeout_ms: u64) -> Self {
-        let upstream = upstream.to_string();
+        Self::from_client_named(err, upstream.to_string(), connect_timeout_ms)
+    }
+
+    /// Like [`ProxyError::from_client`], for an upstream known by name (outbound: the authority).
+    pub fn from_client_named(
+        err: &hyper_util::client::legacy::Error,
+        upstream: String,
+        connect_timeout_ms: u64,
+    ) -> Self {
         if err.is_connect() {
             let io = find_io_error(err);
             if let Some(io) = io {

@@ -15,6 +15,8 @@
 //! | [`app`] | wiring: bind every listener first, serve, drain on stop |
 //! | [`serve`] | the one accept loop: TCP → HTTP/1.1 or h2c → service, limits, graceful drain |
 //! | [`inbound`] | the inbound stack: checks, rewriting, forwarding to the app |
+//! | [`outbound`] | the outbound forward proxy: absolute-form/`Host` requests and `CONNECT` tunnels for the app's own calls |
+//! | [`policy`] | the outbound allow/deny destination patterns (names, CIDRs, ports) |
 //! | [`forward`] | the pooled upstream client and the header rewriting rules |
 //! | [`error`] | the error enum and the one error → response function |
 //! | [`body`] | the response body type: streamed, counted, reported when it ends |
@@ -44,6 +46,8 @@ pub mod forward;
 pub mod inbound;
 pub mod logging;
 pub mod metrics;
+pub mod outbound;
+pub mod policy;
 pub mod ratelimit;
 pub mod readiness;
 pub mod record;
