@@ -6,7 +6,9 @@
 //! 1. **record** — start the access-log/metrics record; it reports once, when the response body
 //!    ends or the client goes away (`DC`).
 //! 2. **load shed** — over `max_in_flight` answers 503 `UO` at once; nothing queues.
-//! 3. **request checks** — head over `max_header_bytes`/`max_headers` answers 431 `DPE`.
+//! 3. **request checks** — a request with both `Content-Length` and `Transfer-Encoding` (marked
+//!    by [`crate::h1_guard`], since hyper hides the conflict) answers 400 `DPE` and closes the
+//!    connection; a head over `max_header_bytes`/`max_headers` answers 431 `DPE`.
 //! 4. **rewrite** — strip hop-by-hop headers, set `x-forwarded-*`, keep or make `x-request-id`.
 //! 5. **timeout + forward** — pooled client to the app; connect failures `UF`, resets `UC`, garbage
 //!    `UPE`, no response head within `timeouts.response` `UT`.
@@ -16,6 +18,7 @@ use crate::body::ProxyBody;
 use crate::config::Inbound as InboundConfig;
 use crate::error::{error_response, ProxyError};
 use crate::forward::{self, UpstreamClient};
+use crate::h1_guard::CL_TE_MARK;
 use crate::record::{CountingBody, Direction, Finish, InFlight, RequestRecord};
 use crate::telemetry::Telemetry;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -108,6 +111,18 @@ impl InboundProxy {
         if now >= self.max_in_flight {
             let finish = Finish::new(record, None, self.telemetry.clone()).with_guard(in_flight);
             return self.fail(ProxyError::TooManyRequests { limit: self.max_in_flight }, finish);
+        }
+
+        // A request smuggling shape: refuse it and close, whatever else it says.
+        if parts.headers.contains_key(&CL_TE_MARK) {
+            let finish = Finish::new(record, None, self.telemetry.clone()).with_guard(in_flight);
+            let err =
+                ProxyError::BadRequest { what: "the request has both Content-Length and Transfer-Encoding".into() };
+            let mut resp = self.fail(err, finish);
+            if parts.version < http::Version::HTTP_2 {
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return resp;
         }
 
         // Request-head limits (hyper's own limits sit above these as a backstop).

@@ -15,6 +15,7 @@
 //! | [`app`] | wiring: bind every listener first, serve, drain on stop |
 //! | [`serve`] | the one accept loop: TCP → HTTP/1.1 or h2c → service, limits, graceful drain |
 //! | [`inbound`] | the inbound stack: checks, rewriting, forwarding to the app |
+//! | [`h1_guard`] | HTTP/1 request framing on the downstream stream: marks `Content-Length` + `Transfer-Encoding` |
 //! | [`forward`] | the pooled upstream client and the header rewriting rules |
 //! | [`error`] | the error enum and the one error → response function |
 //! | [`body`] | the response body type: streamed, counted, reported when it ends |
@@ -40,6 +41,7 @@ pub mod config;
 pub mod echo;
 pub mod error;
 pub mod forward;
+pub mod h1_guard;
 pub mod inbound;
 pub mod logging;
 pub mod metrics;
