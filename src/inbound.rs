@@ -13,6 +13,8 @@
 //! 5. **timeout + forward** — pooled client to the app; connect failures `UF`, resets `UC`, garbage
 //!    `UPE`, no response head within `timeouts.response` `UT`.
 //! 6. **upgrade** — a `101` joins the client and app connections into a byte tunnel.
+//! 7. **trailers** — an HTTP/1.1 client that sent `TE: trailers` gets a gRPC response's trailers
+//!    declared in `Trailer` (hyper writes only declared trailer fields).
 
 use crate::body::ProxyBody;
 use crate::config::Inbound as InboundConfig;
@@ -132,6 +134,8 @@ impl InboundProxy {
         }
 
         forward::strip_hop_by_hop(&mut parts.headers, upgrade);
+        // An HTTP/1.1 client that accepts trailers (only `TE: trailers` survives the strip).
+        let h1_trailers = parts.version < http::Version::HTTP_2 && parts.headers.contains_key(header::TE);
         forward::set_forwarded(&mut parts.headers, peer, self.proto);
         record.request_id = Some(forward::ensure_request_id(&mut parts.headers));
         record.x_forwarded_for = parts.headers.get("x-forwarded-for").cloned();
@@ -188,6 +192,9 @@ impl InboundProxy {
             }
         }
         forward::strip_hop_by_hop(resp.headers_mut(), upgraded);
+        if h1_trailers {
+            declare_grpc_trailers(resp.headers_mut());
+        }
         let (parts, body) = resp.into_parts();
         Response::from_parts(parts, ProxyBody::upstream(body).with_finish(finish))
     }
@@ -223,6 +230,18 @@ impl InboundProxy {
         }
         let (parts, body) = resp.into_parts();
         Response::from_parts(parts, body.with_finish(finish))
+    }
+}
+
+/// hyper's HTTP/1.1 server only writes the trailer fields a response declares in `Trailer`; an
+/// h2c gRPC app declares none (HTTP/2 needs no declaration), so for an HTTP/1.1 client its
+/// `grpc-status` would be dropped. Declare the gRPC ones on gRPC responses that declare nothing.
+fn declare_grpc_trailers(headers: &mut http::HeaderMap) {
+    let grpc = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().get(..16).is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc")));
+    if grpc && !headers.contains_key(header::TRAILER) {
+        headers.insert(header::TRAILER, HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"));
     }
 }
 
