@@ -12,6 +12,11 @@
 //!   skipped in bulk;
 //! - pipelined requests, one after the other.
 //!
+//! It mirrors hyper's HTTP/1 server with its default parser settings (httparse's request rules,
+//! hyper's chunked decoder state for state); a unit test runs hyper's own server behind the guard
+//! on random pipelined streams cut at random places to keep the two in step. A listener that
+//! relaxes hyper's parser (obsolete line folding, invalid header lines) must revisit this module.
+//!
 //! When a head carries both fields, every `Content-Length` field name in it is rewritten in place
 //! to the same-length reserved name [`CL_TE_MARK`] (`x-tandem-cl-te`). hyper then frames the body
 //! by `Transfer-Encoding` exactly as it would have, and the service sees the mark and answers

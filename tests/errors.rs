@@ -170,7 +170,11 @@ async fn content_length_with_transfer_encoding_is_400_dpe_and_never_reaches_the_
         async move { http::Response::new(Full::new(Bytes::from_static(b"app\n"))) }
     })
     .await;
-    let proxy = support::proxy(support::config(app)).await;
+    let log = std::env::temp_dir().join(format!("tandem-cl-te-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let mut cfg = support::config(app);
+    cfg.access_log.destination = log.display().to_string();
+    let proxy = support::proxy(cfg).await;
     let smuggled = "GET /second HTTP/1.1\r\nHost: x\r\n\r\n";
     for head in [
         "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -215,6 +219,43 @@ async fn content_length_with_transfer_encoding_is_400_dpe_and_never_reaches_the_
     let m = support::metrics(&proxy);
     let refused = ["tandem_http_requests_total{", "status_code=\"400\"", "response_flags=\"DPE\""];
     assert_eq!(support::metric_value(&m, &refused), Some(3.0), "{m}");
+    proxy.telemetry().access_log.flush();
+    let lines = std::fs::read_to_string(&log).expect("access log");
+    let _ = std::fs::remove_file(&log);
+    let records: Vec<serde_json::Value> =
+        lines.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    for path in ["/a", "/b", "/c"] {
+        let r = records.iter().find(|r| r["path"] == path).unwrap_or_else(|| panic!("no line for {path}: {lines}"));
+        assert_eq!(r["response_code"], 400, "{r}");
+        assert_eq!(r["response_flags"], "DPE", "{r}");
+        assert_eq!(r["method"], "POST", "{r}");
+    }
+    assert_eq!(records.len(), 4, "three refusals and the valid request: {lines}");
+}
+
+#[tokio::test]
+async fn a_client_going_away_mid_request_is_counted_dc() {
+    let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let app = support::app(false, move |_req| {
+        let arrived = arrived_tx.clone();
+        async move {
+            let _ = arrived.send(()).await;
+            std::future::pending::<()>().await;
+            http::Response::new(Full::new(Bytes::new()))
+        }
+    })
+    .await;
+    let proxy = support::proxy(support::config(app)).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    s.write_all(b"GET /gone HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    tokio::time::timeout(Duration::from_secs(10), arrived_rx.recv()).await.expect("the request reaches the app");
+    drop(s);
+    support::wait_for("the DC record", Duration::from_secs(10), || {
+        let m = support::metrics(&proxy);
+        let v = support::metric_value(&m, &["tandem_http_requests_total{", "response_flags=\"DC\""]);
+        async move { (v == Some(1.0)).then_some(()) }
+    })
+    .await;
 }
 
 #[tokio::test]
