@@ -228,6 +228,27 @@ fn is_chunked(v: &[u8]) -> bool {
     eq_ignore_case(trim(last), b"chunked")
 }
 
+/// The first `needle` in `hay`, eight bytes at a time (the line scan is most of the guard's cost).
+fn find(hay: &[u8], needle: u8) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pattern = LO * u64::from(needle);
+    let mut chunks = hay.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word) ^ pattern;
+        // The lowest set bit marks the first zero byte of `x` exactly (borrows only run upward).
+        let found = x.wrapping_sub(LO) & !x & HI;
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks.remainder().iter().position(|&b| b == needle).map(|i| at + i)
+}
+
 fn hex(b: u8) -> Option<u64> {
     match b {
         b'0'..=b'9' => Some(u64::from(b - b'0')),
@@ -311,7 +332,7 @@ impl Tracker {
                     }
                     None => p = len,
                 },
-                State::RequestLine(line) => match window[p..].iter().position(|&b| b == b'\n') {
+                State::RequestLine(line) => match find(&window[p..], b'\n') {
                     None => {
                         line.push(&window[p..]);
                         p = len;
@@ -326,7 +347,7 @@ impl Tracker {
                     }
                 },
                 State::Headers(head) => {
-                    let Some(i) = window[p..].iter().position(|&b| b == b'\n') else {
+                    let Some(i) = find(&window[p..], b'\n') else {
                         // An incomplete header line: it may be a Content-Length line.
                         hold_from = Some(hold_from.map_or(p, |h| h.min(p)));
                         break;
@@ -413,7 +434,7 @@ impl Tracker {
                             continue;
                         }
                         Chunk::Trailer => {
-                            match window[p..].iter().position(|&b| b == b'\r') {
+                            match find(&window[p..], b'\r') {
                                 None => p = len,
                                 Some(i) => {
                                     p += i + 1;
@@ -644,6 +665,20 @@ mod tests {
             );
             assert_eq!(t.marked(), marked, "marks when split at {cuts:?}");
             assert_eq!(t.state, end, "end state when split at {cuts:?}");
+        }
+    }
+
+    #[test]
+    fn find_agrees_with_a_plain_scan() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let len = rng.usize(0..40);
+            let hay: Vec<u8> = (0..len)
+                .map(|_| *rng.choice(&[b'a', b'\n', b'\r', 0x0a ^ 0x80, 0x8a, 0x0b, 0]).unwrap_or(&b'a'))
+                .collect();
+            for needle in [b'\n', b'\r'] {
+                assert_eq!(find(&hay, needle), hay.iter().position(|&b| b == needle), "{hay:?}");
+            }
         }
     }
 
