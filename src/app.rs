@@ -68,6 +68,7 @@ fn settings(t: &crate::config::Timeouts, l: &crate::config::Limits) -> ConnSetti
         max_header_bytes: l.max_header_bytes.value.0 as usize,
         max_headers: l.max_headers,
         max_connections: l.max_connections,
+        h1_guard: false,
     }
 }
 
@@ -155,7 +156,8 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
     let proxy = inbound.clone();
     let inbound_task = tokio::spawn(serve::serve(
         inbound_listener,
-        settings(&config.inbound.timeouts, &config.inbound.limits),
+        // The inbound service refuses what the HTTP/1 framing guard marks (CL + TE).
+        ConnSettings { h1_guard: true, ..settings(&config.inbound.timeouts, &config.inbound.limits) },
         Direction::Inbound,
         Some(telemetry.clone()),
         shutdown.drain(),

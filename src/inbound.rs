@@ -6,16 +6,21 @@
 //! 1. **record** — start the access-log/metrics record; it reports once, when the response body
 //!    ends or the client goes away (`DC`).
 //! 2. **load shed** — over `max_in_flight` answers 503 `UO` at once; nothing queues.
-//! 3. **request checks** — head over `max_header_bytes`/`max_headers` answers 431 `DPE`.
+//! 3. **request checks** — a request with both `Content-Length` and `Transfer-Encoding` (marked
+//!    by [`crate::h1_guard`], since hyper hides the conflict) answers 400 `DPE` and closes the
+//!    connection; a head over `max_header_bytes`/`max_headers` answers 431 `DPE`.
 //! 4. **rewrite** — strip hop-by-hop headers, set `x-forwarded-*`, keep or make `x-request-id`.
 //! 5. **timeout + forward** — pooled client to the app; connect failures `UF`, resets `UC`, garbage
 //!    `UPE`, no response head within `timeouts.response` `UT`.
 //! 6. **upgrade** — a `101` joins the client and app connections into a byte tunnel.
+//! 7. **trailers** — an HTTP/1.1 client that sent `TE: trailers` gets a gRPC response's trailers
+//!    declared in `Trailer` (hyper writes only declared trailer fields).
 
 use crate::body::ProxyBody;
 use crate::config::Inbound as InboundConfig;
 use crate::error::{error_response, ProxyError};
 use crate::forward::{self, UpstreamClient};
+use crate::h1_guard::CL_TE_MARK;
 use crate::record::{CountingBody, Direction, Finish, InFlight, RequestRecord};
 use crate::serve::ConnMeta;
 use crate::telemetry::Telemetry;
@@ -116,6 +121,18 @@ impl InboundProxy {
             return self.fail(ProxyError::TooManyRequests { limit: self.max_in_flight }, finish);
         }
 
+        // A request smuggling shape: refuse it and close, whatever else it says.
+        if parts.headers.contains_key(&CL_TE_MARK) {
+            let finish = Finish::new(record, None, self.telemetry.clone()).with_guard(in_flight);
+            let err =
+                ProxyError::BadRequest { what: "the request has both Content-Length and Transfer-Encoding".into() };
+            let mut resp = self.fail(err, finish);
+            if parts.version < http::Version::HTTP_2 {
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return resp;
+        }
+
         // Request-head limits (hyper's own limits sit above these as a backstop).
         if let Some(err) = self.check_head(&parts) {
             let finish = Finish::new(record, None, self.telemetry.clone()).with_guard(in_flight);
@@ -123,6 +140,8 @@ impl InboundProxy {
         }
 
         forward::strip_hop_by_hop(&mut parts.headers, upgrade);
+        // An HTTP/1.1 client that accepts trailers (only `TE: trailers` survives the strip).
+        let h1_trailers = parts.version < http::Version::HTTP_2 && parts.headers.contains_key(header::TE);
         forward::set_forwarded(&mut parts.headers, peer, self.proto);
         // Only tandem vouches for client certificates: a client-supplied XFCC never passes.
         parts.headers.remove(&X_FORWARDED_CLIENT_CERT);
@@ -184,6 +203,9 @@ impl InboundProxy {
             }
         }
         forward::strip_hop_by_hop(resp.headers_mut(), upgraded);
+        if h1_trailers {
+            declare_grpc_trailers(resp.headers_mut());
+        }
         let (parts, body) = resp.into_parts();
         Response::from_parts(parts, ProxyBody::upstream(body).with_finish(finish))
     }
@@ -219,6 +241,18 @@ impl InboundProxy {
         }
         let (parts, body) = resp.into_parts();
         Response::from_parts(parts, body.with_finish(finish))
+    }
+}
+
+/// hyper's HTTP/1.1 server only writes the trailer fields a response declares in `Trailer`; an
+/// h2c gRPC app declares none (HTTP/2 needs no declaration), so for an HTTP/1.1 client its
+/// `grpc-status` would be dropped. Declare the gRPC ones on gRPC responses that declare nothing.
+fn declare_grpc_trailers(headers: &mut http::HeaderMap) {
+    let grpc = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().get(..16).is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc")));
+    if grpc && !headers.contains_key(header::TRAILER) {
+        headers.insert(header::TRAILER, HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"));
     }
 }
 

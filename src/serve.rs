@@ -1,7 +1,15 @@
 //! The one accept loop every listener runs: TCP → optional TLS → hyper-util's auto connection
 //! (HTTP/1.1 or h2: by ALPN under TLS, by prior knowledge in plaintext) → the listener's service, with connection limits, idle timeout and a
 //! graceful drain (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY) when a stop begins.
+//!
+//! On listeners that ask for it ([`ConnSettings::h1_guard`]), HTTP/1 connections are read
+//! through [`H1Guard`], which marks requests that carry both `Content-Length` and
+//! `Transfer-Encoding` for the service to refuse. Requests hyper itself refuses before any service
+//! runs (it answers 400, 414 or 431 and closes) get a debug line and are counted in
+//! `tandem_http_requests_refused_total{direction, reason}` (`reason` is `invalid` or
+//! `too_large`); the count is only touched on that error path.
 
+use crate::h1_guard::H1Guard;
 use crate::record::Direction;
 use crate::shutdown::{Drain, Tracker};
 use crate::telemetry::Telemetry;
@@ -11,6 +19,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus::{IntCounterVec, Opts, Registry};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -35,6 +44,9 @@ pub struct ConnSettings {
     pub max_headers: usize,
     /// Connections beyond this are closed at once and counted.
     pub max_connections: usize,
+    /// Read HTTP/1 connections through [`H1Guard`] (the inbound listener: its service refuses
+    /// the requests the guard marks).
+    pub h1_guard: bool,
 }
 
 impl ConnSettings {
@@ -46,6 +58,7 @@ impl ConnSettings {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_connections: 100_000,
+            h1_guard: false,
         }
     }
 }
@@ -91,12 +104,16 @@ pub async fn serve<F, S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // hyper's HTTP/1 read buffer: a head that does not fit is refused with 431. The guard keeps
+    // back no more than this.
+    let max_buf_size = (settings.max_header_bytes * 2).max(16 * 1024);
+    let refused = telemetry.as_ref().and_then(|t| Refusals::register(t.metrics.registry(), direction));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size((settings.max_header_bytes * 2).max(16 * 1024))
+        .max_buf_size(max_buf_size)
         .max_headers(settings.max_headers * 2 + 16);
     builder
         .http2()
@@ -144,6 +161,8 @@ pub async fn serve<F, S, B>(
         let telemetry = telemetry.clone();
         let mut conn_drain = drain.clone();
         let idle = settings.idle_timeout;
+        let guard_h1 = settings.h1_guard;
+        let refused = refused.clone();
         tokio::spawn(async move {
             let _guard = guard;
             if let Some(t) = &telemetry {
@@ -164,7 +183,7 @@ pub async fn serve<F, S, B>(
                 },
             };
             let service = make_service(meta);
-            let io = TokioIo::new(io);
+            let io = TokioIo::new(if guard_h1 { H1Guard::new(io, max_buf_size) } else { H1Guard::passthrough(io) });
             let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
             let mut closing = false;
             let mut last_seen = 0u64;
@@ -176,7 +195,21 @@ pub async fn serve<F, S, B>(
                 tokio::select! {
                     res = conn.as_mut() => {
                         if let Err(e) = res {
-                            tracing::debug!(error = %e, %peer, "connection ended with an error");
+                            match refusal(e.as_ref()) {
+                                Some(reason) => {
+                                    tracing::debug!(
+                                        error = %e,
+                                        %peer,
+                                        reason,
+                                        direction = direction.as_str(),
+                                        "request refused by the HTTP/1 parser before reaching the service"
+                                    );
+                                    if let Some(r) = &refused {
+                                        r.count(reason);
+                                    }
+                                }
+                                None => tracing::debug!(error = %e, %peer, "connection ended with an error"),
+                            }
                         }
                         break;
                     }
@@ -254,6 +287,61 @@ impl AsyncWrite for Transport {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+/// Whether a connection error means hyper refused a request itself (and answered it): `invalid`
+/// (400) or `too_large` (431 for the head, 414 for the URI).
+fn refusal(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            return if h.is_parse_too_large() {
+                Some("too_large")
+            } else if h.is_parse() {
+                Some("invalid")
+            } else {
+                None
+            };
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// `tandem_http_requests_refused_total` for one listener, registered on the shared registry
+/// with the listener's direction as a constant label.
+#[derive(Clone)]
+struct Refusals {
+    counter: IntCounterVec,
+}
+
+impl Refusals {
+    fn register(registry: &Registry, direction: Direction) -> Option<Self> {
+        let opts = Opts::new(
+            "tandem_http_requests_refused_total",
+            "Requests the HTTP/1 parser refused before any service saw them (tandem answered 400, 414 or 431 and closed the connection).",
+        )
+        .const_label("direction", direction.as_str());
+        let counter = match IntCounterVec::new(opts, &["reason"]) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot create the refused-requests counter");
+                return None;
+            }
+        };
+        if let Err(e) = registry.register(Box::new(counter.clone())) {
+            // A second listener of the same direction on one registry: count, unexported.
+            tracing::debug!(error = %e, direction = direction.as_str(), "refused-requests counter not registered");
+        }
+        // Both series exist from the start.
+        counter.with_label_values(&["invalid"]);
+        counter.with_label_values(&["too_large"]);
+        Some(Self { counter })
+    }
+
+    fn count(&self, reason: &str) {
+        self.counter.with_label_values(&[reason]).inc();
     }
 }
 
