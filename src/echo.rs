@@ -90,11 +90,11 @@ fn truthy(v: &str) -> bool {
 
 async fn handle(req: Request<Incoming>) -> Response<EchoBody> {
     if req.uri().path() == "/health" {
-        return text(StatusCode::OK, "ok\n");
+        return text(StatusCode::OK, Bytes::from_static(b"ok\n"));
     }
     let params = match Params::parse(req.uri().query()) {
         Ok(p) => p,
-        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+        Err(e) => return text(StatusCode::BAD_REQUEST, Bytes::from(format!("{e}\n"))),
     };
     if let Some(d) = params.delay {
         tokio::time::sleep(d).await;
@@ -117,7 +117,9 @@ async fn handle(req: Request<Incoming>) -> Response<EchoBody> {
             EchoBody::Full(Some(Bytes::from(json)))
         }
     };
-    builder.body(body).unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "cannot build response\n"))
+    builder
+        .body(body)
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, Bytes::from_static(b"cannot build response\n")))
 }
 
 fn echo_json(req: &Request<Incoming>) -> Vec<u8> {
@@ -147,8 +149,8 @@ fn echo_json(req: &Request<Incoming>) -> Vec<u8> {
     out
 }
 
-fn text(status: StatusCode, s: &str) -> Response<EchoBody> {
-    let mut r = Response::new(EchoBody::Full(Some(Bytes::copy_from_slice(s.as_bytes()))));
+fn text(status: StatusCode, body: Bytes) -> Response<EchoBody> {
+    let mut r = Response::new(EchoBody::Full(Some(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
