@@ -29,10 +29,13 @@
 //! | [`logging`] | tandem's own diagnostics (`tracing`) and the run-time filter |
 //! | [`ratelimit`] | rate-limited warnings for repeated errors |
 //! | [`echo`] | the load-test target / test app |
+//! | [`await_cmd`] | `tandem await`: wait for `/ready`, run a command, pass signals, stop the proxy after |
 
 pub mod access_log;
 pub mod admin;
 pub mod app;
+#[cfg(unix)]
+pub mod await_cmd;
 pub mod body;
 pub mod cli;
 pub mod commands;

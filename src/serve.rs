@@ -3,7 +3,7 @@
 //! graceful drain (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY) when a stop begins.
 
 use crate::record::Direction;
-use crate::shutdown::{Drain, Tracker};
+use crate::shutdown::{ConnInfo, Drain, DrainAware, Tracker, DRAIN_IDLE_GRACE};
 use crate::telemetry::Telemetry;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -94,11 +94,25 @@ pub async fn serve<F, S, B>(
         .keep_alive_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
     let mut accept_errors = 0u32;
+    let mut stopping = false;
     loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = drain.wait() => break,
-            a = listener.accept() => a,
+        let accepted = if stopping {
+            // The stop has begun. Connections the kernel already completed sit in the backlog, and
+            // their clients may have sent a request: closing the listener would reset them. Take
+            // them (they are served in drain mode), then close the listener.
+            match accept_queued(&listener) {
+                Some(a) => a,
+                None => break,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = drain.wait() => {
+                    stopping = true;
+                    continue;
+                }
+                a = listener.accept() => a,
+            }
         };
         let (stream, peer) = match accepted {
             Ok(a) => {
@@ -125,13 +139,15 @@ pub async fn serve<F, S, B>(
         }
         let _ = stream.set_nodelay(true);
         let guard = tracker.open();
-        let service = make_service(peer);
+        let info = Arc::new(ConnInfo::default());
+        let service = DrainAware::new(make_service(peer), drain.clone(), info.clone());
         let builder = builder.clone();
         let telemetry = telemetry.clone();
         let mut conn_drain = drain.clone();
         let idle = settings.idle_timeout;
         tokio::spawn(async move {
-            let _guard = guard;
+            let forced = guard.closed_by_force();
+            let mut forced = pin!(forced);
             if let Some(t) = &telemetry {
                 t.metrics.connection_opened(direction);
             }
@@ -139,11 +155,16 @@ pub async fn serve<F, S, B>(
             let io = TokioIo::new(Counted { inner: stream, activity: activity.clone() });
             let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
             let mut closing = false;
+            let mut draining = false;
             let mut last_seen = 0u64;
             let mut idle_tick = tokio::time::interval_at(
                 tokio::time::Instant::now() + idle.max(Duration::from_millis(1)),
                 idle.max(Duration::from_millis(1)),
             );
+            // The drain rules are in crate::shutdown: HTTP/2 gets GOAWAY at once; HTTP/1.1 answers
+            // with `Connection: close` and is closed once it has been quiet for DRAIN_IDLE_GRACE.
+            let mut drain_tick = tokio::time::interval(DRAIN_IDLE_GRACE);
+            let mut drain_seen = 0u64;
             loop {
                 tokio::select! {
                     res = conn.as_mut() => {
@@ -152,9 +173,27 @@ pub async fn serve<F, S, B>(
                         }
                         break;
                     }
-                    _ = conn_drain.wait(), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
+                    _ = forced.as_mut() => {
+                        tracing::debug!(%peer, "drain deadline: closing the connection");
+                        break;
+                    }
+                    _ = conn_drain.wait(), if !draining && !closing => {
+                        draining = true;
+                        if info.is_h2() {
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                        } else {
+                            drain_seen = activity.load(Ordering::Relaxed);
+                            drain_tick.reset();
+                        }
+                    }
+                    _ = drain_tick.tick(), if draining && !closing => {
+                        let seen = activity.load(Ordering::Relaxed);
+                        if info.is_h2() || seen == drain_seen {
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        drain_seen = seen;
                     }
                     _ = idle_tick.tick(), if !closing && !idle.is_zero() => {
                         let seen = activity.load(Ordering::Relaxed);
@@ -171,6 +210,13 @@ pub async fn serve<F, S, B>(
             }
         });
     }
+}
+
+/// Accepts a connection already queued on `listener` without waiting; `None` once the queue is empty.
+fn accept_queued(listener: &TcpListener) -> Option<io::Result<(TcpStream, SocketAddr)>> {
+    let (socket, addr) = socket2::SockRef::from(listener).accept().ok()?;
+    let peer = addr.as_socket()?;
+    Some(socket.set_nonblocking(true).and_then(|()| TcpStream::from_std(socket.into())).map(|s| (s, peer)))
 }
 
 /// A TCP stream that counts the bytes it moves, for the idle timeout.
