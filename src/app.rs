@@ -1,5 +1,14 @@
 //! Wiring: bind every listener first (returning the real addresses), then serve until a stop,
 //! then drain within `shutdown.drain_timeout` and report what was left.
+//!
+//! Two signals drive the end of a run:
+//!
+//! - **stop** ([`Running::shutdown_handle`]: SIGTERM, SIGINT, `POST /shutdown`): `/ready` turns 503
+//!   and every [`StopPolicy::AtStop`] listener (inbound) stops accepting and drains its connections
+//!   (the rules are in [`crate::shutdown`]).
+//! - **exit**: fires once every [`Side`] is drained or the deadline passed. The admin listener and
+//!   every [`StopPolicy::AtExit`] listener (outbound: the app finishes its own calls while its
+//!   inbound requests drain) watch it, and get [`EXIT_GRACE`] to finish what they are writing.
 
 use crate::access_log::AccessLog;
 use crate::admin::{AdminService, AdminState};

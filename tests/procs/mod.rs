@@ -10,9 +10,17 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `tandem` binary cargo built for these tests.
+/// The `tandem` binary under test: `TANDEM_TEST_BIN` when set (CI points it at the binary built
+/// exactly as the Dockerfile builds it, `cargo build --release --locked`), else the one cargo built
+/// for these tests.
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tandem")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("TANDEM_TEST_BIN")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_tandem").to_owned())
+    })
 }
 
 /// A port nothing listens on right now: bind 127.0.0.1:0, read the port, close.
