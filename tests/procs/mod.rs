@@ -149,12 +149,34 @@ pub fn inbound_in_flight(n: usize) -> String {
     format!("tandem_http_requests_in_flight{{direction=\"inbound\"}} {n}")
 }
 
+/// Polls `GET path` on `addr` until it answers 200 while `proc` runs: false if `proc` exited first
+/// (a port found free was taken again before it could bind: the caller retries on new ports).
+async fn poll_ready_while_running(proc: &mut Proc, addr: SocketAddr, path: &str) -> bool {
+    let start = Instant::now();
+    loop {
+        if let Ok((s, _, _)) = get(addr, path).await {
+            if s == 200 {
+                return true;
+            }
+        }
+        if proc.child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{path} on {addr} never answered 200:\n{}", proc.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `tandem echo` on a free port, polled until it answers.
 pub async fn echo() -> (Proc, SocketAddr) {
-    let addr = free_port();
-    let p = Proc::spawn("echo", bin(), &["echo", "--listen", &addr.to_string(), "--workers", "1"], &[]);
-    poll_status(addr, "/health", 200).await;
-    (p, addr)
+    for _ in 0..5 {
+        let addr = free_port();
+        let mut p = Proc::spawn("echo", bin(), &["echo", "--listen", &addr.to_string(), "--workers", "1"], &[]);
+        if poll_ready_while_running(&mut p, addr, "/health").await {
+            return (p, addr);
+        }
+    }
+    panic!("the echo app could not bind a free port five times");
 }
 
 /// A running `tandem run`: its process and addresses.
@@ -166,19 +188,25 @@ pub struct Tandem {
 
 /// `tandem run` in front of `app` on free ports with `extra` flags, polled until `/ready` is 200.
 pub async fn tandem(app: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -> Tandem {
-    let inbound = free_port();
-    let admin = free_port();
-    let outbound = free_port();
-    let (i, a, o, p) = (inbound.to_string(), admin.to_string(), outbound.to_string(), app.to_string());
-    let mut args = vec!["run", "--app", &p, "--inbound", &i, "--admin", &a, "--outbound", &o];
-    if !extra.contains(&"--access-log") {
-        args.extend_from_slice(&["--access-log", "off"]);
+    let mut last = String::new();
+    for _ in 0..5 {
+        let inbound = free_port();
+        let admin = free_port();
+        let outbound = free_port();
+        let (i, a, o, p) = (inbound.to_string(), admin.to_string(), outbound.to_string(), app.to_string());
+        let mut args = vec!["run", "--app", &p, "--inbound", &i, "--admin", &a, "--outbound", &o];
+        if !extra.contains(&"--access-log") {
+            args.extend_from_slice(&["--access-log", "off"]);
+        }
+        if !extra.contains(&"--workers") {
+            args.extend_from_slice(&["--workers", "2"]);
+        }
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn("tandem", bin(), &args, env);
+        if poll_ready_while_running(&mut proc, admin, "/ready").await {
+            return Tandem { proc, inbound, admin };
+        }
+        last = proc.stderr();
     }
-    if !extra.contains(&"--workers") {
-        args.extend_from_slice(&["--workers", "2"]);
-    }
-    args.extend_from_slice(extra);
-    let proc = Proc::spawn("tandem", bin(), &args, env);
-    poll_status(admin, "/ready", 200).await;
-    Tandem { proc, inbound, admin }
+    panic!("tandem did not start five times; last stderr:\n{last}");
 }
