@@ -160,7 +160,13 @@ fn humanize(d: Duration) -> String {
 
 async fn run_command(command: &[OsString], signals: &mut unix::Signals) -> u8 {
     let Some((program, args)) = command.split_first() else { return 0 };
-    let child = match std::process::Command::new(program).args(args).spawn() {
+    // fork + exec waits for the exec to succeed: off the async thread. The child-exit handler is
+    // already installed, so an exit right after the spawn is not missed.
+    let (p, a) = (program.clone(), args.to_vec());
+    let spawned = tokio::task::spawn_blocking(move || std::process::Command::new(p).args(a).spawn())
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let code = match e.kind() {

@@ -112,3 +112,23 @@ fn the_pods_use_tandems_ports_and_commands() {
         .expect("run");
     assert!(out.status.success());
 }
+
+#[test]
+fn the_dockerfile_builds_what_ci_tests_and_runs_it_as_the_documented_uid() {
+    let docker = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    let ci = std::fs::read_to_string(root().join(".ci/run")).expect(".ci/run");
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README");
+    assert!(docker.contains("cargo build --release --locked") && ci.contains("cargo build --release --locked"));
+    assert!(docker.contains("FROM gcr.io/distroless/"), "distroless final stage");
+    assert!(docker.contains("USER 1337:1337") && readme.contains("uid and gid 1337"));
+    assert!(docker.contains(r#"ENTRYPOINT ["tandem"]"#));
+    assert!(docker.contains("EXPOSE 15006 15001 15020"));
+    for file in ["deploy/base/deployment.yaml", "deploy/no-native-sidecar/deployment.yaml", "deploy/job/job.yaml"] {
+        let d = &documents(&root().join(file))[0];
+        for c in containers(&d["spec"]["template"]["spec"]) {
+            if c["image"].as_str().is_some_and(|i| i.starts_with("tandem:")) {
+                assert_eq!(c["securityContext"]["runAsUser"], 1337, "{file}");
+            }
+        }
+    }
+}
