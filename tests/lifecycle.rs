@@ -345,3 +345,88 @@ async fn the_worker_count_is_logged_and_the_flag_overrides_it() {
     assert_eq!(v["fields"]["source"], expected.source.as_str(), "{line}");
     assert!(count_lines(&t.proc.stderr(), "runtime workers") == 1);
 }
+
+/// A CPU cgroup this test made; removed on drop (after the processes in it have exited).
+struct CpuCgroup(std::path::PathBuf);
+
+impl Drop for CpuCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Makes a cgroup limited to half a CPU: cgroup v1 (`cpu` hierarchy) or v2 (`cpu.max`, when the
+/// cpu controller is enabled for the root's children). `Err` says why not.
+fn half_cpu_cgroup() -> Result<CpuCgroup, String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root to create a cgroup".into());
+    }
+    let name = format!("tandem-test-{}", std::process::id());
+    let v1 = std::path::Path::new("/sys/fs/cgroup/cpu");
+    if v1.join("cpu.cfs_quota_us").exists() {
+        let dir = v1.join(&name);
+        std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let cg = CpuCgroup(dir.clone());
+        std::fs::write(dir.join("cpu.cfs_period_us"), "100000").map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("cpu.cfs_quota_us"), "50000").map_err(|e| e.to_string())?;
+        return Ok(cg);
+    }
+    let v2 = std::path::Path::new("/sys/fs/cgroup");
+    let controllers = std::fs::read_to_string(v2.join("cgroup.subtree_control")).unwrap_or_default();
+    if controllers.split_whitespace().any(|c| c == "cpu") {
+        let dir = v2.join(&name);
+        std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let cg = CpuCgroup(dir.clone());
+        std::fs::write(dir.join("cpu.max"), "50000 100000").map_err(|e| e.to_string())?;
+        return Ok(cg);
+    }
+    Err("no writable cgroup v1 cpu hierarchy and no cgroup v2 cpu controller for new groups".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_follow_a_real_cgroup_cpu_limit() {
+    let cg = match half_cpu_cgroup() {
+        Ok(cg) => cg,
+        Err(reason) => {
+            println!("skipped: {reason}");
+            return;
+        }
+    };
+    // The shell moves itself into the cgroup, then becomes tandem, which reads its own cgroup.
+    let procs_file = cg.0.join("cgroup.procs");
+    let script = format!("echo $$ > {} && exec \"$0\" \"$@\"", procs_file.display());
+    let (_echo, app) = echo().await;
+    let admin = free_port().to_string();
+    let inbound = free_port().to_string();
+    let mut p = Proc::spawn(
+        "tandem",
+        "sh",
+        &[
+            "-c",
+            &script,
+            procs::bin(),
+            "run",
+            "--app",
+            &app.to_string(),
+            "--inbound",
+            &inbound,
+            "--admin",
+            &admin,
+            "--outbound",
+            "127.0.0.1:0",
+            "--access-log",
+            "off",
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    poll_status(admin.parse().expect("addr"), "/ready", 200).await;
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.exit(EXIT_LIMIT).await.code(), Some(0));
+    let line = p.stderr().lines().find(|l| l.contains("runtime workers")).map(str::to_owned).expect("logged");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(v["fields"]["workers"], 1, "{line}");
+    assert_eq!(v["fields"]["source"], "cgroup CPU limit 0.50", "{line}");
+}
