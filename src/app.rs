@@ -395,3 +395,36 @@ pub async fn shutdown_signal() -> &'static str {
         "SIGINT"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test]
+    async fn an_at_exit_side_is_drained_when_nothing_is_in_flight_however_many_connections_stay_open() {
+        let in_flight = Arc::new(AtomicUsize::new(2));
+        let conns = Tracker::new();
+        let _pooled = conns.open(); // the app's keep-alive connection stays open through the drain
+        let n = in_flight.clone();
+        let side = Side {
+            name: "outbound",
+            policy: StopPolicy::AtExit,
+            conns,
+            in_flight: Box::new(move || n.load(Ordering::Acquire)),
+        };
+        let drained = tokio::spawn(async move { side.drained().await });
+        in_flight.store(0, Ordering::Release);
+        tokio::time::timeout(Duration::from_secs(10), drained).await.expect("drained").expect("join");
+    }
+
+    #[tokio::test]
+    async fn an_at_stop_side_is_drained_when_its_last_connection_closes() {
+        let conns = Tracker::new();
+        let open = conns.open();
+        let side = Side { name: "inbound", policy: StopPolicy::AtStop, conns, in_flight: Box::new(|| 0) };
+        let drained = tokio::spawn(async move { side.drained().await });
+        drop(open);
+        tokio::time::timeout(Duration::from_secs(10), drained).await.expect("drained").expect("join");
+    }
+}
