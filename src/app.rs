@@ -1,5 +1,14 @@
 //! Wiring: bind every listener first (returning the real addresses), then serve until a stop,
 //! then drain within `shutdown.drain_timeout` and report what was left.
+//!
+//! Two signals drive the end of a run:
+//!
+//! - **stop** ([`Running::shutdown_handle`]: SIGTERM, SIGINT, `POST /shutdown`): `/ready` turns 503
+//!   and every [`StopPolicy::AtStop`] listener (inbound) stops accepting and drains its connections
+//!   (the rules are in [`crate::shutdown`]).
+//! - **exit**: fires once every [`Side`] is drained or the deadline passed. The admin listener and
+//!   every [`StopPolicy::AtExit`] listener (outbound: the app finishes its own calls while its
+//!   inbound requests drain) watch it, and get [`EXIT_GRACE`] to finish what they are writing.
 
 use crate::access_log::AccessLog;
 use crate::admin::{AdminService, AdminState};
@@ -38,27 +47,78 @@ pub enum StartError {
     Tls(crate::tls::TlsError),
 }
 
+/// How long listeners that serve through the drain (admin, outbound) get to finish the answers they
+/// are writing once tandem is about to exit.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+/// How often the drain looks at the request counts of listeners that keep serving through it.
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(20);
+
+/// When a listener stops, relative to a stop (SIGTERM, SIGINT, `POST /shutdown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopPolicy {
+    /// Stops accepting when the stop begins; its connections are told to close (HTTP/1.1
+    /// `Connection: close`, HTTP/2 GOAWAY). The drain waits until every connection has closed.
+    /// The inbound listener: the Service is sending traffic elsewhere now.
+    AtStop,
+    /// Keeps accepting through the drain and stops only when tandem exits. The drain waits until
+    /// it has no request in flight. The outbound listener: the app finishes its own work (calls to
+    /// other services) while its inbound requests drain.
+    AtExit,
+}
+
+/// One serving listener, as the drain sees it.
+pub struct Side {
+    pub name: &'static str,
+    pub policy: StopPolicy,
+    pub conns: Arc<Tracker>,
+    /// Requests in flight on this listener right now.
+    pub in_flight: Box<dyn Fn() -> usize + Send + Sync>,
+}
+
+impl Side {
+    async fn drained(&self) {
+        match self.policy {
+            StopPolicy::AtStop => self.conns.wait_idle().await,
+            StopPolicy::AtExit => {
+                while (self.in_flight)() > 0 {
+                    tokio::time::sleep(IN_FLIGHT_POLL).await;
+                }
+            }
+        }
+    }
+}
+
 /// A started tandem: every listener bound and serving.
 pub struct Running {
     pub inbound_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     /// The outbound (forward proxy) listener's address.
     pub outbound_addr: SocketAddr,
+    /// The stop: fires on SIGTERM, SIGINT or `POST /shutdown`. [`StopPolicy::AtStop`] listeners
+    /// watch it.
     shutdown: Shutdown,
+    /// Fires once the drain is over and tandem is about to exit. The admin listener (so `/ready`
+    /// reads 503 through the drain) and [`StopPolicy::AtExit`] listeners watch it.
+    exit: Shutdown,
     ready: Arc<AtomicBool>,
     telemetry: Arc<Telemetry>,
-    inbound: Arc<InboundProxy>,
-    inbound_conns: Arc<Tracker>,
+    sides: Vec<Side>,
+    admin_conns: Arc<Tracker>,
     drain_timeout: Duration,
     tasks: Vec<JoinHandle<()>>,
-    admin_task: JoinHandle<()>,
-    /// Outbound serves through the drain (the app finishes its own work) and stops with the process.
-    outbound_stop: Shutdown,
-    outbound_task: JoinHandle<()>,
 }
 
 fn bind(key: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
     serve::bind(addr).map_err(|source| StartError::Bind { key, addr, source })
+}
+
+fn local_addr(
+    key: &'static str,
+    l: &tokio::net::TcpListener,
+    configured: SocketAddr,
+) -> Result<SocketAddr, StartError> {
+    l.local_addr().map_err(|source| StartError::Bind { key, addr: configured, source })
 }
 
 fn settings(t: &crate::config::Timeouts, l: &crate::config::Limits) -> ConnSettings {
@@ -72,7 +132,8 @@ fn settings(t: &crate::config::Timeouts, l: &crate::config::Limits) -> ConnSetti
     }
 }
 
-/// Binds every listener, then starts serving. Nothing is served until everything is bound.
+/// Binds every listener, then starts serving. Nothing is served, and `/ready` does not answer 200,
+/// until everything is bound.
 pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, StartError> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let access_log =
@@ -81,34 +142,30 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
     let telemetry = Arc::new(Telemetry::new(metrics, access_log));
     let app_check = AppCheck::parse(&config.readiness.app).map_err(StartError::Readiness)?;
 
+    // 1. Bind everything. A listener added later (outbound) binds here too, before anything serves.
     let inbound_listener = bind("inbound.listen", config.inbound.listen.value)?;
     let admin_listener = bind("admin.listen", config.admin.listen.value)?;
     let outbound_listener = bind("outbound.listen", config.outbound.listen.value)?;
-    let outbound_addr = outbound_listener.local_addr().map_err(|source| StartError::Bind {
-        key: "outbound.listen",
-        addr: config.outbound.listen.value,
-        source,
-    })?;
-    let inbound_addr = inbound_listener.local_addr().map_err(|source| StartError::Bind {
-        key: "inbound.listen",
-        addr: config.inbound.listen.value,
-        source,
-    })?;
-    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
-        key: "admin.listen",
-        addr: config.admin.listen.value,
-        source,
-    })?;
+    let inbound_addr = local_addr("inbound.listen", &inbound_listener, config.inbound.listen.value)?;
+    let admin_addr = local_addr("admin.listen", &admin_listener, config.admin.listen.value)?;
+    let outbound_addr = local_addr("outbound.listen", &outbound_listener, config.outbound.listen.value)?;
 
     let shutdown = Shutdown::new();
+    let exit = Shutdown::new();
     let ready = Arc::new(AtomicBool::new(false));
     let tls = match &config.inbound.tls {
         Some(t) => Some(TlsServer::new(t.clone(), telemetry.metrics.registry()).map_err(StartError::Tls)?),
         None => None,
     };
     let inbound = InboundProxy::new(&config.inbound, telemetry.clone(), tls.is_some())?;
-    let inbound_conns = Tracker::new();
+    let mut tasks = Vec::new();
+    let mut sides = Vec::new();
+    if let Some(t) = &tls {
+        tasks.push(tokio::spawn(t.clone().watch()));
+    }
 
+    // 2. The admin listener answers from the start (`/ready` says 503 until step 4) and through the
+    //    drain (`/ready` says 503 again), and stops when tandem exits.
     let admin_state = Arc::new(AdminState {
         telemetry: telemetry.clone(),
         shutdown: shutdown.clone(),
@@ -118,43 +175,44 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
         app_check,
         app: config.inbound.app.value,
     });
-    // The admin listener keeps answering through the drain (so /ready reads 503) and stops with
-    // the process.
-    let admin_stop = Shutdown::new();
-    let admin_task = tokio::spawn(serve::serve(
+    let admin_conns = Tracker::new();
+    tasks.push(tokio::spawn(serve::serve(
         admin_listener,
         ConnSettings::internal(),
         Direction::Inbound,
         None,
-        admin_stop.drain(),
-        Tracker::new(),
+        exit.drain(),
+        admin_conns.clone(),
         None,
         move |meta: serve::ConnMeta| AdminService::new(admin_state.clone(), meta.peer),
-    ));
+    )));
 
-    let mut tasks = Vec::new();
-    if let Some(t) = &tls {
-        tasks.push(tokio::spawn(t.clone().watch()));
-    }
-
-    // Outbound keeps serving while inbound drains, so the app can finish its own work: its
-    // accept loop stops only when the process exits.
-    let outbound_stop = Shutdown::new();
+    // 3. The proxy listeners. Outbound keeps serving through the drain, so the app can finish its
+    //    own calls while its inbound requests drain; it stops when tandem exits.
     let outbound_conns = Tracker::new();
     let outbound = OutboundProxy::new(&config.outbound, telemetry.clone(), outbound_addr, outbound_conns.clone());
-    let outbound_task = tokio::spawn(serve::serve(
+    let outbound_svc = outbound.clone();
+    tasks.push(tokio::spawn(serve::serve(
         outbound_listener,
         settings(&config.outbound.timeouts, &config.outbound.limits),
         Direction::Outbound,
         Some(telemetry.clone()),
-        outbound_stop.drain(),
-        outbound_conns,
+        exit.drain(),
+        outbound_conns.clone(),
         None,
-        move |meta: serve::ConnMeta| outbound.service(meta.peer),
-    ));
+        move |meta: serve::ConnMeta| outbound_svc.service(meta.peer),
+    )));
+    sides.push(Side {
+        name: "outbound",
+        policy: StopPolicy::AtExit,
+        conns: outbound_conns,
+        in_flight: Box::new(move || outbound.in_flight()),
+    });
 
+    // Inbound stops accepting at the stop and drains its connections.
+    let inbound_conns = Tracker::new();
     let proxy = inbound.clone();
-    let inbound_task = tokio::spawn(serve::serve(
+    tasks.push(tokio::spawn(serve::serve(
         inbound_listener,
         // The inbound service refuses what the HTTP/1 framing guard marks (CL + TE).
         ConnSettings { h1_guard: true, ..settings(&config.inbound.timeouts, &config.inbound.limits) },
@@ -164,8 +222,15 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
         inbound_conns.clone(),
         tls,
         move |meta| proxy.service(meta),
-    ));
+    )));
+    sides.push(Side {
+        name: "inbound",
+        policy: StopPolicy::AtStop,
+        conns: inbound_conns,
+        in_flight: Box::new(move || inbound.in_flight()),
+    });
 
+    // 4. Ready.
     ready.store(true, Ordering::Release);
     telemetry.metrics.set_ready(true);
     tracing::info!(
@@ -180,18 +245,13 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
         admin_addr,
         outbound_addr,
         shutdown,
+        exit,
         ready,
         telemetry,
-        inbound,
-        inbound_conns,
+        sides,
+        admin_conns,
         drain_timeout: config.shutdown.drain_timeout.value,
-        tasks: {
-            tasks.push(inbound_task);
-            tasks
-        },
-        admin_task,
-        outbound_stop,
-        outbound_task,
+        tasks,
     })
 }
 
@@ -206,46 +266,76 @@ impl Running {
         self.telemetry.clone()
     }
 
-    /// Serves until a stop begins, then drains. Returns once tandem may exit.
+    fn remaining(&self) -> String {
+        self.sides
+            .iter()
+            .map(|s| format!("{}: {} connections, {} requests in flight", s.name, s.conns.count(), (s.in_flight)()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Serves until a stop begins, then drains: `/ready` turns 503 at once, [`StopPolicy::AtStop`]
+    /// listeners stop accepting and their connections are told to close, and tandem waits until
+    /// every side is drained or `shutdown.drain_timeout` passes, when what remains is closed and
+    /// logged. Returns once tandem may exit.
     pub async fn wait(self) {
         let mut drain = self.shutdown.drain();
         drain.wait().await;
         self.ready.store(false, Ordering::Release);
         self.telemetry.metrics.set_ready(false);
-        tracing::info!(
-            connections = self.inbound_conns.count(),
-            in_flight = self.inbound.in_flight(),
-            deadline = ?self.drain_timeout,
-            "stop requested; draining"
-        );
-        let drained = serve::within(self.drain_timeout, self.inbound_conns.wait_idle()).await;
-        if !drained {
-            tracing::warn!(
-                connections = self.inbound_conns.count(),
-                in_flight = self.inbound.in_flight(),
-                "drain deadline reached; closing what remains"
-            );
-        } else {
+        tracing::info!(remaining = %self.remaining(), deadline = ?self.drain_timeout, "stop requested; draining");
+
+        let all_drained = async {
+            for side in &self.sides {
+                side.drained().await;
+            }
+        };
+        if serve::within(self.drain_timeout, all_drained).await {
             tracing::info!("drained; exiting");
+        } else {
+            tracing::warn!(remaining = %self.remaining(), "drain deadline reached; closing what remains");
+            for side in &self.sides {
+                side.conns.close_all();
+            }
         }
-        for t in self.tasks {
+
+        // Whatever serves until exit stops now; give it a moment to finish answers being written
+        // (the `POST /shutdown` that started this, a last scrape), then close the rest.
+        self.exit.trigger();
+        let exiting = async {
+            for conns in self.sides.iter().map(|s| &s.conns).chain(std::iter::once(&self.admin_conns)) {
+                conns.wait_idle().await;
+            }
+        };
+        if !serve::within(EXIT_GRACE, exiting).await {
+            for side in &self.sides {
+                side.conns.close_all();
+            }
+            self.admin_conns.close_all();
+        }
+        for t in &self.tasks {
             t.abort();
         }
-        self.admin_task.abort();
-        self.outbound_stop.trigger();
-        self.outbound_task.abort();
-        self.telemetry.access_log.flush();
+        flush_access_log(&self.telemetry).await;
     }
 
     /// Like [`Running::wait`], with the process's signals: SIGTERM and SIGINT start the stop (a
     /// second one exits at once), SIGUSR1 reopens the access log.
-    pub async fn wait_with_signals(self) -> i32 {
+    pub async fn wait_with_signals(self) {
         let shutdown = self.shutdown.clone();
         let telemetry = self.telemetry.clone();
         let signals = tokio::spawn(async move { handle_signals(shutdown, telemetry).await });
         self.wait().await;
         signals.abort();
-        0
+    }
+}
+
+/// Writes out the access-log lines queued so far, off the async workers (the flush waits for the
+/// writer thread).
+async fn flush_access_log(telemetry: &Arc<Telemetry>) {
+    let t = telemetry.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || t.access_log.flush()).await {
+        tracing::warn!(error = %e, "cannot flush the access log");
     }
 }
 
@@ -272,7 +362,7 @@ async fn handle_signals(shutdown: Shutdown, telemetry: Arc<Telemetry>) {
             tracing::info!(signal = name, "stop requested");
         } else {
             tracing::warn!(signal = name, "second stop signal; exiting now");
-            telemetry.access_log.flush();
+            flush_access_log(&telemetry).await;
             std::process::exit(0);
         }
     }
@@ -343,5 +433,38 @@ pub async fn shutdown_signal() -> &'static str {
     {
         let _ = tokio::signal::ctrl_c().await;
         "SIGINT"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test]
+    async fn an_at_exit_side_is_drained_when_nothing_is_in_flight_however_many_connections_stay_open() {
+        let in_flight = Arc::new(AtomicUsize::new(2));
+        let conns = Tracker::new();
+        let _pooled = conns.open(); // the app's keep-alive connection stays open through the drain
+        let n = in_flight.clone();
+        let side = Side {
+            name: "outbound",
+            policy: StopPolicy::AtExit,
+            conns,
+            in_flight: Box::new(move || n.load(Ordering::Acquire)),
+        };
+        let drained = tokio::spawn(async move { side.drained().await });
+        in_flight.store(0, Ordering::Release);
+        tokio::time::timeout(Duration::from_secs(10), drained).await.expect("drained").expect("join");
+    }
+
+    #[tokio::test]
+    async fn an_at_stop_side_is_drained_when_its_last_connection_closes() {
+        let conns = Tracker::new();
+        let open = conns.open();
+        let side = Side { name: "inbound", policy: StopPolicy::AtStop, conns, in_flight: Box::new(|| 0) };
+        let drained = tokio::spawn(async move { side.drained().await });
+        drop(open);
+        tokio::time::timeout(Duration::from_secs(10), drained).await.expect("drained").expect("join");
     }
 }

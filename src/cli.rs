@@ -1,8 +1,10 @@
 //! Command-line definitions (clap derive) and the mapping of flags onto configuration key paths.
 
 use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// tandem: a service-mesh proxy sidecar in one binary.
 #[derive(Debug, Parser)]
@@ -32,6 +34,17 @@ pub enum Command {
         after_help = "Examples:\n  tandem check -c tandem.yaml\n  TANDEM_INBOUND_APP=127.0.0.1:9090 tandem check"
     )]
     Check(CheckArgs),
+    /// Wait until the proxy is ready; then optionally run a command, passing signals through, and
+    /// with --shutdown stop the proxy when the command ends (for Jobs).
+    #[command(
+        after_help = "Examples:\n  tandem await --timeout 30s\n  tandem await -- nginx -g 'daemon off;'\n  tandem await --shutdown -- ./migrate --all\n\nExit codes: 0 ready (or CMD's own code); 1 not ready in time; 126 CMD cannot be executed;\n127 CMD not found; 128+N CMD killed by signal N, or signal N arrived while waiting."
+    )]
+    Await(AwaitArgs),
+    /// Copy this binary into a directory (an init container's step, so an app container can run `tandem await`).
+    #[command(
+        after_help = "Example (an init container sharing an emptyDir with the app):\n  tandem copy-self /tandem-bin\n  # the app container then runs: /tandem-bin/tandem await -- CMD ARGS"
+    )]
+    CopySelf(CopySelfArgs),
 }
 
 /// Flags shared by `run` and `check`: the configuration sources.
@@ -157,4 +170,34 @@ pub struct EchoArgs {
     /// Worker threads; 0 follows the CPU limit.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub workers: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct AwaitArgs {
+    /// tandem's admin address (host:port).
+    #[arg(long, default_value = "127.0.0.1:15020", value_name = "ADDR")]
+    pub admin: String,
+    /// Give up after this long (0: wait forever).
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = duration)]
+    pub timeout: Duration,
+    /// Pause between two readiness requests.
+    #[arg(long, default_value = "200ms", value_name = "DURATION", value_parser = duration)]
+    pub interval: Duration,
+    /// When CMD ends, POST /shutdown to the admin port so the proxy drains and exits too.
+    #[arg(long, requires = "command")]
+    pub shutdown: bool,
+    /// The command to run once the proxy is ready, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct CopySelfArgs {
+    /// Directory to copy the binary into (as DIR/tandem, mode 0755).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(s).ok_or_else(|| format!("invalid duration {s:?} (examples: 500ms, 30s, 2m)"))
 }

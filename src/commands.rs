@@ -2,7 +2,7 @@
 //! outcome into an exit code.
 
 use crate::app;
-use crate::cli::{CheckArgs, ConfigArgs, DemoArgs, EchoArgs, RunArgs};
+use crate::cli::{AwaitArgs, CheckArgs, ConfigArgs, CopySelfArgs, DemoArgs, EchoArgs, RunArgs};
 use crate::config::{Config, Loaded, Sources};
 use std::process::ExitCode;
 
@@ -182,4 +182,59 @@ pub fn echo(args: &EchoArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// `tandem await`: wait for `/ready`, then optionally run a command (see [`crate::await_cmd`]).
+#[cfg(unix)]
+pub fn await_ready(args: &AwaitArgs) -> ExitCode {
+    // One thread is plenty: a few HTTP requests and a child to watch.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandem await: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = crate::await_cmd::Options {
+        admin: args.admin.clone(),
+        timeout: args.timeout,
+        interval: args.interval,
+        shutdown: args.shutdown,
+        command: args.command.clone(),
+    };
+    ExitCode::from(rt.block_on(crate::await_cmd::run(opts)))
+}
+
+#[cfg(not(unix))]
+pub fn await_ready(_args: &AwaitArgs) -> ExitCode {
+    eprintln!("tandem await: supported on Unix only");
+    ExitCode::FAILURE
+}
+
+/// `tandem copy-self DIR`: copies the running binary to `DIR/tandem` (mode 0755), written to a
+/// temporary name first and renamed, so a reader never sees half a binary.
+pub fn copy_self(args: &CopySelfArgs) -> ExitCode {
+    let result = (|| -> std::io::Result<std::path::PathBuf> {
+        let me = std::env::current_exe()?;
+        let dest = args.dir.join("tandem");
+        let tmp = args.dir.join(".tandem.tmp");
+        std::fs::copy(&me, &tmp)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        }
+        std::fs::rename(&tmp, &dest)?;
+        Ok(dest)
+    })();
+    match result {
+        Ok(dest) => {
+            eprintln!("tandem: copied to {}", dest.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tandem: cannot copy the binary into {}: {e}", args.dir.display());
+            ExitCode::FAILURE
+        }
+    }
 }

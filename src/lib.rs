@@ -33,10 +33,13 @@
 //! | [`ratelimit`] | rate-limited warnings for repeated errors |
 //! | [`tls`] | inbound TLS and mutual TLS (rustls), identities, rotation from files |
 //! | [`echo`] | the load-test target / test app |
+//! | [`await_cmd`] | `tandem await`: wait for `/ready`, run a command, pass signals, stop the proxy after |
 
 pub mod access_log;
 pub mod admin;
 pub mod app;
+#[cfg(unix)]
+pub mod await_cmd;
 pub mod body;
 pub mod cli;
 pub mod commands;

@@ -11,5 +11,7 @@ fn main() -> ExitCode {
         Command::Check(a) => tandem::commands::check(a),
         Command::Demo(a) => tandem::commands::demo(a),
         Command::Echo(a) => tandem::commands::echo(a),
+        Command::Await(a) => tandem::commands::await_ready(a),
+        Command::CopySelf(a) => tandem::commands::copy_self(a),
     }
 }

@@ -11,7 +11,7 @@
 
 use crate::h1_guard::H1Guard;
 use crate::record::Direction;
-use crate::shutdown::{Drain, Tracker};
+use crate::shutdown::{ConnInfo, Drain, DrainAware, Tracker, DRAIN_IDLE_GRACE};
 use crate::telemetry::Telemetry;
 use crate::tls::{ConnTls, TlsServer};
 use bytes::Bytes;
@@ -124,11 +124,25 @@ pub async fn serve<F, S, B>(
     let builder = Arc::new(builder);
     let make_service = Arc::new(make_service);
     let mut accept_errors = 0u32;
+    let mut stopping = false;
     loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = drain.wait() => break,
-            a = listener.accept() => a,
+        let accepted = if stopping {
+            // The stop has begun. Connections the kernel already completed sit in the backlog, and
+            // their clients may have sent a request: closing the listener would reset them. Take
+            // them (they are served in drain mode), then close the listener.
+            match accept_queued(&listener) {
+                Some(a) => a,
+                None => break,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = drain.wait() => {
+                    stopping = true;
+                    continue;
+                }
+                a = listener.accept() => a,
+            }
         };
         let (stream, peer) = match accepted {
             Ok(a) => {
@@ -157,6 +171,8 @@ pub async fn serve<F, S, B>(
         let guard = tracker.open();
         let make_service = make_service.clone();
         let tls = tls.clone();
+        let info = Arc::new(ConnInfo::default());
+        let service_drain = drain.clone();
         let builder = builder.clone();
         let telemetry = telemetry.clone();
         let mut conn_drain = drain.clone();
@@ -164,7 +180,8 @@ pub async fn serve<F, S, B>(
         let guard_h1 = settings.h1_guard;
         let refused = refused.clone();
         tokio::spawn(async move {
-            let _guard = guard;
+            let forced = guard.closed_by_force();
+            let mut forced = pin!(forced);
             if let Some(t) = &telemetry {
                 t.metrics.connection_opened(direction);
             }
@@ -182,15 +199,20 @@ pub async fn serve<F, S, B>(
                     }
                 },
             };
-            let service = make_service(meta);
+            let service = DrainAware::new(make_service(meta), service_drain, info.clone());
             let io = TokioIo::new(if guard_h1 { H1Guard::new(io, max_buf_size) } else { H1Guard::passthrough(io) });
             let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
             let mut closing = false;
+            let mut draining = false;
             let mut last_seen = 0u64;
             let mut idle_tick = tokio::time::interval_at(
                 tokio::time::Instant::now() + idle.max(Duration::from_millis(1)),
                 idle.max(Duration::from_millis(1)),
             );
+            // The drain rules are in crate::shutdown: HTTP/2 gets GOAWAY at once; HTTP/1.1 answers
+            // with `Connection: close` and is closed once it has been quiet for DRAIN_IDLE_GRACE.
+            let mut drain_tick = tokio::time::interval(DRAIN_IDLE_GRACE);
+            let mut drain_seen = 0u64;
             loop {
                 tokio::select! {
                     res = conn.as_mut() => {
@@ -213,9 +235,27 @@ pub async fn serve<F, S, B>(
                         }
                         break;
                     }
-                    _ = conn_drain.wait(), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
+                    _ = forced.as_mut() => {
+                        tracing::debug!(%peer, "drain deadline: closing the connection");
+                        break;
+                    }
+                    _ = conn_drain.wait(), if !draining && !closing => {
+                        draining = true;
+                        if info.is_h2() {
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                        } else {
+                            drain_seen = activity.load(Ordering::Relaxed);
+                            drain_tick.reset();
+                        }
+                    }
+                    _ = drain_tick.tick(), if draining && !closing => {
+                        let seen = activity.load(Ordering::Relaxed);
+                        if info.is_h2() || seen == drain_seen {
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        drain_seen = seen;
                     }
                     _ = idle_tick.tick(), if !closing && !idle.is_zero() => {
                         let seen = activity.load(Ordering::Relaxed);
@@ -343,6 +383,13 @@ impl Refusals {
     fn count(&self, reason: &str) {
         self.counter.with_label_values(&[reason]).inc();
     }
+}
+
+/// Accepts a connection already queued on `listener` without waiting; `None` once the queue is empty.
+fn accept_queued(listener: &TcpListener) -> Option<io::Result<(TcpStream, SocketAddr)>> {
+    let (socket, addr) = socket2::SockRef::from(listener).accept().ok()?;
+    let peer = addr.as_socket()?;
+    Some(socket.set_nonblocking(true).and_then(|()| TcpStream::from_std(socket.into())).map(|s| (s, peer)))
 }
 
 /// A TCP stream that counts the bytes it moves, for the idle timeout.

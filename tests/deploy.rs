@@ -1,0 +1,134 @@
+//! The manifests in deploy/ against the binary: every tandem configuration they ship passes
+//! `tandem check`, and the ports and commands they use are the ones tandem serves and accepts.
+//! (Schema validation and policy checks run in CI: kubernetes-validate and checkov.)
+
+mod procs;
+
+use serde_yaml_ng::Value;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every YAML document in `path`.
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn tandem_config(configmap: &str) -> String {
+    let docs = documents(&root().join(configmap));
+    docs[0]["data"]["tandem.yaml"].as_str().expect("data.tandem.yaml").to_owned()
+}
+
+#[test]
+fn every_shipped_tandem_configuration_passes_tandem_check() {
+    for cm in ["deploy/base/shared/configmap-tandem.yaml", "deploy/job/configmap-tandem.yaml"] {
+        let file = std::env::temp_dir().join(format!("tandem-deploy-{}.yaml", std::process::id()));
+        std::fs::write(&file, tandem_config(cm)).expect("write");
+        let out = std::process::Command::new(procs::bin()).args(["check", "-c"]).arg(&file).output().expect("run");
+        let _ = std::fs::remove_file(&file);
+        assert!(out.status.success(), "{cm}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+fn containers(pod: &Value) -> Vec<&Value> {
+    let mut all = Vec::new();
+    for key in ["initContainers", "containers"] {
+        if let Some(seq) = pod[key].as_sequence() {
+            all.extend(seq.iter());
+        }
+    }
+    all
+}
+
+fn named<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    containers(pod).into_iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("container {name}"))
+}
+
+fn args(c: &Value, key: &str) -> Vec<String> {
+    c[key].as_sequence().map(|s| s.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+}
+
+#[test]
+fn the_pods_use_tandems_ports_and_commands() {
+    let config = tandem_config("deploy/base/shared/configmap-tandem.yaml");
+    assert!(config.contains("listen: 0.0.0.0:15006") && config.contains("listen: 0.0.0.0:15020"));
+    assert!(config.contains("destination: /var/log/tandem/access.log"));
+    let fluent = std::fs::read_to_string(root().join("deploy/base/shared/configmap-fluent-bit.yaml")).expect("read");
+    assert!(fluent.contains("Path              /var/log/tandem/access.log"), "Fluent Bit tails tandem's log file");
+    let svc = &documents(&root().join("deploy/base/shared/service.yaml"))[0];
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 15006);
+
+    for file in ["deploy/base/deployment.yaml", "deploy/no-native-sidecar/deployment.yaml"] {
+        let d = &documents(&root().join(file))[0];
+        let pod = &d["spec"]["template"]["spec"];
+        let tandem = named(pod, "tandem");
+        assert_eq!(args(tandem, "args"), ["run", "-c", "/etc/tandem/tandem.yaml"], "{file}");
+        let native = tandem["restartPolicy"] == "Always";
+        assert_eq!(native, file.contains("base/"), "{file}: native sidecar only in the base");
+        let app = named(pod, "app");
+        assert_eq!(app["readinessProbe"]["httpGet"]["path"], "/ready/app", "{file}");
+        assert_eq!(app["readinessProbe"]["httpGet"]["port"], 15020, "{file}");
+        let env: Vec<(String, String)> = app["env"]
+            .as_sequence()
+            .expect("env")
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap_or("").to_owned(), e["value"].as_str().unwrap_or("").to_owned()))
+            .collect();
+        assert!(env.contains(&("HTTP_PROXY".into(), "http://127.0.0.1:15001".into())), "{file}");
+        assert!(env.contains(&("HTTPS_PROXY".into(), "http://127.0.0.1:15001".into())), "{file}");
+        assert!(env.iter().any(|(k, _)| k == "NO_PROXY"), "{file}");
+        if !native {
+            let cmd = args(app, "command");
+            assert_eq!(&cmd[..3], ["/tandem-bin/tandem", "await", "--timeout"], "{file}");
+            assert_eq!(args(named(pod, "tandem-bin"), "args"), ["copy-self", "/tandem-bin"]);
+        }
+        for c in containers(pod) {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{file}: {}", c["name"].as_str().unwrap_or(""));
+            assert_eq!(sc["readOnlyRootFilesystem"], true);
+            assert_eq!(sc["runAsNonRoot"], true);
+            assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+            assert!(c["resources"]["limits"]["memory"].is_string() && c["resources"]["requests"]["cpu"].is_string());
+        }
+    }
+
+    let job = &documents(&root().join("deploy/job/job.yaml"))[0];
+    let pod = &job["spec"]["template"]["spec"];
+    let cmd = args(named(pod, "report"), "command");
+    let sep = cmd.iter().position(|a| a == "--").expect("--");
+    assert!(cmd[..sep].contains(&"--shutdown".to_owned()), "{cmd:?}");
+    assert_eq!(pod["restartPolicy"], "Never");
+
+    // The flags the manifests pass are ones tandem accepts.
+    let out = std::process::Command::new(procs::bin())
+        .args(["await", "--timeout", "120s", "--shutdown", "--admin", "127.0.0.1:1", "--help"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+}
+
+#[test]
+fn the_dockerfile_builds_what_ci_tests_and_runs_it_as_the_documented_uid() {
+    let docker = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    let ci = std::fs::read_to_string(root().join(".ci/run")).expect(".ci/run");
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README");
+    assert!(docker.contains("cargo build --release --locked") && ci.contains("cargo build --release --locked"));
+    assert!(docker.contains("FROM gcr.io/distroless/"), "distroless final stage");
+    assert!(docker.contains("USER 1337:1337") && readme.contains("uid and gid 1337"));
+    assert!(docker.contains(r#"ENTRYPOINT ["tandem"]"#));
+    assert!(docker.contains("EXPOSE 15006 15001 15020"));
+    for file in ["deploy/base/deployment.yaml", "deploy/no-native-sidecar/deployment.yaml", "deploy/job/job.yaml"] {
+        let d = &documents(&root().join(file))[0];
+        for c in containers(&d["spec"]["template"]["spec"]) {
+            if c["image"].as_str().is_some_and(|i| i.starts_with("tandem:")) {
+                assert_eq!(c["securityContext"]["runAsUser"], 1337, "{file}");
+            }
+        }
+    }
+}

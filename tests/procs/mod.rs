@@ -1,0 +1,212 @@
+//! Test support for tests that drive the built `tandem` binary as a process: free ports (bound on
+//! 127.0.0.1:0, read, closed), spawned processes that are killed by PID when dropped, stderr
+//! captured to a file, readiness polled rather than slept for, and signals.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `tandem` binary under test: `TANDEM_TEST_BIN` when set (CI points it at the binary built
+/// exactly as the Dockerfile builds it, `cargo build --release --locked`), else the one cargo built
+/// for these tests.
+pub fn bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("TANDEM_TEST_BIN")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_tandem").to_owned())
+    })
+}
+
+/// A port nothing listens on right now: bind 127.0.0.1:0, read the port, close.
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let a = l.local_addr().expect("addr");
+    drop(l);
+    a
+}
+
+/// A process this test started; killed (by its PID) when dropped if still running.
+pub struct Proc {
+    pub child: tokio::process::Child,
+    pub pid: i32,
+    pub stderr_path: PathBuf,
+    pub name: String,
+}
+
+static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn stderr_file(name: &str) -> (PathBuf, std::fs::File) {
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = std::env::temp_dir().join(format!("tandem-test-{}-{n}-{name}.stderr", std::process::id()));
+    let f = std::fs::File::create(&p).expect("stderr file");
+    (p, f)
+}
+
+impl Proc {
+    /// Spawns `program args` with stdout discarded and stderr to a file.
+    pub fn spawn(name: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let (stderr_path, f) = stderr_file(name);
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(f)).kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        let pid = child.id().expect("pid") as i32;
+        Self { child, pid, stderr_path, name: name.to_owned() }
+    }
+
+    /// Sends `sig` to this process (by PID).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill only sends a signal to a process this test started and has not reaped.
+        let rc = unsafe { libc::kill(self.pid, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid);
+    }
+
+    /// Waits for the process to exit, at most `limit` (a hang bound, not a performance check).
+    pub async fn exit(&mut self, limit: Duration) -> ExitStatus {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(s) => s.expect("wait"),
+            Err(_) => panic!("{} did not exit within {limit:?}; stderr:\n{}", self.name, self.stderr()),
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// GET `path` on `addr` over a fresh HTTP/1.1 connection: status, headers, body.
+pub async fn get(addr: SocketAddr, path: &str) -> Result<(http::StatusCode, http::HeaderMap, Bytes), String> {
+    request(addr, http::Method::GET, path).await
+}
+
+/// One request on a fresh HTTP/1.1 connection.
+pub async fn request(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+) -> Result<(http::StatusCode, http::HeaderMap, Bytes), String> {
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((parts.status, parts.headers, body))
+}
+
+/// Polls `GET path` on `addr` until it answers `want`, at most 30 s.
+pub async fn poll_status(addr: SocketAddr, path: &str, want: u16) {
+    let start = Instant::now();
+    loop {
+        if let Ok((s, _, _)) = get(addr, path).await {
+            if s.as_u16() == want {
+                return;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "GET {path} on {addr} never answered {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls the admin `/metrics` until `line` (exact, e.g. a gauge with its value) appears, at most 30 s.
+pub async fn poll_metric(admin: SocketAddr, line: &str) {
+    let start = Instant::now();
+    loop {
+        if let Ok((_, _, body)) = get(admin, "/metrics").await {
+            if String::from_utf8_lossy(&body).lines().any(|l| l == line) {
+                return;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "metric line {line:?} never appeared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The in-flight gauge line for the inbound side with value `n`.
+pub fn inbound_in_flight(n: usize) -> String {
+    format!("tandem_http_requests_in_flight{{direction=\"inbound\"}} {n}")
+}
+
+/// Polls `GET path` on `addr` until it answers 200 while `proc` runs: false if `proc` exited first
+/// (a port found free was taken again before it could bind: the caller retries on new ports).
+async fn poll_ready_while_running(proc: &mut Proc, addr: SocketAddr, path: &str) -> bool {
+    let start = Instant::now();
+    loop {
+        if let Ok((s, _, _)) = get(addr, path).await {
+            if s == 200 {
+                return true;
+            }
+        }
+        if proc.child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{path} on {addr} never answered 200:\n{}", proc.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `tandem echo` on a free port, polled until it answers.
+pub async fn echo() -> (Proc, SocketAddr) {
+    for _ in 0..5 {
+        let addr = free_port();
+        let mut p = Proc::spawn("echo", bin(), &["echo", "--listen", &addr.to_string(), "--workers", "1"], &[]);
+        if poll_ready_while_running(&mut p, addr, "/health").await {
+            return (p, addr);
+        }
+    }
+    panic!("the echo app could not bind a free port five times");
+}
+
+/// A running `tandem run`: its process and addresses.
+pub struct Tandem {
+    pub proc: Proc,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// `tandem run` in front of `app` on free ports with `extra` flags, polled until `/ready` is 200.
+pub async fn tandem(app: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -> Tandem {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let inbound = free_port();
+        let admin = free_port();
+        let outbound = free_port();
+        let (i, a, o, p) = (inbound.to_string(), admin.to_string(), outbound.to_string(), app.to_string());
+        let mut args = vec!["run", "--app", &p, "--inbound", &i, "--admin", &a, "--outbound", &o];
+        if !extra.contains(&"--access-log") {
+            args.extend_from_slice(&["--access-log", "off"]);
+        }
+        if !extra.contains(&"--workers") {
+            args.extend_from_slice(&["--workers", "2"]);
+        }
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn("tandem", bin(), &args, env);
+        if poll_ready_while_running(&mut proc, admin, "/ready").await {
+            return Tandem { proc, inbound, admin };
+        }
+        last = proc.stderr();
+    }
+    panic!("tandem did not start five times; last stderr:\n{last}");
+}
