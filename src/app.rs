@@ -157,7 +157,8 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
         Some(t) => Some(TlsServer::new(t.clone(), telemetry.metrics.registry()).map_err(StartError::Tls)?),
         None => None,
     };
-    let inbound = InboundProxy::new(&config.inbound, telemetry.clone(), tls.is_some())?;
+    let inbound_conns = Tracker::new();
+    let inbound = InboundProxy::new(&config.inbound, telemetry.clone(), tls.is_some(), inbound_conns.clone())?;
     let mut tasks = Vec::new();
     let mut sides = Vec::new();
     if let Some(t) = &tls {
@@ -210,7 +211,6 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
     });
 
     // Inbound stops accepting at the stop and drains its connections.
-    let inbound_conns = Tracker::new();
     let proxy = inbound.clone();
     tasks.push(tokio::spawn(serve::serve(
         inbound_listener,

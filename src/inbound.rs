@@ -23,6 +23,7 @@ use crate::forward::{self, UpstreamClient};
 use crate::h1_guard::CL_TE_MARK;
 use crate::record::{CountingBody, Direction, Finish, InFlight, RequestRecord};
 use crate::serve::ConnMeta;
+use crate::shutdown::Tracker;
 use crate::telemetry::Telemetry;
 use http::HeaderName;
 
@@ -50,11 +51,20 @@ pub struct InboundProxy {
     response_timeout: Duration,
     connect_timeout_ms: u64,
     proto: &'static str,
+    conns: Arc<Tracker>,
     errors: crate::ratelimit::RateLimitedLog,
 }
 
 impl InboundProxy {
-    pub fn new(cfg: &InboundConfig, telemetry: Arc<Telemetry>, tls: bool) -> Result<Arc<Self>, http::Error> {
+    /// `conns` is the inbound listener's connection tracker: an upgraded connection (WebSocket)
+    /// outlives its HTTP connection and joins it, so the drain waits for it and
+    /// `max_connections` counts it.
+    pub fn new(
+        cfg: &InboundConfig,
+        telemetry: Arc<Telemetry>,
+        tls: bool,
+        conns: Arc<Tracker>,
+    ) -> Result<Arc<Self>, http::Error> {
         let app = cfg.app.value;
         let app_authority = Authority::try_from(app.to_string().as_str())?;
         Ok(Arc::new(Self {
@@ -69,6 +79,7 @@ impl InboundProxy {
             response_timeout: cfg.timeouts.response.value,
             connect_timeout_ms: cfg.timeouts.connect.value.as_millis() as u64,
             proto: if tls { "https" } else { "http" },
+            conns,
             errors: crate::ratelimit::RateLimitedLog::new(Duration::from_secs(5)),
         }))
     }
@@ -199,7 +210,7 @@ impl InboundProxy {
         if upgraded {
             if let Some(down) = downstream_upgrade {
                 let up = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel(down, up));
+                tokio::spawn(tunnel(down, up, self.conns.clone(), self.telemetry.clone()));
             }
         }
         forward::strip_hop_by_hop(resp.headers_mut(), upgraded);
@@ -257,7 +268,15 @@ fn declare_grpc_trailers(headers: &mut http::HeaderMap) {
 }
 
 /// Copies bytes both ways between the two halves of an upgraded connection.
-async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+///
+/// The HTTP connection that carried the upgrade ends where the tunnel begins, so the tunnel joins
+/// the listener's tracker and connection metrics itself; at the drain deadline it is cut.
+async fn tunnel(
+    down: hyper::upgrade::OnUpgrade,
+    up: hyper::upgrade::OnUpgrade,
+    conns: Arc<Tracker>,
+    telemetry: Arc<Telemetry>,
+) {
     let (down, up) = match tokio::try_join!(down, up) {
         Ok(pair) => pair,
         Err(e) => {
@@ -265,11 +284,21 @@ async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) 
             return;
         }
     };
+    let guard = conns.open();
+    telemetry.metrics.connection_opened(Direction::Inbound);
     let mut down = hyper_util::rt::TokioIo::new(down);
     let mut up = hyper_util::rt::TokioIo::new(up);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    tokio::select! {
+        res = tokio::io::copy_bidirectional(&mut down, &mut up) => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        _ = guard.closed_by_force() => {
+            tracing::debug!("drain deadline: closing an upgraded connection");
+        }
     }
+    telemetry.metrics.connection_closed(Direction::Inbound);
 }
 
 /// Whether a request body is known to be empty before it is read.

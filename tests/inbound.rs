@@ -247,6 +247,62 @@ async fn a_websocket_echo_works_through_the_proxy() {
 }
 
 #[tokio::test]
+async fn an_open_websocket_is_a_connection_the_drain_waits_for_and_cuts_at_the_deadline() {
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let mut cfg = support::config(app);
+    cfg.shutdown.drain_timeout = tandem::config::Human::new(Duration::from_millis(800));
+    let proxy = support::proxy(cfg).await;
+    let telemetry = proxy.telemetry();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.inbound_addr)).await.expect("handshake");
+    ws.send(Message::Text("one".into())).await.expect("send");
+    let _ = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("echo");
+    let active = |t: &std::sync::Arc<tandem::telemetry::Telemetry>| {
+        String::from_utf8_lossy(&t.metrics.render())
+            .lines()
+            .find(|l| l.starts_with("tandem_tcp_connections_active{direction=\"inbound\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<i64>().ok())
+            .expect("gauge")
+    };
+    // The HTTP connection hands over to the tunnel (it ends as the upgrade completes); the tunnel
+    // itself counts as the one open connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while active(&telemetry) != 1 {
+        assert!(std::time::Instant::now() < deadline, "active connections: {}", active(&telemetry));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let stop = proxy.shutdown_handle();
+    let waiting = tokio::spawn(proxy.wait());
+    stop.trigger();
+    // Through the drain the tunnel still carries messages: the drain waits for it.
+    ws.send(Message::Text("two".into())).await.expect("send during the drain");
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("echo").expect("msg").expect("ok");
+    assert_eq!(got, Message::Text("two".into()));
+    assert!(!waiting.is_finished(), "the drain must wait for the open tunnel");
+    // At the deadline it is cut, and the stop completes.
+    tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("drain ends at the deadline").expect("join");
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("the tunnel is closed");
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    assert_eq!(active(&telemetry), 0);
+}
+
+#[tokio::test]
 async fn hop_by_hop_headers_are_removed_both_ways() {
     let seen = Arc::new(Mutex::new(None));
     let s = seen.clone();
