@@ -4,6 +4,7 @@
 use crate::access_log::AccessLog;
 use crate::metrics::Metrics;
 use crate::record::{Direction, RequestRecord};
+use std::sync::Arc;
 
 /// The metrics and access log of one running tandem.
 pub struct Telemetry {
@@ -20,7 +21,7 @@ impl Telemetry {
         self.metrics.request_started(d);
     }
 
-    /// Counts the request and queues its access-log line.
+    /// Counts the finished request (its access-log line goes through [`Telemetry::log`]).
     pub fn request_finished(&self, r: &RequestRecord) {
         self.metrics.request_finished(r);
     }
@@ -28,5 +29,28 @@ impl Telemetry {
     /// Hands the finished record to the access log (moves it; formatting happens off the request path).
     pub fn log(&self, r: RequestRecord) {
         self.access_log.log(r);
+    }
+
+    /// Waits until every access-log line queued so far is written, without blocking the runtime.
+    pub async fn flush_access_log(self: &Arc<Self>) {
+        if !self.access_log.enabled() {
+            return;
+        }
+        let t = self.clone();
+        let _ = tokio::task::spawn_blocking(move || t.access_log.flush()).await;
+    }
+
+    /// Reopens the access-log file and returns once the writer has done it (what
+    /// `POST /reopen-logs` and a log shipper's postrotate step rely on).
+    pub async fn reopen_access_log(self: &Arc<Self>) {
+        self.access_log.reopen();
+        self.flush_access_log().await;
+    }
+
+    /// Everything in the Prometheus text format, gathered off the runtime (the process collector
+    /// reads `/proc`).
+    pub async fn render_metrics(self: &Arc<Self>) -> Vec<u8> {
+        let t = self.clone();
+        tokio::task::spawn_blocking(move || t.metrics.render()).await.unwrap_or_default()
     }
 }
