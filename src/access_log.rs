@@ -396,32 +396,111 @@ pub fn rfc3339(t: SystemTime, out: &mut Vec<u8>) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = if month <= 2 { y + 1 } else { y };
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        d.subsec_millis()
-    );
+    push_padded(out, year.max(0) as u64, 4);
+    out.push(b'-');
+    push_padded(out, month as u64, 2);
+    out.push(b'-');
+    push_padded(out, day as u64, 2);
+    out.push(b'T');
+    push_padded(out, rem / 3600, 2);
+    out.push(b':');
+    push_padded(out, (rem / 60) % 60, 2);
+    out.push(b':');
+    push_padded(out, rem % 60, 2);
+    out.push(b'.');
+    push_padded(out, u64::from(d.subsec_millis()), 3);
+    out.push(b'Z');
 }
 
-/// Writes `s` as escaped field content, char by char, through `escape` (which writes one char's
-/// representation into a scratch buffer); invalid UTF-8 becomes U+FFFD; stops before the output
-/// would pass [`MAX_FIELD_BYTES`] and marks the cut with `...`.
+/// Writes `n` in decimal (no `fmt` machinery: this runs once per field per line).
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    push_padded(out, n, 1);
+}
+
+/// Writes `n` in decimal with at least `width` digits, zero-padded.
+fn push_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i.min(buf.len() - width.min(buf.len()))..]);
+}
+
+/// Writes a socket address as `a.b.c.d:port` or `[v6]:port`.
+fn push_addr(out: &mut Vec<u8>, a: &std::net::SocketAddr) {
+    match a {
+        std::net::SocketAddr::V4(v4) => {
+            for (i, o) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(*o));
+            }
+            out.push(b':');
+            push_u64(out, u64::from(v4.port()));
+        }
+        std::net::SocketAddr::V6(_) => {
+            let _ = write!(out, "{a}");
+        }
+    }
+}
+
+fn push_millis(out: &mut Vec<u8>, d: Duration) {
+    push_u64(out, u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+}
+
+/// Writes `s` as escaped field content: runs of printable ASCII other than `"` and `\\` are copied
+/// as they are, every other char goes through `escape` (which writes its representation into a
+/// scratch buffer); invalid UTF-8 becomes U+FFFD; stops before the output would pass
+/// [`MAX_FIELD_BYTES`] and marks the cut with `...`.
 fn escaped(s: &[u8], out: &mut Vec<u8>, escape: fn(char, &mut [u8; 12]) -> usize) {
     let start = out.len();
     let mut scratch = [0u8; 12];
-    for chunk in s.utf8_chunks() {
-        let invalid = (!chunk.invalid().is_empty()).then_some('\u{fffd}');
-        for c in chunk.valid().chars().chain(invalid) {
-            let n = escape(c, &mut scratch);
-            if out.len() - start + n > MAX_FIELD_BYTES {
+    let mut rest = s;
+    while !rest.is_empty() {
+        let plain =
+            rest.iter().position(|b| !matches!(b, 0x20..=0x7e) || *b == b'"' || *b == b'\\').unwrap_or(rest.len());
+        if plain > 0 {
+            let room = MAX_FIELD_BYTES - (out.len() - start);
+            if plain > room {
+                out.extend_from_slice(&rest[..room]);
                 out.extend_from_slice(b"...");
                 return;
             }
-            out.extend_from_slice(&scratch[..n]);
+            out.extend_from_slice(&rest[..plain]);
+            rest = &rest[plain..];
+            continue;
         }
+        // One char that needs care: escaped, multi-byte, or invalid (replaced).
+        let (c, used) = first_char(rest);
+        let n = escape(c, &mut scratch);
+        if out.len() - start + n > MAX_FIELD_BYTES {
+            out.extend_from_slice(b"...");
+            return;
+        }
+        out.extend_from_slice(&scratch[..n]);
+        rest = &rest[used..];
+    }
+}
+
+/// The first char of `s` (not empty) and the bytes it takes, decoding at most 4 bytes. An invalid
+/// sequence is one U+FFFD, as in `String::from_utf8_lossy`.
+fn first_char(s: &[u8]) -> (char, usize) {
+    let window = &s[..s.len().min(4)];
+    let valid = match std::str::from_utf8(window) {
+        Ok(v) => v,
+        Err(e) if e.valid_up_to() > 0 => std::str::from_utf8(&window[..e.valid_up_to()]).unwrap_or_default(),
+        Err(e) => return ('\u{fffd}', e.error_len().unwrap_or(window.len()).max(1)),
+    };
+    match valid.chars().next() {
+        Some(c) => (c, c.len_utf8()),
+        None => ('\u{fffd}', 1),
     }
 }
 
@@ -517,7 +596,9 @@ pub const JSON_KEYS: [&str; 19] = [
 pub fn format_json(r: &RequestRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"start_time\":\"");
     rfc3339(r.start, out);
-    let _ = write!(out, "\",\"direction\":\"{}\",\"method\":", r.direction.as_str());
+    out.extend_from_slice(b"\",\"direction\":\"");
+    out.extend_from_slice(r.direction.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"method\":");
     json_str(r.method.as_str().as_bytes(), out);
     out.extend_from_slice(b",\"authority\":");
     opt_json(r.authority.as_ref(), out);
@@ -526,33 +607,37 @@ pub fn format_json(r: &RequestRecord, out: &mut Vec<u8>) {
         Some(p) => json_str(p.as_str().as_bytes(), out),
         None => out.extend_from_slice(b"null"),
     }
-    let _ = write!(
-        out,
-        ",\"protocol\":\"{}\",\"response_code\":{},\"response_flags\":\"{}\",\"bytes_received\":{},\"bytes_sent\":{},\"duration_ms\":{}",
-        protocol(r.protocol),
-        r.response_code,
-        r.response_flags.map(|f| f.as_str()).unwrap_or("-"),
-        r.bytes_received,
-        r.bytes_sent,
-        r.duration.as_millis(),
-    );
+    out.extend_from_slice(b",\"protocol\":\"");
+    out.extend_from_slice(protocol(r.protocol).as_bytes());
+    out.extend_from_slice(b"\",\"response_code\":");
+    push_u64(out, u64::from(r.response_code));
+    out.extend_from_slice(b",\"response_flags\":\"");
+    out.extend_from_slice(r.response_flags.map(|f| f.as_str()).unwrap_or("-").as_bytes());
+    out.extend_from_slice(b"\",\"bytes_received\":");
+    push_u64(out, r.bytes_received);
+    out.extend_from_slice(b",\"bytes_sent\":");
+    push_u64(out, r.bytes_sent);
+    out.extend_from_slice(b",\"duration_ms\":");
+    push_millis(out, r.duration);
     out.extend_from_slice(b",\"upstream_service_time_ms\":");
     match r.upstream_service_time {
-        Some(d) => {
-            let _ = write!(out, "{}", d.as_millis());
-        }
+        Some(d) => push_millis(out, d),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"upstream_host\":");
-    match r.upstream_host {
+    match &r.upstream_host {
         Some(h) => {
-            let _ = write!(out, "\"{h}\"");
+            out.push(b'"');
+            push_addr(out, h);
+            out.push(b'"');
         }
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"upstream_cluster\":");
     json_str(r.upstream_cluster.as_bytes(), out);
-    let _ = write!(out, ",\"downstream_remote_address\":\"{}\",\"x_forwarded_for\":", r.downstream_remote_address);
+    out.extend_from_slice(b",\"downstream_remote_address\":\"");
+    push_addr(out, &r.downstream_remote_address);
+    out.extend_from_slice(b"\",\"x_forwarded_for\":");
     opt_json(r.x_forwarded_for.as_ref(), out);
     out.extend_from_slice(b",\"user_agent\":");
     opt_json(r.user_agent.as_ref(), out);
@@ -578,20 +663,21 @@ pub fn format_text(r: &RequestRecord, out: &mut Vec<u8>) {
     text_field(r.method.as_str().as_bytes(), out);
     out.push(b' ');
     text_field(r.path.as_ref().map(|p| p.as_str().as_bytes()).unwrap_or(b"-"), out);
-    let _ = write!(
-        out,
-        " {}\" {} {} {} {} {} ",
-        protocol(r.protocol),
-        r.response_code,
-        r.response_flags.map(|f| f.as_str()).unwrap_or("-"),
-        r.bytes_received,
-        r.bytes_sent,
-        r.duration.as_millis()
-    );
+    out.push(b' ');
+    out.extend_from_slice(protocol(r.protocol).as_bytes());
+    out.extend_from_slice(b"\" ");
+    push_u64(out, u64::from(r.response_code));
+    out.push(b' ');
+    out.extend_from_slice(r.response_flags.map(|f| f.as_str()).unwrap_or("-").as_bytes());
+    out.push(b' ');
+    push_u64(out, r.bytes_received);
+    out.push(b' ');
+    push_u64(out, r.bytes_sent);
+    out.push(b' ');
+    push_millis(out, r.duration);
+    out.push(b' ');
     match r.upstream_service_time {
-        Some(d) => {
-            let _ = write!(out, "{}", d.as_millis());
-        }
+        Some(d) => push_millis(out, d),
         None => out.push(b'-'),
     }
     for v in [&r.x_forwarded_for, &r.user_agent, &r.request_id, &r.authority] {
@@ -599,9 +685,11 @@ pub fn format_text(r: &RequestRecord, out: &mut Vec<u8>) {
         text_field(v.as_ref().map(|v| v.as_bytes()).unwrap_or(b"-"), out);
         out.push(b'"');
     }
-    match r.upstream_host {
+    match &r.upstream_host {
         Some(h) => {
-            let _ = write!(out, " \"{h}\"");
+            out.extend_from_slice(b" \"");
+            push_addr(out, h);
+            out.push(b'"');
         }
         None => out.extend_from_slice(b" \"-\""),
     }
@@ -652,6 +740,44 @@ mod tests {
         let mut out = Vec::new();
         text_field(b"a\"b\\c\n\x01\xff\xc2\x85", &mut out);
         assert_eq!(String::from_utf8(out).expect("utf8"), "a\\\"b\\\\c\\x0a\\x01\u{fffd}\\x85");
+    }
+
+    #[test]
+    fn escaping_round_trips_like_from_utf8_lossy() {
+        let inputs: [&[u8]; 8] = [
+            b"plain ascii",
+            b"\xff\xfe\xfd",
+            b"a\xe2\x82",
+            b"\xe2\x82\xac\xe2\x82",
+            b"\xf0\x9f\x98\x80 smile \xed\xa0\x80 surrogate",
+            b"\xc3\x28 \xa0\xa1 \xf0\x28\x8c\xbc",
+            b"tab\there \"quote\" back\\slash \x00 \x1f \x7f",
+            b"\xe2\x80\xa8\xe2\x80\xa9",
+        ];
+        for input in inputs {
+            let mut out = Vec::new();
+            json_str(input, &mut out);
+            let back: String = serde_json::from_slice(&out).expect("valid json");
+            assert_eq!(back, String::from_utf8_lossy(input), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_and_addresses_are_written_without_fmt() {
+        let mut out = Vec::new();
+        for n in [0u64, 7, 10, 99, 12345, u64::MAX] {
+            out.clear();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        out.clear();
+        push_padded(&mut out, 7, 3);
+        assert_eq!(out, b"007");
+        for a in ["127.0.0.1:8080", "10.255.0.1:0", "[::1]:443", "[2001:db8::1]:65535"] {
+            out.clear();
+            push_addr(&mut out, &a.parse().expect("addr"));
+            assert_eq!(out, a.as_bytes());
+        }
     }
 
     #[test]
