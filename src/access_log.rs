@@ -73,8 +73,9 @@ pub struct AccessLog {
 
 enum Msg {
     Line(Box<RequestRecord>),
-    /// Write everything queued before this, then acknowledge.
-    Flush(SyncSender<()>),
+    /// Write everything queued before this (and reopen if asked), then acknowledge with the
+    /// outcome of the last reopen.
+    Flush(SyncSender<Result<(), String>>),
 }
 
 impl AccessLog {
@@ -103,6 +104,7 @@ impl AccessLog {
             buf: Vec::with_capacity(2 * WRITE_CHUNK),
             pending: 0,
             errors: RateLimitedLog::new(Duration::from_secs(DROP_WARNING_SECS)),
+            reopen_error: None,
         };
         let thread = std::thread::Builder::new().name("tandem-access-log".into()).spawn(move || writer.run(rx))?;
         Ok(Self {
@@ -155,11 +157,19 @@ impl AccessLog {
     /// This blocks the calling thread: from async code use
     /// [`Telemetry::flush_access_log`](crate::telemetry::Telemetry::flush_access_log).
     pub fn flush(&self) {
-        let Some(tx) = &self.tx else { return };
+        let _ = self.sync();
+    }
+
+    /// Like [`AccessLog::flush`], and says whether the file in use is the configured path: `Err`
+    /// if the last reopen failed (lines still go to the file opened before), or if the writer did
+    /// not answer within 5 s.
+    pub fn sync(&self) -> Result<(), String> {
+        let Some(tx) = &self.tx else { return Ok(()) };
         let (ack_tx, ack_rx) = mpsc::sync_channel(1);
-        if tx.send(Msg::Flush(ack_tx)).is_ok() {
-            let _ = ack_rx.recv_timeout(Duration::from_secs(5));
-        }
+        tx.send(Msg::Flush(ack_tx)).map_err(|_| "the access log writer has stopped".to_owned())?;
+        ack_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| "the access log writer did not answer within 5s".to_owned())?
     }
 }
 
@@ -277,6 +287,8 @@ struct Writer {
     pending: u64,
     /// Write, rotation and reopen failures, at most one message per kind every few seconds.
     errors: RateLimitedLog,
+    /// Why the last reopen failed, until one succeeds.
+    reopen_error: Option<String>,
 }
 
 impl Writer {
@@ -348,7 +360,7 @@ impl Writer {
             Msg::Flush(ack) => {
                 self.write_out();
                 self.check_reopen();
-                let _ = ack.send(());
+                let _ = ack.send(self.reopen_error.clone().map_or(Ok(()), Err));
             }
         }
     }
@@ -357,8 +369,15 @@ impl Writer {
         if self.reopen.swap(false, Ordering::AcqRel) {
             self.write_out();
             match self.sink.reopen() {
-                Ok(()) => tracing::debug!("access log reopened"),
-                Err(e) => self.errors.warn("access log reopen", &format_args!("access log reopen failed: {e}")),
+                Ok(()) => {
+                    self.reopen_error = None;
+                    tracing::debug!("access log reopened");
+                }
+                Err(e) => {
+                    let msg = format!("access log reopen failed; still writing to the file opened before: {e}");
+                    self.errors.warn("access log reopen", &msg);
+                    self.reopen_error = Some(msg);
+                }
             }
         }
     }

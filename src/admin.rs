@@ -7,7 +7,7 @@
 //! | GET | `/ready/app` | anyone | runs the app readiness check (`readiness.app`): 200, or 503 with the reason |
 //! | GET | `/metrics` | anyone | Prometheus text format |
 //! | POST | `/shutdown` | loopback | starts the same stop as SIGTERM |
-//! | POST | `/reopen-logs` | loopback | reopens the access-log file (after an external rotation) |
+//! | POST | `/reopen-logs` | loopback | reopens the access-log file (after an external rotation); 200 once done, 500 with the reason if it failed |
 //! | GET | `/config` | loopback | the effective configuration as YAML, secrets masked |
 //! | GET | `/log-level` | loopback | the current diagnostics filter |
 //! | PUT | `/log-level` | loopback | sets the diagnostics filter from the request body (`debug`, `tandem=trace`) |
@@ -129,8 +129,10 @@ async fn handle(state: Arc<AdminState>, peer: SocketAddr, req: Request<Incoming>
         }
         (&Method::POST, "/reopen-logs") => {
             if state.telemetry.access_log.enabled() {
-                state.telemetry.reopen_access_log().await;
-                reply(StatusCode::OK, "access log reopened\n")
+                match state.telemetry.reopen_access_log().await {
+                    Ok(()) => reply(StatusCode::OK, "access log reopened\n"),
+                    Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                }
             } else {
                 reply(StatusCode::OK, "access log is off\n")
             }

@@ -41,10 +41,14 @@ impl Telemetry {
     }
 
     /// Reopens the access-log file and returns once the writer has done it (what
-    /// `POST /reopen-logs` and a log shipper's postrotate step rely on).
-    pub async fn reopen_access_log(self: &Arc<Self>) {
+    /// `POST /reopen-logs` and a log shipper's postrotate step rely on); `Err` says why the
+    /// reopen failed.
+    pub async fn reopen_access_log(self: &Arc<Self>) -> Result<(), String> {
         self.access_log.reopen();
-        self.flush_access_log().await;
+        let t = self.clone();
+        tokio::task::spawn_blocking(move || t.access_log.sync())
+            .await
+            .unwrap_or_else(|e| Err(format!("access log reopen did not complete: {e}")))
     }
 
     /// Everything in the Prometheus text format, gathered off the runtime (the process collector

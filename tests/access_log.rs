@@ -829,3 +829,104 @@ async fn a_stuck_writer_drops_and_counts_lines_and_never_blocks_requests() {
     let m = scrape(t.admin).await;
     assert_eq!(metric_sum(&m, "tandem_access_log_lines_total", &[]), lines as f64);
 }
+
+fn warnings_containing(t: &Tandem, text: &str) -> usize {
+    t.json_stderr()
+        .iter()
+        .filter(|l| l["level"] == "WARN" && l["message"].as_str().unwrap_or_default().contains(text))
+        .count()
+}
+
+#[tokio::test]
+async fn lines_that_cannot_be_written_are_counted_as_dropped_and_reported_once() {
+    const N: usize = 25;
+    let echo = echo().await;
+    // /dev/full opens fine and fails every write with ENOSPC.
+    let t = Tandem::run(&["--app", &echo.addr.to_string(), "--access-log", "/dev/full"], &[]);
+    for i in 0..N {
+        let (s, ..) =
+            request("GET", &format!("http://{}/full", t.inbound), &[("x-request-id", &format!("full-{i}"))], "").await;
+        assert_eq!(s, 200, "the request path does not notice a failing disk");
+    }
+    let admin = t.admin;
+    loop {
+        let m = scrape(admin).await;
+        if metric_sum(&m, "tandem_access_log_dropped_total", &[]) == N as f64 {
+            assert_eq!(metric_sum(&m, "tandem_access_log_lines_total", &[]), 0.0);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reported = poll(Duration::from_secs(5), "the write warning", || {
+        let n = warnings_containing(&t, "access log write failed; lines lost");
+        (n > 0).then_some(n)
+    })
+    .await;
+    assert_eq!(reported, 1, "{:#?}", t.stderr_lines());
+}
+
+#[tokio::test]
+async fn a_failed_rotation_keeps_writing_to_the_current_file() {
+    let echo = echo().await;
+    let dir = TempDir::new("rotate-fails");
+    let path = dir.join("access.log");
+    // The oldest rotated name is a non-empty directory: it cannot be removed to make room.
+    std::fs::create_dir_all(dir.join("access.log.1/occupied")).expect("mkdir");
+    let t = Tandem::run(
+        &["--app", &echo.addr.to_string(), "--access-log", path.to_str().expect("path")],
+        &[("TANDEM_ACCESS_LOG_MAX_SIZE", "4KiB"), ("TANDEM_ACCESS_LOG_MAX_FILES", "1")],
+    );
+    for i in 0..30 {
+        let (s, ..) =
+            request("GET", &format!("http://{}/rf", t.inbound), &[("x-request-id", &format!("rf-{i}"))], "").await;
+        assert_eq!(s, 200);
+    }
+    let ids = poll(Duration::from_secs(10), "30 lines", || {
+        let ids = lines_in(&path);
+        (ids.len() == 30).then_some(ids)
+    })
+    .await;
+    assert_eq!(ids, (0..30).map(|i| format!("rf-{i}")).collect::<Vec<_>>());
+    assert!(std::fs::metadata(&path).expect("log").len() > 4096, "it did rotate after all");
+    assert!(dir.join("access.log.1/occupied").is_dir());
+    let n = poll(Duration::from_secs(5), "the rotation warning", || {
+        let n = warnings_containing(&t, "access log rotation failed");
+        (n > 0).then_some(n)
+    })
+    .await;
+    assert_eq!(n, 1, "rotation failures are rate-limited: {:#?}", t.stderr_lines());
+}
+
+#[tokio::test]
+async fn a_failed_reopen_answers_500_and_keeps_the_old_file() {
+    let echo = echo().await;
+    let dir = TempDir::new("reopen-fails");
+    let path = dir.join("access.log");
+    let t = Tandem::run(&["--app", &echo.addr.to_string(), "--access-log", path.to_str().expect("path")], &[]);
+    let reopen = || {
+        let url = format!("http://{}/reopen-logs", t.admin);
+        async move {
+            let (s, _, b) = request("POST", &url, &[], "").await;
+            (s.as_u16(), String::from_utf8_lossy(&b).into_owned())
+        }
+    };
+    let moved = dir.join("moved");
+    std::fs::rename(&path, &moved).expect("rename");
+    std::fs::create_dir(&path).expect("a directory where the log should be");
+    let (s, b) = reopen().await;
+    assert_eq!(s, 500, "{b}");
+    assert!(b.starts_with("access log reopen failed; still writing to the file opened before:"), "{b}");
+    let (s, ..) = request("GET", &format!("http://{}/x", t.inbound), &[("x-request-id", "kept")], "").await;
+    assert_eq!(s, 200);
+    poll(Duration::from_secs(10), "the line in the old file", || {
+        lines_in(&moved).contains(&"kept".to_owned()).then_some(())
+    })
+    .await;
+
+    std::fs::remove_dir(&path).expect("rmdir");
+    assert_eq!(reopen().await, (200, "access log reopened\n".to_owned()));
+    let (s, ..) = request("GET", &format!("http://{}/x", t.inbound), &[("x-request-id", "new")], "").await;
+    assert_eq!(s, 200);
+    poll(Duration::from_secs(10), "the line in the new file", || (lines_in(&path) == ["new"]).then_some(())).await;
+    assert_eq!(lines_in(&moved), ["kept"]);
+}

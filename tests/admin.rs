@@ -182,6 +182,9 @@ async fn log_level_can_be_read_and_changed_at_run_time() {
     assert!(b.starts_with("invalid filter"), "{b}");
     let (s, b) = call("PUT", "  ").await;
     assert_eq!(s, 400, "{b}");
+    let (s, _, b) = request("PUT", &format!("{a}/log-level"), &[], &"debug,".repeat(1000)).await;
+    assert_eq!(s, 400);
+    assert!(String::from_utf8_lossy(&b).starts_with("cannot read body"), "{b:?}");
     assert_eq!(call("GET", "").await, (200, "debug\n".to_owned()));
 }
 

@@ -116,3 +116,15 @@ fn the_rate_limiter_counts_what_it_holds_back_per_distinct_error() {
     assert_eq!(reported, held);
     assert_eq!(log.admit_message("UF", "refused by a"), None);
 }
+
+#[test]
+fn the_filter_changes_at_run_time_and_a_second_subscriber_is_refused() {
+    // The only test in this binary that installs a subscriber in the test process itself.
+    let control = tandem::logging::init("info", tandem::config::LogFormat::Json).expect("first subscriber");
+    assert_eq!(control.current(), "info");
+    control.set("tandem=debug,hyper=warn").expect("valid filter");
+    assert_eq!(control.current(), "tandem=debug,hyper=warn");
+    assert!(control.set("tandem=[nope").is_err());
+    assert_eq!(control.current(), "tandem=debug,hyper=warn", "an invalid filter changed nothing");
+    assert!(tandem::logging::init("debug", tandem::config::LogFormat::Plain).is_none());
+}
