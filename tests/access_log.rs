@@ -303,8 +303,8 @@ async fn the_line_is_written_when_the_response_body_ends() {
 struct Raw {
     id: &'static str,
     bytes: Vec<u8>,
-    /// True for requests hyper parses (answered 200, one line expected); false for those it
-    /// refuses with 400 before tandem's service sees them (no line: see the README).
+    /// True for requests hyper parses (answered 200, one line with this id expected); false for
+    /// those its codec refuses with 400 before tandem's service sees them.
     logged: bool,
 }
 
@@ -383,6 +383,17 @@ async fn hostile_request_bytes_never_split_a_line_and_the_json_stays_valid() {
     let raw = std::fs::read(&path).expect("read log");
     let lines = json_lines(&path);
     let logged: Vec<&str> = cases.iter().filter(|c| c.logged).map(|c| c.id).collect();
+    // Requests the codec refused carry no request id; they are logged (method "-", 400 DPE) once
+    // the accept loop reports them through Telemetry::connection_error, and not before.
+    let (codec, lines): (Vec<_>, Vec<_>) = lines.into_iter().partition(|l| l["method"] == "-");
+    let refused = cases.len() - logged.len();
+    assert!(codec.is_empty() || codec.len() == refused, "{} codec lines for {refused} refusals", codec.len());
+    for l in &codec {
+        assert_eq!(
+            (l["method"].as_str(), l["response_code"].as_u64(), l["response_flags"].as_str()),
+            (Some("-"), Some(400), Some("DPE"))
+        );
+    }
     assert_eq!(
         lines.len(),
         logged.len(),
@@ -929,4 +940,81 @@ async fn a_failed_reopen_answers_500_and_keeps_the_old_file() {
     assert_eq!(s, 200);
     poll(Duration::from_secs(10), "the line in the new file", || (lines_in(&path) == ["new"]).then_some(())).await;
     assert_eq!(lines_in(&moved), ["kept"]);
+}
+
+/// Runs hyper's HTTP/1.1 server codec on `input` and returns the error the connection ended with
+/// and what it answered.
+async fn codec_error(input: Vec<u8>) -> (hyper::Error, String) {
+    let (mut client, server) = tokio::io::duplex(1 << 20);
+    let conn = tokio::spawn(async move {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.max_buf_size(8192);
+        b.serve_connection(
+            hyper_util::rt::TokioIo::new(server),
+            hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+            }),
+        )
+        .await
+    });
+    client.write_all(&input).await.expect("write");
+    client.shutdown().await.expect("half-close");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer)).await;
+    drop(client);
+    let err = conn.await.expect("task").expect_err("the codec refuses this");
+    (err, String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test]
+async fn requests_refused_by_the_codec_can_be_logged_and_counted() {
+    use tandem::record::Direction;
+    let dir = TempDir::new("codec");
+    let path = dir.join("access.log");
+    let cfg = config_with_log(dead_addr(), &path);
+    let metrics = tandem::metrics::Metrics::new(prometheus::Registry::new()).expect("metrics");
+    let log = tandem::access_log::AccessLog::start(
+        &cfg.access_log,
+        metrics.access_log_written.clone(),
+        metrics.access_log_dropped.clone(),
+    )
+    .expect("access log");
+    let t = std::sync::Arc::new(tandem::telemetry::Telemetry::new(metrics, log));
+    let peer: std::net::SocketAddr = "192.0.2.10:4711".parse().expect("addr");
+
+    let (bad, answer) = codec_error(b"GET /x HTTP/1.1\r\nHost: t\r\nUser-Agent: a\x01b\r\n\r\n".to_vec()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(tandem::telemetry::codec_refusal(&bad), Some(400));
+    // As the accept loop holds it: boxed, Send + Sync.
+    let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(bad);
+    assert!(t.connection_error(Direction::Inbound, peer, &*boxed));
+
+    let big = format!("GET /y HTTP/1.1\r\nHost: t\r\nx-big: {}\r\n\r\n", "b".repeat(10_000));
+    let (large, answer) = codec_error(big.into_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(t.connection_error(Direction::Inbound, peer, &large));
+
+    // Not a refusal: the client left in the middle of its head. Nothing is reported.
+    let (cut, answer) = codec_error(b"GET /z HTTP/1.1\r\nHost: t\r\n".to_vec()).await;
+    assert!(answer.is_empty(), "{answer}");
+    assert_eq!(tandem::telemetry::codec_refusal(&cut), None, "{cut}");
+    assert!(!t.connection_error(Direction::Inbound, peer, &cut));
+    let io = std::io::Error::other("reset");
+    assert!(!t.connection_error(Direction::Inbound, peer, &io));
+
+    t.flush_access_log().await;
+    let lines = json_lines(&path);
+    assert_eq!(lines.len(), 2);
+    for (l, code) in lines.iter().zip([400, 431]) {
+        assert_eq!(l["method"], "-");
+        assert_eq!((l["response_code"].as_u64(), l["response_flags"].as_str()), (Some(code), Some("DPE")));
+        assert_eq!(l["downstream_remote_address"], "192.0.2.10:4711");
+        assert_eq!(l["path"], serde_json::Value::Null);
+    }
+    let samples = parse_metrics(&String::from_utf8(t.metrics.render()).expect("utf8"));
+    assert_eq!(
+        metric_sum(&samples, "tandem_http_requests_total", &[("response_flags", "DPE"), ("method", "other")]),
+        2.0
+    );
+    assert_eq!(metric_sum(&samples, "tandem_http_requests_in_flight", &[]), 0.0);
 }
