@@ -253,6 +253,7 @@ pub struct Tandem {
     pub inbound: SocketAddr,
     pub admin: SocketAddr,
     stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr_closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Tandem {
@@ -286,13 +287,16 @@ impl Tandem {
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let pipe = child.stderr.take().expect("stderr");
         let lines = stderr.clone();
+        let stderr_closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let closed = stderr_closed.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 lines.lock().expect("lock").push(line);
             }
+            closed.store(true, std::sync::atomic::Ordering::Release);
         });
-        let mut t = Self { child, inbound: dead_addr(), admin: dead_addr(), stderr };
+        let mut t = Self { child, inbound: dead_addr(), admin: dead_addr(), stderr, stderr_closed };
         let ready = poll_blocking(Duration::from_secs(30), "tandem is ready", || {
             if let Ok(Some(status)) = t.child.try_wait() {
                 panic!("tandem exited with {status} before it was ready: {:?}", t.stderr_lines());
@@ -315,6 +319,14 @@ impl Tandem {
             .iter()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stderr line is not JSON ({e}): {l}")))
             .collect()
+    }
+
+    /// Every stderr line, once the process has closed its stderr (exited).
+    pub fn all_stderr_lines(&self, timeout: Duration) -> Vec<String> {
+        poll_blocking(timeout, "stderr to close", || {
+            self.stderr_closed.load(std::sync::atomic::Ordering::Acquire).then_some(())
+        });
+        self.stderr_lines()
     }
 
     /// Waits for the process to exit.
