@@ -7,13 +7,18 @@
 //! | GET | `/ready/app` | anyone | runs the app readiness check (`readiness.app`): 200, or 503 with the reason |
 //! | GET | `/metrics` | anyone | Prometheus text format |
 //! | POST | `/shutdown` | loopback | starts the same stop as SIGTERM |
-//! | POST | `/reopen-logs` | loopback | reopens the access-log file (after an external rotation) |
-//! | GET | `/config` | loopback | the effective configuration as YAML |
+//! | POST | `/reopen-logs` | loopback | reopens the access-log file (after an external rotation); 200 once done, 500 with the reason if it failed |
+//! | GET | `/config` | loopback | the effective configuration as YAML, secrets masked |
 //! | GET | `/log-level` | loopback | the current diagnostics filter |
 //! | PUT | `/log-level` | loopback | sets the diagnostics filter from the request body (`debug`, `tandem=trace`) |
 //!
 //! Everything but `/live`, `/ready`, `/ready/app` and `/metrics` answers 403 to a peer that is not
-//! on loopback. Admin requests are not access-logged.
+//! on loopback (an unknown path too, so a remote caller learns nothing). Admin requests are not
+//! access-logged and not counted in the HTTP metrics.
+//!
+//! `GET /config` masks secrets: a key whose name contains `key`, `password`, `secret` or `token`
+//! shows `***` instead of its value, unless the value is a file path (`inbound.tls.key:
+//! /etc/tandem/tls.key` names where the key is, which an operator needs to see).
 
 use crate::logging::LogControl;
 use crate::readiness::AppCheck;
@@ -111,7 +116,7 @@ async fn handle(state: Arc<AdminState>, peer: SocketAddr, req: Request<Incoming>
             Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("app not ready: {why}\n")),
         },
         (&Method::GET | &Method::HEAD, "/metrics") => {
-            let mut r = reply(StatusCode::OK, state.telemetry.metrics.render());
+            let mut r = reply(StatusCode::OK, state.telemetry.render_metrics().await);
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             r
@@ -124,15 +129,16 @@ async fn handle(state: Arc<AdminState>, peer: SocketAddr, req: Request<Incoming>
         }
         (&Method::POST, "/reopen-logs") => {
             if state.telemetry.access_log.enabled() {
-                state.telemetry.access_log.reopen();
-                state.telemetry.access_log.flush();
-                reply(StatusCode::OK, "access log reopened\n")
+                match state.telemetry.reopen_access_log().await {
+                    Ok(()) => reply(StatusCode::OK, "access log reopened\n"),
+                    Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                }
             } else {
                 reply(StatusCode::OK, "access log is off\n")
             }
         }
         (&Method::GET, "/config") => {
-            let mut r = reply(StatusCode::OK, state.config_yaml.clone());
+            let mut r = reply(StatusCode::OK, masked_yaml(&state.config_yaml));
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
             r
         }
@@ -149,9 +155,12 @@ async fn handle(state: Arc<AdminState>, peer: SocketAddr, req: Request<Incoming>
                 Err(e) => return reply(StatusCode::BAD_REQUEST, format!("cannot read body: {e}\n")),
             };
             let level = String::from_utf8_lossy(&body).trim().to_owned();
+            if level.is_empty() {
+                return reply(StatusCode::BAD_REQUEST, "empty filter; send one such as `info` or `tandem=debug`\n");
+            }
             match l.set(&level) {
                 Ok(()) => {
-                    tracing::info!(%peer, level = %level, "log level changed");
+                    tracing::info!(%peer, filter = %level, "log level changed");
                     reply(StatusCode::OK, format!("{level}\n"))
                 }
                 Err(e) => reply(StatusCode::BAD_REQUEST, format!("invalid filter {level:?}: {e}\n")),
@@ -165,5 +174,61 @@ async fn handle(state: Arc<AdminState>, peer: SocketAddr, req: Request<Incoming>
             StatusCode::NOT_FOUND,
             "not found; endpoints: /live /ready /ready/app /metrics /shutdown /reopen-logs /config /log-level\n",
         ),
+    }
+}
+
+/// Key-name fragments that mark a value as secret in `GET /config`.
+pub const SECRET_KEY_PARTS: [&str; 4] = ["key", "password", "secret", "token"];
+
+/// The configuration YAML with secrets masked (see the module doc). YAML that does not parse is
+/// not shown at all.
+pub fn masked_yaml(yaml: &str) -> String {
+    match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(yaml) {
+        Ok(mut v) => {
+            mask_secrets(&mut v, false);
+            serde_yaml_ng::to_string(&v).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        }
+        Err(e) => format!("# cannot render: {e}\n"),
+    }
+}
+
+/// Replaces secret values in a configuration tree with `***`; `secret` is true under a key that
+/// names a secret (every scalar below it is masked).
+pub fn mask_secrets(v: &mut serde_yaml_ng::Value, secret: bool) {
+    use serde_yaml_ng::Value;
+    match v {
+        Value::Mapping(m) => {
+            for (k, child) in m.iter_mut() {
+                let named_secret = k.as_str().is_some_and(|k| {
+                    let k = k.to_ascii_lowercase();
+                    SECRET_KEY_PARTS.iter().any(|p| k.contains(p))
+                });
+                mask_secrets(child, secret || named_secret);
+            }
+        }
+        Value::Sequence(s) => s.iter_mut().for_each(|c| mask_secrets(c, secret)),
+        Value::Tagged(t) => mask_secrets(&mut t.value, secret),
+        Value::String(s) if secret && !s.is_empty() && !is_file_path(s) => *v = Value::String("***".into()),
+        Value::Number(_) if secret => *v = Value::String("***".into()),
+        _ => {}
+    }
+}
+
+/// Whether a value names a file rather than holding a secret: absolute, or explicitly relative.
+fn is_file_path(s: &str) -> bool {
+    s.starts_with('/') || s.starts_with("./") || s.starts_with("../")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_includes_mapped_ipv6() {
+        assert!(is_loopback(&"127.0.0.1:1".parse().expect("addr")));
+        assert!(is_loopback(&"[::1]:1".parse().expect("addr")));
+        assert!(is_loopback(&"[::ffff:127.0.0.1]:1".parse().expect("addr")));
+        assert!(!is_loopback(&"10.0.0.1:1".parse().expect("addr")));
+        assert!(!is_loopback(&"[::ffff:10.0.0.1]:1".parse().expect("addr")));
     }
 }

@@ -2,6 +2,7 @@
 //! request at `info`), with a filter that can be changed at run time (`PUT /log-level`).
 
 use crate::config::LogFormat;
+use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -31,19 +32,49 @@ impl LogControl {
     }
 }
 
-/// Installs the global subscriber. `RUST_LOG`, when set, wins over `filter`.
+/// Installs the global subscriber. `RUST_LOG`, when set and valid, wins over `filter` (an invalid
+/// one is reported and ignored). Plain lines are coloured only when stderr is a terminal and
+/// `NO_COLOR` is unset; JSON lines are flat objects (`timestamp`, `level`, `message`, fields).
+/// Returns `None` if a subscriber was already installed (then the filter cannot be changed at run
+/// time).
 pub fn init(filter: &str, format: LogFormat) -> Option<LogControl> {
-    let filter = std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| filter.to_owned());
-    let env_filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut rejected = None;
+    let mut chosen = None;
+    if let Some(env) = std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty()) {
+        match EnvFilter::try_new(&env) {
+            Ok(f) => chosen = Some((env, f)),
+            Err(e) => rejected = Some((env, e.to_string())),
+        }
+    }
+    let (filter, env_filter) = match chosen {
+        Some(c) => c,
+        None => match EnvFilter::try_new(filter) {
+            Ok(f) => (filter.to_owned(), f),
+            Err(_) => ("info".to_owned(), EnvFilter::new("info")),
+        },
+    };
     let (layer, handle) = reload::Layer::new(env_filter);
     let registry = tracing_subscriber::registry().with(layer);
     let result = match format {
         LogFormat::Plain => {
-            registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false)).try_init()
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            registry
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi))
+                .try_init()
         }
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_current_span(false))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
+    if let Some((env, e)) = rejected {
+        tracing::warn!(rust_log = %env, error = %e, filter = %filter, "RUST_LOG is not a valid filter; ignored");
+    }
     result.ok().map(|()| LogControl { handle, current: Arc::new(Mutex::new(filter)) })
 }

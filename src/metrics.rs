@@ -1,5 +1,23 @@
 //! Prometheus metrics: every metric tandem exports, registered on one registry that is passed in,
 //! with a fixed, small label set (never a path or a raw authority).
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `tandem_http_requests_total` | counter | `direction`, `upstream`, `method`, `status_code`, `response_flags` |
+//! | `tandem_http_request_duration_seconds` | histogram | `direction`, `upstream` |
+//! | `tandem_http_requests_in_flight` | gauge | `direction` |
+//! | `tandem_http_request_bytes_total`, `tandem_http_response_bytes_total` | counter | `direction` |
+//! | `tandem_tcp_connections_opened_total`, `_closed_total`, `_rejected_total` | counter | `direction` |
+//! | `tandem_tcp_connections_active` | gauge | `direction` |
+//! | `tandem_access_log_lines_total`, `tandem_access_log_dropped_total` | counter | |
+//! | `tandem_ready` | gauge | |
+//! | `tandem_build_info` | gauge | `version` |
+//! | `process_*` | the process collector (Linux) | |
+//!
+//! `upstream` is the record's `upstream_cluster`: `app` inbound; outbound, `passthrough` or the
+//! name of a configured upstream, so its values are bounded by the configuration. `method` is one
+//! of the nine standard methods or `other`; `status_code` is the number (`0` when the client went
+//! away before a response); `response_flags` is a reason code or `-`.
 
 use crate::error::Reason;
 use crate::record::{Direction, RequestRecord};
@@ -12,6 +30,9 @@ use prometheus::{
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+
+/// The `upstream` label of inbound requests.
+pub const INBOUND_UPSTREAM: &str = "app";
 
 /// Every metric tandem exports.
 pub struct Metrics {
@@ -31,7 +52,9 @@ pub struct Metrics {
 
 #[derive(Clone)]
 struct Fast {
-    duration_app: Histogram,
+    /// The one duration series known in advance: inbound to the app. Outbound series are made
+    /// on first use, per upstream.
+    duration_app: Option<Histogram>,
     in_flight: IntGauge,
     request_bytes: IntCounter,
     response_bytes: IntCounter,
@@ -60,7 +83,10 @@ impl Metrics {
     /// Registers every metric on `registry`.
     pub fn new(registry: Registry) -> Result<Self, prometheus::Error> {
         let requests = IntCounterVec::new(
-            Opts::new("tandem_http_requests_total", "HTTP requests completed, by outcome."),
+            Opts::new(
+                "tandem_http_requests_total",
+                "HTTP requests completed (response body ended or client gone), by outcome.",
+            ),
             &["direction", "upstream", "method", "status_code", "response_flags"],
         )?;
         let duration = HistogramVec::new(
@@ -104,7 +130,7 @@ impl Metrics {
         )?;
         let access_log_dropped = IntCounter::new(
             "tandem_access_log_dropped_total",
-            "Access log lines dropped because the writer could not keep up.",
+            "Access log lines lost: the writer's queue was full, or the write failed.",
         )?;
         let access_log_written = IntCounter::new("tandem_access_log_lines_total", "Access log lines written.")?;
         let ready = IntGauge::new("tandem_ready", "1 when every listener is bound and tandem is not draining.")?;
@@ -131,7 +157,8 @@ impl Metrics {
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
         let fast = |d: Direction| Fast {
-            duration_app: duration.with_label_values(&[d.as_str(), "app"]),
+            duration_app: (d == Direction::Inbound)
+                .then(|| duration.with_label_values(&[d.as_str(), INBOUND_UPSTREAM])),
             in_flight: in_flight.with_label_values(&[d.as_str()]),
             request_bytes: request_bytes.with_label_values(&[d.as_str()]),
             response_bytes: response_bytes.with_label_values(&[d.as_str()]),
@@ -169,10 +196,9 @@ impl Metrics {
         f.request_bytes.inc_by(r.bytes_received);
         f.response_bytes.inc_by(r.bytes_sent);
         let secs = r.duration.as_secs_f64();
-        if r.upstream_cluster == "app" {
-            f.duration_app.observe(secs);
-        } else {
-            self.duration.with_label_values(&[r.direction.as_str(), r.upstream_cluster]).observe(secs);
+        match &f.duration_app {
+            Some(h) if r.upstream_cluster == INBOUND_UPSTREAM => h.observe(secs),
+            _ => self.duration.with_label_values(&[r.direction.as_str(), r.upstream_cluster]).observe(secs),
         }
         let flags = r.response_flags.map(Reason::as_str).unwrap_or("-");
         self.requests

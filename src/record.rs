@@ -86,9 +86,12 @@ impl RequestRecord {
             upstream_host: None,
             upstream_cluster: "app",
             downstream_remote_address: peer,
-            x_forwarded_for: None,
+            // As received; the stack replaces both with what it forwards (the appended
+            // x-forwarded-for, a generated request id), so a request refused before that still
+            // carries the client's values.
+            x_forwarded_for: req.headers.get("x-forwarded-for").cloned(),
             user_agent: req.headers.get(http::header::USER_AGENT).cloned(),
-            request_id: None,
+            request_id: req.headers.get("x-request-id").filter(|v| !v.is_empty()).cloned(),
             traceparent: req.headers.get("traceparent").cloned(),
             tls: None,
         }

@@ -229,6 +229,11 @@ pub async fn serve<F, S, B>(
                                     if let Some(r) = &refused {
                                         r.count(reason);
                                     }
+                                    // One access-log line and one request count, like every
+                                    // other refusal.
+                                    if let Some(t) = &telemetry {
+                                        t.connection_error(direction, peer, e.as_ref());
+                                    }
                                 }
                                 None => tracing::debug!(error = %e, %peer, "connection ended with an error"),
                             }

@@ -2,8 +2,12 @@
 //! the listeners.
 
 use crate::access_log::AccessLog;
-use crate::metrics::Metrics;
+use crate::error::Reason;
+use crate::metrics::{Metrics, INBOUND_UPSTREAM};
 use crate::record::{Direction, RequestRecord};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 /// The metrics and access log of one running tandem.
 pub struct Telemetry {
@@ -20,7 +24,7 @@ impl Telemetry {
         self.metrics.request_started(d);
     }
 
-    /// Counts the request and queues its access-log line.
+    /// Counts the finished request (its access-log line goes through [`Telemetry::log`]).
     pub fn request_finished(&self, r: &RequestRecord) {
         self.metrics.request_finished(r);
     }
@@ -29,4 +33,95 @@ impl Telemetry {
     pub fn log(&self, r: RequestRecord) {
         self.access_log.log(r);
     }
+
+    /// Waits until every access-log line queued so far is written, without blocking the runtime.
+    pub async fn flush_access_log(self: &Arc<Self>) {
+        if !self.access_log.enabled() {
+            return;
+        }
+        let t = self.clone();
+        let _ = tokio::task::spawn_blocking(move || t.access_log.flush()).await;
+    }
+
+    /// Reopens the access-log file and returns once the writer has done it (what
+    /// `POST /reopen-logs` and a log shipper's postrotate step rely on); `Err` says why the
+    /// reopen failed.
+    pub async fn reopen_access_log(self: &Arc<Self>) -> Result<(), String> {
+        self.access_log.reopen();
+        let t = self.clone();
+        tokio::task::spawn_blocking(move || t.access_log.sync())
+            .await
+            .unwrap_or_else(|e| Err(format!("access log reopen did not complete: {e}")))
+    }
+
+    /// Logs and counts a request that hyper's HTTP/1.1 codec refused before tandem's stack saw
+    /// it (see [`codec_refusal`]): one access-log line with method `-`, the status hyper sent and
+    /// `DPE`, and one count in the metrics. The accept loop calls this with the error a
+    /// connection ended with; returns false, reporting nothing, for any other error.
+    pub fn connection_error(
+        &self,
+        direction: Direction,
+        peer: SocketAddr,
+        err: &(dyn std::error::Error + 'static),
+    ) -> bool {
+        let Some(status) = codec_refusal(err) else { return false };
+        let record = RequestRecord {
+            start: SystemTime::now(),
+            started: Instant::now(),
+            direction,
+            method: http::Method::from_bytes(b"-").unwrap_or_default(),
+            authority: None,
+            path: None,
+            protocol: http::Version::HTTP_11,
+            response_code: status,
+            response_flags: Some(Reason::DPE),
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: Duration::ZERO,
+            upstream_service_time: None,
+            upstream_host: None,
+            upstream_cluster: match direction {
+                Direction::Inbound => INBOUND_UPSTREAM,
+                Direction::Outbound => "-",
+            },
+            downstream_remote_address: peer,
+            x_forwarded_for: None,
+            user_agent: None,
+            request_id: None,
+            traceparent: None,
+            tls: None,
+        };
+        self.request_started(direction);
+        self.request_finished(&record);
+        self.log(record);
+        true
+    }
+
+    /// Everything in the Prometheus text format, gathered off the runtime (the process collector
+    /// reads `/proc`).
+    pub async fn render_metrics(self: &Arc<Self>) -> Vec<u8> {
+        let t = self.clone();
+        tokio::task::spawn_blocking(move || t.metrics.render()).await.unwrap_or_default()
+    }
+}
+
+/// The status hyper's HTTP/1.1 codec answered with when it refused a request head before any
+/// service ran: 400 (malformed request line or header), 414 (URI too long), 431 (head over the
+/// buffer limit). `None` for every other error, including the header-read timeout, which also
+/// fires on idle keep-alive connections that never started a request.
+pub fn codec_refusal(err: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_parse_too_large() {
+                return Some(if h.to_string().starts_with("URI too long") { 414 } else { 431 });
+            }
+            if h.is_parse() && !h.is_parse_status() && !h.is_parse_version_h2() {
+                return Some(400);
+            }
+            return None;
+        }
+        source = e.source();
+    }
+    None
 }

@@ -332,8 +332,8 @@ async fn the_worker_count_is_logged_and_the_flag_overrides_it() {
     t.proc.exit(EXIT_LIMIT).await;
     let line = t.proc.stderr().lines().find(|l| l.contains("runtime workers")).map(str::to_owned).expect("logged");
     let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-    assert_eq!(v["fields"]["workers"], 3);
-    assert_eq!(v["fields"]["source"], "configured");
+    assert_eq!(v["workers"], 3);
+    assert_eq!(v["source"], "configured");
 
     let mut t = tandem(app, &["--workers", "0", "--log-format", "json"], &[]).await;
     t.proc.signal(libc::SIGTERM);
@@ -341,8 +341,8 @@ async fn the_worker_count_is_logged_and_the_flag_overrides_it() {
     let line = t.proc.stderr().lines().find(|l| l.contains("runtime workers")).map(str::to_owned).expect("logged");
     let v: serde_json::Value = serde_json::from_str(&line).expect("json");
     let expected = tandem::runtime::workers(0);
-    assert_eq!(v["fields"]["workers"], expected.count, "{line}");
-    assert_eq!(v["fields"]["source"], expected.source.as_str(), "{line}");
+    assert_eq!(v["workers"], expected.count, "{line}");
+    assert_eq!(v["source"], expected.source.as_str(), "{line}");
     assert!(count_lines(&t.proc.stderr(), "runtime workers") == 1);
 }
 
@@ -433,6 +433,6 @@ async fn workers_follow_a_real_cgroup_cpu_limit() {
     assert_eq!(p.exit(EXIT_LIMIT).await.code(), Some(0));
     let line = p.stderr().lines().find(|l| l.contains("runtime workers")).map(str::to_owned).expect("logged");
     let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-    assert_eq!(v["fields"]["workers"], 1, "{line}");
-    assert_eq!(v["fields"]["source"], "cgroup CPU limit 0.50", "{line}");
+    assert_eq!(v["workers"], 1, "{line}");
+    assert_eq!(v["source"], "cgroup CPU limit 0.50", "{line}");
 }

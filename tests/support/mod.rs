@@ -244,3 +244,272 @@ pub fn assert_proxy_error(
 pub async fn try_get_owned(url: String) -> Option<(http::StatusCode, Bytes)> {
     try_get(&url).await
 }
+
+// ---- observability helpers -------------------------------------------------------------------
+
+/// Polls `f` every 10 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The same, for synchronous tests.
+pub fn poll_blocking<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A fresh empty directory under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("tandem-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A configuration like [`config`] with the access log written to `path` as JSON.
+pub fn config_with_log(app: SocketAddr, path: &std::path::Path) -> Config {
+    let mut c = config(app);
+    c.access_log.destination = path.to_string_lossy().into_owned();
+    c
+}
+
+/// Every line of a file (empty if it does not exist), each parsed as JSON; panics on a line that
+/// is not a JSON object or a file that does not end in a newline.
+pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("read {}: {e}", path.display()),
+    };
+    assert!(bytes.is_empty() || bytes.ends_with(b"\n"), "{} ends in a partial line", path.display());
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_slice(l).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(l)));
+            assert!(v.is_object(), "not an object: {v}");
+            v
+        })
+        .collect()
+}
+
+/// The access-log lines of `path` and its rotated files (`.1` … `.max`), oldest first.
+pub fn json_lines_rotated(path: &std::path::Path, max: usize) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for n in (1..=max).rev() {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{n}"));
+        out.extend(json_lines(std::path::Path::new(&p)));
+    }
+    out.extend(json_lines(path));
+    out
+}
+
+/// The `request_id` of an access-log line.
+pub fn request_id(line: &serde_json::Value) -> String {
+    line["request_id"].as_str().unwrap_or_default().to_owned()
+}
+
+/// One parsed Prometheus sample: name, labels (sorted), value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// The samples of a Prometheus text exposition (comments skipped).
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => {
+                let body = rest.strip_suffix('}').expect("closing brace");
+                let mut labels = Vec::new();
+                // Label values in tandem's output never contain `",` (fixed label sets).
+                for pair in body.split("\",").filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once("=\"").expect("label pair");
+                    labels.push((k.to_owned(), v.trim_end_matches('"').to_owned()));
+                }
+                labels.sort();
+                (n.to_owned(), labels)
+            }
+            None => (series.to_owned(), Vec::new()),
+        };
+        out.push(Sample { name, labels, value });
+    }
+    out
+}
+
+/// Sum of every sample named `name` whose labels include all of `want`.
+pub fn metric_sum(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| want.iter().all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v)))
+        .map(|s| s.value)
+        .sum()
+}
+
+/// Scrapes `GET /metrics` on an admin address.
+pub async fn scrape(admin: SocketAddr) -> Vec<Sample> {
+    let (status, headers, body) = get(&format!("http://{admin}/metrics")).await;
+    assert_eq!(status, 200);
+    let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "content type {ct}");
+    parse_metrics(std::str::from_utf8(&body).expect("utf8 metrics"))
+}
+
+/// Sends a request with a method, URL, headers and body; returns (status, headers, body).
+pub async fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (http::StatusCode, http::HeaderMap, Bytes) {
+    let mut b = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(&h1(), b.body(Full::new(Bytes::from(body.to_owned()))).expect("request")).await
+}
+
+/// A `tandem` process started from the built binary, its stderr collected line by line.
+pub struct Tandem {
+    pub child: std::process::Child,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr_closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Tandem {
+    /// `tandem run` with every listener on 127.0.0.1:0, JSON diagnostics, and `args` after those
+    /// (a later flag wins); stdout goes to /dev/null. Waits for the "tandem is ready" line and
+    /// reads the addresses from it.
+    pub fn run(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut cmd = Self::command(args, envs);
+        cmd.stdout(std::process::Stdio::null());
+        Self::spawn(cmd)
+    }
+
+    /// The command [`Tandem::run`] starts, for callers that want its stdout.
+    pub fn command(args: &[&str], envs: &[(&str, &str)]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(["run", "--inbound", "127.0.0.1:0", "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+        cmd.args(["--log-format", "json"]).args(args);
+        cmd.env_remove("RUST_LOG");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Starts `cmd` (a `tandem run` with JSON diagnostics, possibly behind a wrapper such as
+    /// `ip netns exec`; stdout as the caller set it) and waits for it to be ready.
+    pub fn spawn(mut cmd: std::process::Command) -> Self {
+        use std::io::BufRead;
+        cmd.stdin(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn tandem");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let pipe = child.stderr.take().expect("stderr");
+        let lines = stderr.clone();
+        let stderr_closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let closed = stderr_closed.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().expect("lock").push(line);
+            }
+            closed.store(true, std::sync::atomic::Ordering::Release);
+        });
+        let mut t = Self { child, inbound: dead_addr(), admin: dead_addr(), stderr, stderr_closed };
+        let ready = poll_blocking(Duration::from_secs(30), "tandem is ready", || {
+            if let Ok(Some(status)) = t.child.try_wait() {
+                panic!("tandem exited with {status} before it was ready: {:?}", t.stderr_lines());
+            }
+            t.json_stderr().into_iter().find(|v| v["message"] == "tandem is ready")
+        });
+        t.inbound = ready["inbound"].as_str().expect("inbound").parse().expect("inbound addr");
+        t.admin = ready["admin"].as_str().expect("admin").parse().expect("admin addr");
+        t
+    }
+
+    /// Every stderr line so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    /// Every stderr line so far, parsed as JSON (panics on one that is not).
+    pub fn json_stderr(&self) -> Vec<serde_json::Value> {
+        self.stderr_lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stderr line is not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// Every stderr line, once the process has closed its stderr (exited).
+    pub fn all_stderr_lines(&self, timeout: Duration) -> Vec<String> {
+        poll_blocking(timeout, "stderr to close", || {
+            self.stderr_closed.load(std::sync::atomic::Ordering::Acquire).then_some(())
+        });
+        self.stderr_lines()
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        poll_blocking(timeout, "tandem to exit", || child.try_wait().expect("try_wait"))
+    }
+
+    /// Sends a signal to this process (by its PID).
+    pub fn signal(&self, sig: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on our own child's PID.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill {pid}");
+    }
+}
+
+impl Drop for Tandem {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
