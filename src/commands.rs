@@ -148,9 +148,11 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
              curl -i http://{p}/hello\n  \
              curl -i 'http://{p}/slow?delay=300ms&status=503'\n  \
              curl -s -X POST --data-binary 'hello tandem' 'http://{p}/upload?echo_body=1'\n  \
+             curl -s -x http://{o} http://{app}/outbound-call   # the app's own calls, through the outbound proxy\n  \
              curl -s http://{a}/metrics | grep tandem_http_requests_total\n\n\
              Ctrl-C stops it.\n",
-            app = echo.addr
+            app = echo.addr,
+            o = running.outbound_addr
         );
         running.wait_with_signals().await;
         echo.stop();
