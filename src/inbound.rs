@@ -15,7 +15,7 @@
 use crate::body::ProxyBody;
 use crate::config::Inbound as InboundConfig;
 use crate::error::{error_response, ProxyError};
-use crate::forward::{self, UpstreamClient};
+use crate::forward::{self, Checkin, Http1Pool, UpstreamClient};
 use crate::record::{CountingBody, Direction, Finish, InFlight, RequestRecord};
 use crate::serve::ConnMeta;
 use crate::telemetry::Telemetry;
@@ -32,9 +32,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The client to the app: tandem's lean HTTP/1.1 pool, or hyper-util's pooled client for h2.
+enum AppClient {
+    Http1(Arc<Http1Pool>),
+    Http2(Box<UpstreamClient>),
+}
+
 /// State shared by every inbound connection.
 pub struct InboundProxy {
-    client: UpstreamClient,
+    client: AppClient,
     app: SocketAddr,
     app_authority: Authority,
     telemetry: Arc<Telemetry>,
@@ -53,7 +59,10 @@ impl InboundProxy {
         let app = cfg.app.value;
         let app_authority = Authority::try_from(app.to_string().as_str())?;
         Ok(Arc::new(Self {
-            client: forward::client(&cfg.timeouts, &cfg.limits, cfg.app_protocol),
+            client: match cfg.app_protocol {
+                crate::config::AppProtocol::Http1 => AppClient::Http1(Http1Pool::new(app, &cfg.timeouts, &cfg.limits)),
+                _ => AppClient::Http2(Box::new(forward::client(&cfg.timeouts, &cfg.limits, cfg.app_protocol))),
+            },
             app,
             app_authority,
             telemetry,
@@ -138,15 +147,23 @@ impl InboundProxy {
             }
         }
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(self.app_authority.clone());
-        uri.path_and_query = Some(path);
-        parts.uri = match Uri::from_parts(uri) {
-            Ok(u) => u,
-            Err(e) => {
-                let finish = Finish::new(record, None, self.telemetry.clone()).with_guard(in_flight);
-                return self.fail(ProxyError::BadRequest { what: format!("cannot build upstream URI: {e}") }, finish);
+        parts.uri = match &self.client {
+            // HTTP/1.1 to the app: origin-form, as it goes on the wire.
+            AppClient::Http1(_) => Uri::from(path),
+            // h2 needs :scheme and :authority.
+            AppClient::Http2(_) => {
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = Some(self.app_authority.clone());
+                uri.path_and_query = Some(path);
+                match Uri::from_parts(uri) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        let finish = Finish::new(record, None, self.telemetry.clone()).with_guard(in_flight);
+                        return self
+                            .fail(ProxyError::BadRequest { what: format!("cannot build upstream URI: {e}") }, finish);
+                    }
+                }
             }
         };
         parts.version = http::Version::HTTP_11;
@@ -158,8 +175,8 @@ impl InboundProxy {
         let upstream_req = Request::from_parts(parts, body);
 
         let sent_at = Instant::now();
-        let result = tokio::time::timeout(self.response_timeout, self.client.request(upstream_req)).await;
-        let mut resp = match result {
+        let result = tokio::time::timeout(self.response_timeout, self.send(upstream_req)).await;
+        let (mut resp, checkin) = match result {
             Err(_) => {
                 return self.fail(
                     ProxyError::UpstreamTimeout {
@@ -169,8 +186,8 @@ impl InboundProxy {
                     finish,
                 )
             }
-            Ok(Err(e)) => return self.fail(ProxyError::from_client(&e, self.app, self.connect_timeout_ms), finish),
-            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return self.fail(e, finish),
+            Ok(Ok(sent)) => sent,
         };
         let upgraded = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let Some(r) = finish.record_mut() {
@@ -185,7 +202,24 @@ impl InboundProxy {
         }
         forward::strip_hop_by_hop(resp.headers_mut(), upgraded);
         let (parts, body) = resp.into_parts();
-        Response::from_parts(parts, ProxyBody::upstream(body).with_finish(finish))
+        Response::from_parts(parts, ProxyBody::upstream(body).with_finish(finish).with_checkin(checkin))
+    }
+
+    /// Sends the request to the app; the [`Checkin`] (HTTP/1.1 pool) lives as long as the body.
+    async fn send(
+        &self,
+        req: Request<CountingBody>,
+    ) -> Result<(Response<hyper::body::Incoming>, Option<Checkin>), ProxyError> {
+        match &self.client {
+            AppClient::Http1(pool) => match pool.send(req).await {
+                Ok((resp, checkin)) => Ok((resp, Some(checkin))),
+                Err(e) => Err(ProxyError::from_pool(&e, self.app, self.connect_timeout_ms)),
+            },
+            AppClient::Http2(client) => match client.request(req).await {
+                Ok(resp) => Ok((resp, None)),
+                Err(e) => Err(ProxyError::from_client(&e, self.app, self.connect_timeout_ms)),
+            },
+        }
     }
 
     fn check_head(&self, parts: &http::request::Parts) -> Option<ProxyError> {
