@@ -213,7 +213,8 @@ impl Http1Pool {
     }
 }
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The header [`set_forwarded`] appends the client's address to.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// The request id header, kept when the client sent one and generated otherwise.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -237,6 +238,10 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `Upgrade` unless this message is part of an upgrade, in which case `Connection: upgrade` and
 /// `Upgrade` are kept.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of these: one pass over the names instead of six hashed lookups.
+    if !upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         // Fields named by Connection; rarely present beyond keep-alive/close/upgrade.
         let named: Vec<HeaderName> = headers
@@ -278,14 +283,44 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Whether `name` is one of the fields [`strip_hop_by_hop`] may remove or rewrite (fields named in
+/// `Connection` are found through `Connection` itself).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Appends the peer to `x-forwarded-for` and sets `x-forwarded-proto`.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, proto: &'static str) {
-    let ip = peer.ip();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => HeaderValue::from_str(&format!("{prev}, {ip}")),
-        _ => HeaderValue::from_str(&ip.to_string()),
+    if let Some(ip) = peer_ip_value(peer) {
+        set_forwarded_ip(headers, &ip, proto);
+    }
+}
+
+/// The peer's IP as a header value: made once per connection by callers that forward many
+/// requests from the same peer (see [`set_forwarded_ip`]).
+pub fn peer_ip_value(peer: SocketAddr) -> Option<HeaderValue> {
+    HeaderValue::from_str(&peer.ip().to_string()).ok()
+}
+
+/// [`set_forwarded`] with the peer's IP already made into a header value: when the client sent
+/// no `x-forwarded-for`, the value is shared, not formatted again.
+pub fn set_forwarded_ip(headers: &mut HeaderMap, ip: &HeaderValue, proto: &'static str) {
+    let appended = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => {
+            let mut s = String::with_capacity(prev.len() + 2 + ip.len());
+            s.push_str(prev);
+            s.push_str(", ");
+            s.push_str(ip.to_str().unwrap_or(""));
+            HeaderValue::from_str(&s).ok()
+        }
+        _ => Some(ip.clone()),
     };
-    if let Ok(v) = value {
+    if let Some(v) = appended {
         headers.insert(&X_FORWARDED_FOR, v);
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -342,6 +377,19 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h[header::TE], "trailers");
         assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_fields_are_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("app"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
+        let mut h = HeaderMap::new();
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
     }
 
     #[test]

@@ -79,7 +79,8 @@ impl InboundProxy {
 
     /// The service for one downstream connection.
     pub fn service(self: &Arc<Self>, meta: ConnMeta) -> InboundService {
-        InboundService { proxy: self.clone(), meta }
+        let peer_ip = forward::peer_ip_value(meta.peer);
+        InboundService { proxy: self.clone(), meta, peer_ip }
     }
 
     /// Requests in flight right now.
@@ -93,6 +94,8 @@ impl InboundProxy {
 pub struct InboundService {
     proxy: Arc<InboundProxy>,
     meta: ConnMeta,
+    /// The peer's address as an `x-forwarded-for` value, made once per connection.
+    peer_ip: Option<HeaderValue>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for InboundService {
@@ -103,12 +106,18 @@ impl hyper::service::Service<Request<Incoming>> for InboundService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let proxy = self.proxy.clone();
         let meta = self.meta.clone();
-        Box::pin(async move { Ok(proxy.handle(req, meta).await) })
+        let peer_ip = self.peer_ip.clone();
+        Box::pin(async move { Ok(proxy.handle(req, meta, peer_ip).await) })
     }
 }
 
 impl InboundProxy {
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>, meta: ConnMeta) -> Response<ProxyBody> {
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        meta: ConnMeta,
+        peer_ip: Option<HeaderValue>,
+    ) -> Response<ProxyBody> {
         let peer = meta.peer;
         let upgrade = forward::wants_upgrade(req.headers(), req.version());
         let downstream_upgrade = if upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
@@ -132,14 +141,17 @@ impl InboundProxy {
         }
 
         forward::strip_hop_by_hop(&mut parts.headers, upgrade);
-        forward::set_forwarded(&mut parts.headers, peer, self.proto);
+        match &peer_ip {
+            Some(ip) => forward::set_forwarded_ip(&mut parts.headers, ip, self.proto),
+            None => forward::set_forwarded(&mut parts.headers, peer, self.proto),
+        }
         // Only tandem vouches for client certificates: a client-supplied XFCC never passes.
         parts.headers.remove(&X_FORWARDED_CLIENT_CERT);
         if let Some(xfcc) = meta.tls.as_ref().and_then(|t| t.xfcc.clone()) {
             parts.headers.insert(&X_FORWARDED_CLIENT_CERT, xfcc);
         }
         record.request_id = Some(forward::ensure_request_id(&mut parts.headers));
-        record.x_forwarded_for = parts.headers.get("x-forwarded-for").cloned();
+        record.x_forwarded_for = parts.headers.get(&forward::X_FORWARDED_FOR).cloned();
         // An HTTP/2 client names the authority in the URI, not in Host; the app gets it as Host.
         if !parts.headers.contains_key(header::HOST) {
             if let Some(a) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {

@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
+/// Looked up by a ready-made name: a `&str` key is parsed and validated on every lookup.
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// Which side of the pod a request crossed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -89,7 +92,7 @@ impl RequestRecord {
             x_forwarded_for: None,
             user_agent: req.headers.get(http::header::USER_AGENT).cloned(),
             request_id: None,
-            traceparent: req.headers.get("traceparent").cloned(),
+            traceparent: req.headers.get(&TRACEPARENT).cloned(),
             tls: None,
         }
     }
