@@ -1,6 +1,7 @@
 //! Response bodies on the request path: the upstream's streamed body or a short local one, counted
 //! as it passes and reported once when it ends (or when the client goes away first).
 
+use crate::forward::Checkin;
 use crate::record::Finish;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -13,6 +14,8 @@ pub struct ProxyBody {
     inner: Inner,
     /// Reported when the body ends, errors, or is dropped early (client gone).
     finish: Option<Finish>,
+    /// The upstream connection, returned to its pool when the body ends (or is dropped).
+    checkin: Option<Checkin>,
     sent: u64,
 }
 
@@ -24,17 +27,22 @@ enum Inner {
 impl ProxyBody {
     /// The upstream's body, streamed frame by frame.
     pub fn upstream(body: Incoming) -> Self {
-        Self { inner: Inner::Upstream(body), finish: None, sent: 0 }
+        Self { inner: Inner::Upstream(body), finish: None, checkin: None, sent: 0 }
     }
 
     /// A body tandem makes itself (error text, admin answers).
     pub fn local(bytes: Bytes) -> Self {
-        Self { inner: Inner::Local(if bytes.is_empty() { None } else { Some(bytes) }), finish: None, sent: 0 }
+        Self {
+            inner: Inner::Local(if bytes.is_empty() { None } else { Some(bytes) }),
+            finish: None,
+            checkin: None,
+            sent: 0,
+        }
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        Self { inner: Inner::Local(None), finish: None, sent: 0 }
+        Self { inner: Inner::Local(None), finish: None, checkin: None, sent: 0 }
     }
 
     /// Attaches the completion report for this request.
@@ -45,7 +53,15 @@ impl ProxyBody {
         self
     }
 
+    /// Holds the upstream connection until the body ends, then gives it back to the pool.
+    pub fn with_checkin(mut self, checkin: Option<Checkin>) -> Self {
+        self.checkin = checkin;
+        self
+    }
+
     fn complete(&mut self, client_gone: bool) {
+        // The connection first, so the next request can have it.
+        self.checkin.take();
         if let Some(f) = self.finish.take() {
             f.finish(self.sent, client_gone);
         }

@@ -183,6 +183,24 @@ impl ProxyError {
     }
 }
 
+impl ProxyError {
+    /// Classifies an error from tandem's own HTTP/1.1 pool ([`crate::forward::Http1Pool`]) the
+    /// same way as [`ProxyError::from_client`] does hyper-util's.
+    pub fn from_pool(err: &crate::forward::PoolError, upstream: SocketAddr, connect_timeout_ms: u64) -> Self {
+        let upstream = upstream.to_string();
+        match err {
+            crate::forward::PoolError::Connect(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                ProxyError::ConnectTimeout { upstream, timeout_ms: connect_timeout_ms }
+            }
+            crate::forward::PoolError::Connect(io) => ProxyError::ConnectFailed { upstream, cause: describe_io(io) },
+            crate::forward::PoolError::Http(h) if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() => {
+                ProxyError::UpstreamProtocol { upstream, cause: h.to_string() }
+            }
+            crate::forward::PoolError::Http(_) => ProxyError::UpstreamClosed { upstream },
+        }
+    }
+}
+
 fn find_io_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {

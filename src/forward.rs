@@ -1,13 +1,24 @@
-//! The leaf of every stack: the pooled keep-alive upstream client, and the header rewriting every
+//! The leaf of every stack: the pooled keep-alive upstream clients, and the header rewriting every
 //! forwarded request and response goes through (hop-by-hop removal, `x-forwarded-*`, request id).
+//!
+//! Two clients: [`client`] is hyper-util's general pooled client (any authority, HTTP/1.1 or h2);
+//! [`Http1Pool`] is the lean one for a single HTTP/1.1 upstream (the app on localhost), built on
+//! hyper's connection API. A request through it costs an uncontended lock to check out an idle
+//! connection and nothing else: no pool-key hashing, no connect future raced against the checkout,
+//! and no task spawned per request to return the connection (hyper-util does all three).
 
 use crate::config::{AppProtocol, Limits, Timeouts};
 use crate::record::CountingBody;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 /// The upstream client type: pooled keep-alive connections, request bodies streamed as they come.
 pub type UpstreamClient = Client<HttpConnector, CountingBody>;
@@ -36,7 +47,174 @@ pub fn client(timeouts: &Timeouts, limits: &Limits, protocol: AppProtocol) -> Up
     b.build(connector)
 }
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// Pooled HTTP/1.1 keep-alive connections to one upstream address.
+///
+/// Idle connections wait in a LIFO stack (the most recently used is the warmest); a connection
+/// goes back when its response body has ended and hyper says it is ready for the next request.
+/// Connections idle longer than `idle_timeout` are closed by a reaper task, at most
+/// `max_idle` are kept, and a request that fails on a pooled connection before any of it was
+/// written (the app closed the idle connection) is retried on a fresh one, as hyper-util does.
+pub struct Http1Pool {
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    max_buf_size: usize,
+    idle: Mutex<Vec<(http1::SendRequest<CountingBody>, Instant)>>,
+    reaper: std::sync::atomic::AtomicBool,
+}
+
+/// Why a request through [`Http1Pool`] failed.
+#[derive(Debug)]
+pub enum PoolError {
+    /// The TCP connect failed (refused, unreachable) or timed out.
+    Connect(std::io::Error),
+    /// The connection failed after it was established (closed, reset, invalid response).
+    Http(hyper::Error),
+}
+
+/// Returns a connection to its pool when dropped: held by the response body until it ends.
+pub struct Checkin {
+    pool: Arc<Http1Pool>,
+    tx: Option<http1::SendRequest<CountingBody>>,
+}
+
+impl Drop for Checkin {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            self.pool.put(tx);
+        }
+    }
+}
+
+impl Http1Pool {
+    pub fn new(addr: SocketAddr, timeouts: &Timeouts, limits: &Limits) -> Arc<Self> {
+        Arc::new(Self {
+            addr,
+            connect_timeout: timeouts.connect.value,
+            idle_timeout: timeouts.upstream_idle.value,
+            max_idle: limits.max_idle_per_upstream,
+            max_buf_size: 1024 * 1024,
+            idle: Mutex::new(Vec::new()),
+            reaper: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Sends `req` (origin-form URI, Host set) on an idle connection or a new one. The returned
+    /// [`Checkin`] must live as long as the response body: dropping it returns the connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<CountingBody>,
+    ) -> Result<(Response<Incoming>, Checkin), PoolError> {
+        while let Some(mut tx) = self.take_idle() {
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Checkin { pool: self.clone(), tx: Some(tx) })),
+                Err(mut e) => match e.take_message() {
+                    // Nothing was written: the app closed this idle connection; try another.
+                    Some(r) => req = r,
+                    None => return Err(PoolError::Http(e.into_error())),
+                },
+            }
+        }
+        let mut tx = self.connect().await?;
+        match tx.try_send_request(req).await {
+            Ok(resp) => Ok((resp, Checkin { pool: self.clone(), tx: Some(tx) })),
+            Err(e) => Err(PoolError::Http(e.into_error())),
+        }
+    }
+
+    /// Idle connections right now (for tests and the admin view).
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(http1::SendRequest<CountingBody>, Instant)>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_idle(&self) -> Option<http1::SendRequest<CountingBody>> {
+        let mut idle = self.lock();
+        while let Some((tx, _since)) = idle.pop() {
+            if tx.is_ready() {
+                return Some(tx);
+            }
+        }
+        None
+    }
+
+    fn put(self: &Arc<Self>, tx: http1::SendRequest<CountingBody>) {
+        if tx.is_ready() {
+            self.push_idle(tx);
+        } else if !tx.is_closed() {
+            // Still finishing the previous exchange (a request body still streaming, or another
+            // thread's connection task not yet polled): return it once hyper says it is ready.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let pool = Arc::downgrade(self);
+                rt.spawn(async move {
+                    let mut tx = tx;
+                    if tx.ready().await.is_ok() {
+                        if let Some(pool) = pool.upgrade() {
+                            pool.push_idle(tx);
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    fn push_idle(&self, tx: http1::SendRequest<CountingBody>) {
+        let mut idle = self.lock();
+        if idle.len() < self.max_idle {
+            idle.push((tx, Instant::now()));
+        }
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<http1::SendRequest<CountingBody>, PoolError> {
+        let stream = match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(self.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(PoolError::Connect(e)),
+            Err(_) => return Err(PoolError::Connect(std::io::ErrorKind::TimedOut.into())),
+        };
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        let (tx, conn) = http1::Builder::new()
+            .max_buf_size(self.max_buf_size)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(PoolError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        self.start_reaper();
+        Ok(tx)
+    }
+
+    /// Closes connections idle longer than `idle_timeout`; one task per pool, started with the
+    /// first connection, ending with the pool.
+    fn start_reaper(self: &Arc<Self>) {
+        if self.idle_timeout.is_zero() || self.reaper.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let pool: Weak<Self> = Arc::downgrade(self);
+        let every = (self.idle_timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                let timeout = pool.idle_timeout;
+                pool.lock().retain(|(tx, since)| !tx.is_closed() && since.elapsed() < timeout);
+            }
+        });
+    }
+}
+
+/// The header [`set_forwarded`] appends the client's address to.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// The request id header, kept when the client sent one and generated otherwise.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -60,6 +238,10 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `Upgrade` unless this message is part of an upgrade, in which case `Connection: upgrade` and
 /// `Upgrade` are kept.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of these: one pass over the names instead of six hashed lookups.
+    if !upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         // Fields named by Connection; rarely present beyond keep-alive/close/upgrade.
         let named: Vec<HeaderName> = headers
@@ -101,14 +283,44 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Whether `name` is one of the fields [`strip_hop_by_hop`] may remove or rewrite (fields named in
+/// `Connection` are found through `Connection` itself).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Appends the peer to `x-forwarded-for` and sets `x-forwarded-proto`.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, proto: &'static str) {
-    let ip = peer.ip();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => HeaderValue::from_str(&format!("{prev}, {ip}")),
-        _ => HeaderValue::from_str(&ip.to_string()),
+    if let Some(ip) = peer_ip_value(peer) {
+        set_forwarded_ip(headers, &ip, proto);
+    }
+}
+
+/// The peer's IP as a header value: made once per connection by callers that forward many
+/// requests from the same peer (see [`set_forwarded_ip`]).
+pub fn peer_ip_value(peer: SocketAddr) -> Option<HeaderValue> {
+    HeaderValue::from_str(&peer.ip().to_string()).ok()
+}
+
+/// [`set_forwarded`] with the peer's IP already made into a header value: when the client sent
+/// no `x-forwarded-for`, the value is shared, not formatted again.
+pub fn set_forwarded_ip(headers: &mut HeaderMap, ip: &HeaderValue, proto: &'static str) {
+    let appended = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => {
+            let mut s = String::with_capacity(prev.len() + 2 + ip.len());
+            s.push_str(prev);
+            s.push_str(", ");
+            s.push_str(ip.to_str().unwrap_or(""));
+            HeaderValue::from_str(&s).ok()
+        }
+        _ => Some(ip.clone()),
     };
-    if let Ok(v) = value {
+    if let Some(v) = appended {
         headers.insert(&X_FORWARDED_FOR, v);
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -165,6 +377,19 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h[header::TE], "trailers");
         assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_fields_are_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("app"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
+        let mut h = HeaderMap::new();
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
     }
 
     #[test]

@@ -19,7 +19,7 @@
 use crate::body::ProxyBody;
 use crate::config::Inbound as InboundConfig;
 use crate::error::{error_response, ProxyError};
-use crate::forward::{self, UpstreamClient};
+use crate::forward::{self, Checkin, Http1Pool, UpstreamClient};
 use crate::h1_guard::CL_TE_MARK;
 use crate::record::{CountingBody, Direction, Finish, InFlight, RequestRecord};
 use crate::serve::ConnMeta;
@@ -38,9 +38,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The client to the app: tandem's lean HTTP/1.1 pool, or hyper-util's pooled client for h2.
+enum AppClient {
+    Http1(Arc<Http1Pool>),
+    Http2(Box<UpstreamClient>),
+}
+
 /// State shared by every inbound connection.
 pub struct InboundProxy {
-    client: UpstreamClient,
+    client: AppClient,
     app: SocketAddr,
     app_authority: Authority,
     telemetry: Arc<Telemetry>,
@@ -68,7 +74,10 @@ impl InboundProxy {
         let app = cfg.app.value;
         let app_authority = Authority::try_from(app.to_string().as_str())?;
         Ok(Arc::new(Self {
-            client: forward::client(&cfg.timeouts, &cfg.limits, cfg.app_protocol),
+            client: match cfg.app_protocol {
+                crate::config::AppProtocol::Http1 => AppClient::Http1(Http1Pool::new(app, &cfg.timeouts, &cfg.limits)),
+                _ => AppClient::Http2(Box::new(forward::client(&cfg.timeouts, &cfg.limits, cfg.app_protocol))),
+            },
             app,
             app_authority,
             telemetry,
@@ -86,7 +95,8 @@ impl InboundProxy {
 
     /// The service for one downstream connection.
     pub fn service(self: &Arc<Self>, meta: ConnMeta) -> InboundService {
-        InboundService { proxy: self.clone(), meta }
+        let peer_ip = forward::peer_ip_value(meta.peer);
+        InboundService { proxy: self.clone(), meta, peer_ip }
     }
 
     /// Requests in flight right now.
@@ -100,6 +110,8 @@ impl InboundProxy {
 pub struct InboundService {
     proxy: Arc<InboundProxy>,
     meta: ConnMeta,
+    /// The peer's address as an `x-forwarded-for` value, made once per connection.
+    peer_ip: Option<HeaderValue>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for InboundService {
@@ -110,12 +122,18 @@ impl hyper::service::Service<Request<Incoming>> for InboundService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let proxy = self.proxy.clone();
         let meta = self.meta.clone();
-        Box::pin(async move { Ok(proxy.handle(req, meta).await) })
+        let peer_ip = self.peer_ip.clone();
+        Box::pin(async move { Ok(proxy.handle(req, meta, peer_ip).await) })
     }
 }
 
 impl InboundProxy {
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>, meta: ConnMeta) -> Response<ProxyBody> {
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        meta: ConnMeta,
+        peer_ip: Option<HeaderValue>,
+    ) -> Response<ProxyBody> {
         let peer = meta.peer;
         let upgrade = forward::wants_upgrade(req.headers(), req.version());
         let downstream_upgrade = if upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
@@ -153,14 +171,17 @@ impl InboundProxy {
         forward::strip_hop_by_hop(&mut parts.headers, upgrade);
         // An HTTP/1.1 client that accepts trailers (only `TE: trailers` survives the strip).
         let h1_trailers = parts.version < http::Version::HTTP_2 && parts.headers.contains_key(header::TE);
-        forward::set_forwarded(&mut parts.headers, peer, self.proto);
+        match &peer_ip {
+            Some(ip) => forward::set_forwarded_ip(&mut parts.headers, ip, self.proto),
+            None => forward::set_forwarded(&mut parts.headers, peer, self.proto),
+        }
         // Only tandem vouches for client certificates: a client-supplied XFCC never passes.
         parts.headers.remove(&X_FORWARDED_CLIENT_CERT);
         if let Some(xfcc) = meta.tls.as_ref().and_then(|t| t.xfcc.clone()) {
             parts.headers.insert(&X_FORWARDED_CLIENT_CERT, xfcc);
         }
         record.request_id = Some(forward::ensure_request_id(&mut parts.headers));
-        record.x_forwarded_for = parts.headers.get("x-forwarded-for").cloned();
+        record.x_forwarded_for = parts.headers.get(&forward::X_FORWARDED_FOR).cloned();
         // An HTTP/2 client names the authority in the URI, not in Host; the app gets it as Host.
         if !parts.headers.contains_key(header::HOST) {
             if let Some(a) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
@@ -168,15 +189,23 @@ impl InboundProxy {
             }
         }
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(self.app_authority.clone());
-        uri.path_and_query = Some(path);
-        parts.uri = match Uri::from_parts(uri) {
-            Ok(u) => u,
-            Err(e) => {
-                let finish = Finish::new(record, None, self.telemetry.clone()).with_guard(in_flight);
-                return self.fail(ProxyError::BadRequest { what: format!("cannot build upstream URI: {e}") }, finish);
+        parts.uri = match &self.client {
+            // HTTP/1.1 to the app: origin-form, as it goes on the wire.
+            AppClient::Http1(_) => Uri::from(path),
+            // h2 needs :scheme and :authority.
+            AppClient::Http2(_) => {
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = Some(self.app_authority.clone());
+                uri.path_and_query = Some(path);
+                match Uri::from_parts(uri) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        let finish = Finish::new(record, None, self.telemetry.clone()).with_guard(in_flight);
+                        return self
+                            .fail(ProxyError::BadRequest { what: format!("cannot build upstream URI: {e}") }, finish);
+                    }
+                }
             }
         };
         parts.version = http::Version::HTTP_11;
@@ -188,8 +217,8 @@ impl InboundProxy {
         let upstream_req = Request::from_parts(parts, body);
 
         let sent_at = Instant::now();
-        let result = tokio::time::timeout(self.response_timeout, self.client.request(upstream_req)).await;
-        let mut resp = match result {
+        let result = tokio::time::timeout(self.response_timeout, self.send(upstream_req)).await;
+        let (mut resp, checkin) = match result {
             Err(_) => {
                 return self.fail(
                     ProxyError::UpstreamTimeout {
@@ -199,8 +228,8 @@ impl InboundProxy {
                     finish,
                 )
             }
-            Ok(Err(e)) => return self.fail(ProxyError::from_client(&e, self.app, self.connect_timeout_ms), finish),
-            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return self.fail(e, finish),
+            Ok(Ok(sent)) => sent,
         };
         let upgraded = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let Some(r) = finish.record_mut() {
@@ -218,7 +247,24 @@ impl InboundProxy {
             declare_grpc_trailers(resp.headers_mut());
         }
         let (parts, body) = resp.into_parts();
-        Response::from_parts(parts, ProxyBody::upstream(body).with_finish(finish))
+        Response::from_parts(parts, ProxyBody::upstream(body).with_finish(finish).with_checkin(checkin))
+    }
+
+    /// Sends the request to the app; the [`Checkin`] (HTTP/1.1 pool) lives as long as the body.
+    async fn send(
+        &self,
+        req: Request<CountingBody>,
+    ) -> Result<(Response<hyper::body::Incoming>, Option<Checkin>), ProxyError> {
+        match &self.client {
+            AppClient::Http1(pool) => match pool.send(req).await {
+                Ok((resp, checkin)) => Ok((resp, Some(checkin))),
+                Err(e) => Err(ProxyError::from_pool(&e, self.app, self.connect_timeout_ms)),
+            },
+            AppClient::Http2(client) => match client.request(req).await {
+                Ok(resp) => Ok((resp, None)),
+                Err(e) => Err(ProxyError::from_client(&e, self.app, self.connect_timeout_ms)),
+            },
+        }
     }
 
     fn check_head(&self, parts: &http::request::Parts) -> Option<ProxyError> {

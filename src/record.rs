@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
+/// Looked up by a ready-made name: a `&str` key is parsed and validated on every lookup.
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// Which side of the pod a request crossed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -91,8 +94,8 @@ impl RequestRecord {
             // carries the client's values.
             x_forwarded_for: req.headers.get("x-forwarded-for").cloned(),
             user_agent: req.headers.get(http::header::USER_AGENT).cloned(),
-            request_id: req.headers.get("x-request-id").filter(|v| !v.is_empty()).cloned(),
-            traceparent: req.headers.get("traceparent").cloned(),
+            request_id: req.headers.get(&crate::forward::X_REQUEST_ID).filter(|v| !v.is_empty()).cloned(),
+            traceparent: req.headers.get(&TRACEPARENT).cloned(),
             tls: None,
         }
     }
