@@ -41,6 +41,8 @@ PORTS = {
     # name: (h1 port, h2c port, admin port)
     "tandem": (18081, 18081, 18181),
     "tandem-op": (18082, 18082, 18182),
+    # --baseline: another tandem binary (access log off), for A/B runs of a change.
+    "tandem-base": (18085, 18085, 18185),
     "nginx": (18083, 18093, None),
     "haproxy": (18084, 18094, None),
 }
@@ -283,7 +285,9 @@ def start_backend(d, workers, cpus):
     return s
 
 
-def start_proxy(name, d, workers, cpus, tandem_bin, tag=""):
+def start_proxy(name, d, workers, cpus, tandem_bin, tag="", baseline=None):
+    if name == "tandem-base":
+        tandem_bin = baseline
     if name.startswith("tandem"):
         h1, _, admin = PORTS[name]
         argv = [
@@ -497,7 +501,7 @@ def hold_idle_connections(port, n, path=SMALL):
 
 
 def idle_phase(args, d, tandem_bin, out):
-    targets = [t for t in args.targets if t != "direct"]
+    targets = [t for t in args.targets if t not in ("direct", "tandem-base")]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     n = min(args.idle_conns, hard - 500)
@@ -707,6 +711,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="results directory (default bench-results/<timestamp>)")
     ap.add_argument("--tandem", default=str(ROOT / "target/release/tandem"), help="tandem binary")
+    ap.add_argument("--baseline", help="a second tandem binary, run as target tandem-base (A/B a change)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10, help="seconds per load run")
     ap.add_argument("--conns", type=int, default=50, help="wrk connections")
@@ -725,6 +730,8 @@ def main():
         args.rounds, args.duration, args.skip_idle, args.skip_two = 1, 3, True, True
     args.tests = [t for t in args.tests.split(",") if t and t != "none"]
     args.targets = [t for t in args.targets.split(",") if t]
+    if args.baseline and "tandem-base" not in args.targets:
+        args.targets.append("tandem-base")
 
     out = Path(args.out) if args.out else ROOT / "bench-results" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -765,7 +772,7 @@ def main():
         servers["backend"] = start_backend(out, 1, "0")
         for t in args.targets:
             if t != "direct":
-                servers[t] = start_proxy(t, out, 1, "0", tandem_bin)
+                servers[t] = start_proxy(t, out, 1, "0", tandem_bin, baseline=args.baseline)
         time.sleep(1.0)
         meta["idle_rss_main"] = {t: s.rss_kib() for t, s in servers.items()}
         order = list(args.targets)
@@ -799,7 +806,7 @@ def main():
         # Phase 3: two workers, nothing pinned.
         if not args.skip_two:
             two_tests = [t for t in args.tests if t != "latency"]
-            two_targets = [t for t in args.targets if t != "tandem-op"]
+            two_targets = [t for t in args.targets if t not in ("tandem-op", "tandem-base")]
             two_res = {t: {x: [] for x in two_targets} for t in two_tests}
             servers["backend"] = start_backend(out, 2, None)
             for t in two_targets:
