@@ -121,7 +121,7 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let echo = match app::Echo::start("127.0.0.1:0".parse().expect("literal address")).await {
+        let echo = match app::Echo::start(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await {
             Ok(e) => e,
             Err(e) => {
                 eprintln!("tandem: cannot start the echo app: {e}");
