@@ -359,6 +359,38 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
 }
 
+/// The request-head limits (hyper's own limits sit above these as a backstop).
+pub fn check_head(
+    parts: &http::request::Parts,
+    max_headers: usize,
+    max_bytes: usize,
+) -> Option<crate::error::ProxyError> {
+    let count = parts.headers.len();
+    if count > max_headers {
+        return Some(crate::error::ProxyError::HeadersTooLarge {
+            what: format!("{count} header fields, the limit is {max_headers}"),
+        });
+    }
+    let mut size = target_len(&parts.uri);
+    for (name, value) in &parts.headers {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    if size > max_bytes {
+        return Some(crate::error::ProxyError::HeadersTooLarge {
+            what: format!("request head of {size} bytes, the limit is {max_bytes}"),
+        });
+    }
+    None
+}
+
+/// The request target's length as sent, without formatting it.
+pub fn target_len(uri: &http::Uri) -> usize {
+    let scheme = uri.scheme_str().map(|s| s.len() + 3).unwrap_or(0);
+    let authority = uri.authority().map(|a| a.as_str().len()).unwrap_or(0);
+    let path = uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(1);
+    scheme + authority + path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

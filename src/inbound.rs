@@ -163,7 +163,7 @@ impl InboundProxy {
         }
 
         // Request-head limits (hyper's own limits sit above these as a backstop).
-        if let Some(err) = self.check_head(&parts) {
+        if let Some(err) = forward::check_head(&parts, self.max_headers, self.max_header_bytes) {
             let finish = Finish::new(record, None, self.telemetry.clone()).with_guard(in_flight);
             return self.fail(err, finish);
         }
@@ -265,25 +265,6 @@ impl InboundProxy {
                 Err(e) => Err(ProxyError::from_client(&e, self.app, self.connect_timeout_ms)),
             },
         }
-    }
-
-    fn check_head(&self, parts: &http::request::Parts) -> Option<ProxyError> {
-        let count = parts.headers.len();
-        if count > self.max_headers {
-            return Some(ProxyError::HeadersTooLarge {
-                what: format!("{count} header fields, the limit is {}", self.max_headers),
-            });
-        }
-        let mut size = parts.uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(1);
-        for (name, value) in &parts.headers {
-            size += name.as_str().len() + value.len() + 4;
-        }
-        if size > self.max_header_bytes {
-            return Some(ProxyError::HeadersTooLarge {
-                what: format!("request head of {size} bytes, the limit is {}", self.max_header_bytes),
-            });
-        }
-        None
     }
 
     /// Answers with tandem's own error response, logging upstream failures (rate-limited).

@@ -161,7 +161,7 @@ impl OutboundProxy {
         if over {
             return self.fail(ProxyError::TooManyRequests { limit: self.max_in_flight }, finish);
         }
-        if let Some(err) = check_head(&parts, self.max_headers, self.max_header_bytes) {
+        if let Some(err) = forward::check_head(&parts, self.max_headers, self.max_header_bytes) {
             return self.fail(err, finish);
         }
         let authority = match destination(&parts) {
@@ -415,34 +415,6 @@ fn destination(parts: &http::request::Parts) -> Result<Authority, ProxyError> {
             .map_err(|e| ProxyError::BadRequest { what: format!("bad authority {hostport:?}: {e}") });
     }
     Ok(authority)
-}
-
-/// The request-head limits (hyper's own limits sit above these as a backstop).
-fn check_head(parts: &http::request::Parts, max_headers: usize, max_bytes: usize) -> Option<ProxyError> {
-    let count = parts.headers.len();
-    if count > max_headers {
-        return Some(ProxyError::HeadersTooLarge {
-            what: format!("{count} header fields, the limit is {max_headers}"),
-        });
-    }
-    let mut size = target_len(&parts.uri);
-    for (name, value) in &parts.headers {
-        size += name.as_str().len() + value.len() + 4;
-    }
-    if size > max_bytes {
-        return Some(ProxyError::HeadersTooLarge {
-            what: format!("request head of {size} bytes, the limit is {max_bytes}"),
-        });
-    }
-    None
-}
-
-/// The request target's length as sent, without formatting it.
-fn target_len(uri: &Uri) -> usize {
-    let scheme = uri.scheme_str().map(|s| s.len() + 3).unwrap_or(0);
-    let authority = uri.authority().map(|a| a.as_str().len()).unwrap_or(0);
-    let path = uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(1);
-    scheme + authority + path
 }
 
 /// The IP of a literal host (`10.0.0.1`, `[::1]`), or `None` for a name.
