@@ -588,30 +588,7 @@ fn protocol(v: http::Version) -> &'static str {
     }
 }
 
-/// The keys of a JSON line, in order (Istio's JSON access log names).
-pub const JSON_KEYS: [&str; 19] = [
-    "start_time",
-    "direction",
-    "method",
-    "authority",
-    "path",
-    "protocol",
-    "response_code",
-    "response_flags",
-    "bytes_received",
-    "bytes_sent",
-    "duration_ms",
-    "upstream_service_time_ms",
-    "upstream_host",
-    "upstream_cluster",
-    "downstream_remote_address",
-    "x_forwarded_for",
-    "user_agent",
-    "request_id",
-    "trace_id",
-];
-
-/// One JSON object and a newline, keys as in Istio's JSON access log ([`JSON_KEYS`]).
+/// One JSON object and a newline, keys as in Istio's JSON access log (DESIGN.md's list, in order).
 pub fn format_json(r: &RequestRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"start_time\":\"");
     rfc3339(r.start, out);

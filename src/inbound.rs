@@ -144,15 +144,14 @@ impl InboundProxy {
 
         // Load shed: never queue beyond max_in_flight.
         let now = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let in_flight = InFlight(self.in_flight.clone());
+        // From here on the request is reported exactly once, whichever way it ends.
+        let mut finish = Finish::new(record, None, self.telemetry.clone()).with_guard(InFlight(self.in_flight.clone()));
         if now >= self.max_in_flight {
-            let finish = Finish::new(record, None, self.telemetry.clone()).with_guard(in_flight);
             return self.fail(ProxyError::TooManyRequests { limit: self.max_in_flight }, finish);
         }
 
         // A request smuggling shape: refuse it and close, whatever else it says.
         if parts.headers.contains_key(&CL_TE_MARK) {
-            let finish = Finish::new(record, None, self.telemetry.clone()).with_guard(in_flight);
             let err =
                 ProxyError::BadRequest { what: "the request has both Content-Length and Transfer-Encoding".into() };
             let mut resp = self.fail(err, finish);
@@ -164,7 +163,6 @@ impl InboundProxy {
 
         // Request-head limits (hyper's own limits sit above these as a backstop).
         if let Some(err) = forward::check_head(&parts, self.max_headers, self.max_header_bytes) {
-            let finish = Finish::new(record, None, self.telemetry.clone()).with_guard(in_flight);
             return self.fail(err, finish);
         }
 
@@ -180,8 +178,11 @@ impl InboundProxy {
         if let Some(xfcc) = meta.tls.as_ref().and_then(|t| t.xfcc.clone()) {
             parts.headers.insert(&X_FORWARDED_CLIENT_CERT, xfcc);
         }
-        record.request_id = Some(forward::ensure_request_id(&mut parts.headers));
-        record.x_forwarded_for = parts.headers.get(&forward::X_FORWARDED_FOR).cloned();
+        let request_id = forward::ensure_request_id(&mut parts.headers);
+        if let Some(r) = finish.record_mut() {
+            r.request_id = Some(request_id);
+            r.x_forwarded_for = parts.headers.get(&forward::X_FORWARDED_FOR).cloned();
+        }
         // An HTTP/2 client names the authority in the URI, not in Host; the app gets it as Host.
         if !parts.headers.contains_key(header::HOST) {
             if let Some(a) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
@@ -201,7 +202,6 @@ impl InboundProxy {
                 match Uri::from_parts(uri) {
                     Ok(u) => u,
                     Err(e) => {
-                        let finish = Finish::new(record, None, self.telemetry.clone()).with_guard(in_flight);
                         return self
                             .fail(ProxyError::BadRequest { what: format!("cannot build upstream URI: {e}") }, finish);
                     }
@@ -213,7 +213,7 @@ impl InboundProxy {
 
         let received = (!body.is_end_stream_hint()).then(|| Arc::new(AtomicU64::new(0)));
         let body = CountingBody::new(body, received.clone());
-        let mut finish = Finish::new(record, received, self.telemetry.clone()).with_guard(in_flight);
+        finish.set_received(received);
         let upstream_req = Request::from_parts(parts, body);
 
         let sent_at = Instant::now();

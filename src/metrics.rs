@@ -33,6 +33,8 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 /// The `upstream` label of inbound requests.
 pub const INBOUND_UPSTREAM: &str = "app";
+/// The `upstream` label of outbound requests forwarded to the authority they name.
+pub const OUTBOUND_UPSTREAM: &str = "passthrough";
 
 /// Every metric tandem exports.
 pub struct Metrics {
@@ -52,9 +54,11 @@ pub struct Metrics {
 
 #[derive(Clone)]
 struct Fast {
-    /// The one duration series known in advance: inbound to the app. Outbound series are made
-    /// on first use, per upstream.
-    duration_app: Option<Histogram>,
+    /// The duration series of the direction's usual upstream (`app` inbound, made at start;
+    /// `passthrough` outbound, made on first use), so a request needs no label lookup. Other
+    /// upstreams are looked up by label.
+    default_upstream: &'static str,
+    duration_default: std::sync::OnceLock<Histogram>,
     in_flight: IntGauge,
     request_bytes: IntCounter,
     response_bytes: IntCounter,
@@ -157,8 +161,14 @@ impl Metrics {
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
         let fast = |d: Direction| Fast {
-            duration_app: (d == Direction::Inbound)
-                .then(|| duration.with_label_values(&[d.as_str(), INBOUND_UPSTREAM])),
+            default_upstream: match d {
+                Direction::Inbound => INBOUND_UPSTREAM,
+                Direction::Outbound => OUTBOUND_UPSTREAM,
+            },
+            duration_default: match d {
+                Direction::Inbound => duration.with_label_values(&[d.as_str(), INBOUND_UPSTREAM]).into(),
+                Direction::Outbound => std::sync::OnceLock::new(),
+            },
             in_flight: in_flight.with_label_values(&[d.as_str()]),
             request_bytes: request_bytes.with_label_values(&[d.as_str()]),
             response_bytes: response_bytes.with_label_values(&[d.as_str()]),
@@ -196,9 +206,12 @@ impl Metrics {
         f.request_bytes.inc_by(r.bytes_received);
         f.response_bytes.inc_by(r.bytes_sent);
         let secs = r.duration.as_secs_f64();
-        match &f.duration_app {
-            Some(h) if r.upstream_cluster == INBOUND_UPSTREAM => h.observe(secs),
-            _ => self.duration.with_label_values(&[r.direction.as_str(), r.upstream_cluster]).observe(secs),
+        if r.upstream_cluster == f.default_upstream {
+            f.duration_default
+                .get_or_init(|| self.duration.with_label_values(&[r.direction.as_str(), f.default_upstream]))
+                .observe(secs);
+        } else {
+            self.duration.with_label_values(&[r.direction.as_str(), r.upstream_cluster]).observe(secs);
         }
         let flags = r.response_flags.map(Reason::as_str).unwrap_or("-");
         self.requests

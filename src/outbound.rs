@@ -51,7 +51,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The metrics label of every forward-proxy request (never the authority: the label set stays bounded).
-pub const PASSTHROUGH: &str = "passthrough";
+pub const PASSTHROUGH: &str = crate::metrics::OUTBOUND_UPSTREAM;
 
 static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
 

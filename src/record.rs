@@ -134,6 +134,11 @@ impl Finish {
         Self { record: Some(record), received, telemetry, guard: None }
     }
 
+    /// Counts the request body's bytes through `received` (see [`CountingBody`]).
+    pub fn set_received(&mut self, received: Option<Arc<AtomicU64>>) {
+        self.received = received;
+    }
+
     /// Attaches the in-flight slot, released when the request is reported.
     pub fn with_guard(mut self, guard: InFlight) -> Self {
         self.guard = Some(guard);

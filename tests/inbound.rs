@@ -212,8 +212,8 @@ async fn an_http1_client_gets_grpc_trailers_from_an_h2c_app() {
     assert_eq!(trailers["grpc-status"], "0");
 }
 
-#[tokio::test]
-async fn a_websocket_echo_works_through_the_proxy() {
+/// A WebSocket app that echoes text and binary messages; returns its address.
+async fn ws_echo_app() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let app = listener.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -231,6 +231,12 @@ async fn a_websocket_echo_works_through_the_proxy() {
             });
         }
     });
+    app
+}
+
+#[tokio::test]
+async fn a_websocket_echo_works_through_the_proxy() {
+    let app = ws_echo_app().await;
     let proxy = support::proxy(support::config(app)).await;
     let (mut ws, resp) =
         tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.inbound_addr)).await.expect("handshake");
@@ -249,20 +255,7 @@ async fn a_websocket_echo_works_through_the_proxy() {
 #[tokio::test]
 async fn an_open_websocket_is_a_connection_the_drain_waits_for_and_cuts_at_the_deadline() {
     use tokio_tungstenite::tungstenite::Message;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let app = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() && ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    let app = ws_echo_app().await;
     let mut cfg = support::config(app);
     cfg.shutdown.drain_timeout = tandem::config::Human::new(Duration::from_millis(800));
     let proxy = support::proxy(cfg).await;

@@ -44,10 +44,24 @@ async fn read_request(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     }
 }
 
-/// An app that answers every request on a connection with `body`, counting connections; with
-/// `one_per_conn` it closes each connection after its first answer without saying so (as an app
-/// whose keep-alive timeout just fired does).
+/// With `one_per_conn`, the app closes each connection after its first answer without saying so
+/// (as an app whose keep-alive timeout just fired does), when the test says `close_now`, and
+/// says `closed` once it has.
+#[derive(Clone, Default)]
+struct CloseSteps {
+    close_now: Arc<tokio::sync::Notify>,
+    closed: Arc<tokio::sync::Notify>,
+}
+
+/// An app that answers every request on a connection with `body`, counting connections.
 async fn app(body: &'static str, one_per_conn: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let (addr, conns, _) = app_with_steps(body, one_per_conn).await;
+    (addr, conns)
+}
+
+async fn app_with_steps(body: &'static str, one_per_conn: bool) -> (SocketAddr, Arc<AtomicUsize>, CloseSteps) {
+    let steps = CloseSteps::default();
+    let app_steps = steps.clone();
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
     let conns = Arc::new(AtomicUsize::new(0));
@@ -55,6 +69,7 @@ async fn app(body: &'static str, one_per_conn: bool) -> (SocketAddr, Arc<AtomicU
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             counted.fetch_add(1, Ordering::SeqCst);
+            let steps = app_steps.clone();
             tokio::spawn(async move {
                 while let Some((_head, _body)) = read_request(&mut s).await {
                     let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
@@ -62,15 +77,17 @@ async fn app(body: &'static str, one_per_conn: bool) -> (SocketAddr, Arc<AtomicU
                         return;
                     }
                     if one_per_conn {
-                        // Let the proxy see the response and pool the connection, then close it.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // The proxy has the response (and pools the connection); close it.
+                        steps.close_now.notified().await;
+                        drop(s);
+                        steps.closed.notify_one();
                         return;
                     }
                 }
             });
         }
     });
-    (addr, conns)
+    (addr, conns, steps)
 }
 
 #[tokio::test]
@@ -91,14 +108,15 @@ async fn keep_alive_connections_are_reused() {
 
 #[tokio::test]
 async fn a_connection_the_app_closed_while_idle_is_not_an_error() {
-    let (addr, conns) = app("fresh", true).await;
+    let (addr, conns, steps) = app_with_steps("fresh", true).await;
     let proxy = support::proxy(support::config(addr)).await;
     for i in 0..5 {
         let (status, headers, body) = support::get(&format!("http://{}/x", proxy.inbound_addr)).await;
         assert_eq!(status, 200, "request {i}: {headers:?} {body:?}");
         assert_eq!(body, "fresh");
-        // Give the app time to close the connection the proxy has pooled.
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // The app closes the connection the proxy has pooled, before the next request.
+        steps.close_now.notify_one();
+        steps.closed.notified().await;
     }
     assert_eq!(conns.load(Ordering::SeqCst), 5);
 }
