@@ -116,7 +116,9 @@ impl Http1Pool {
                 },
             }
         }
-        let mut tx = self.connect().await?;
+        // Boxed: connecting is rare on a warm pool, and its future (connect timeout, TCP
+        // connect, handshake) would otherwise make every request's future several KiB larger.
+        let mut tx = Box::pin(self.connect()).await?;
         match tx.try_send_request(req).await {
             Ok(resp) => Ok((resp, Checkin { pool: self.clone(), tx: Some(tx) })),
             Err(e) => Err(PoolError::Http(e.into_error())),
@@ -243,25 +245,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
-        // Fields named by Connection; rarely present beyond keep-alive/close/upgrade.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|t| {
+        // Fields named by Connection. Almost always just `keep-alive`, `close` or `upgrade`, which
+        // name no field to remove here (`keep-alive` is removed below anyway): only other tokens
+        // cost a parse and an allocation.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in headers.get_all(header::CONNECTION) {
+            let Ok(s) = v.to_str() else { continue };
+            for t in s.split(',') {
                 let t = t.trim();
-                if t.is_empty() || (upgrade && t.eq_ignore_ascii_case("upgrade")) {
-                    None
-                } else {
-                    HeaderName::from_bytes(t.as_bytes()).ok()
+                if t.is_empty()
+                    || t.eq_ignore_ascii_case("keep-alive")
+                    || t.eq_ignore_ascii_case("close")
+                    || t.eq_ignore_ascii_case("upgrade")
+                {
+                    continue;
                 }
-            })
-            .collect();
-        for n in named {
-            if n != header::UPGRADE || !upgrade {
-                headers.remove(&n);
+                if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                    named.push(n);
+                }
             }
+        }
+        for n in named {
+            headers.remove(&n);
         }
         headers.remove(header::CONNECTION);
     }
@@ -356,7 +361,10 @@ pub fn new_request_id() -> HeaderValue {
         out[j + 1] = HEX[(byte & 0xf) as usize];
         j += 2;
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+    // One allocation shared by every clone (the request header and the access-log record);
+    // `from_bytes` would copy into a Vec and allocate again on the first clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
+        .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
 }
 
 /// The request-head limits (hyper's own limits sit above these as a backstop).

@@ -63,6 +63,20 @@ impl ConnSettings {
     }
 }
 
+/// The header-field count hyper's HTTP/1 parser accepts for a configured `max_headers`.
+///
+/// hyper parses into a stack array of 100 fields and into two heap arrays (allocated for every
+/// request) above that. So the parser limit is 100 while the configured limit is below it (the
+/// service answers 431 `DPE` for counts between the two), and the configured limit itself above
+/// it. At the default (100) the parser refuses the 101st field: 431, connection closed, one
+/// access-log line with `DPE`, counted in `tandem_http_requests_refused_total{reason="too_large"}`.
+pub fn parser_max_headers(configured: usize) -> usize {
+    configured.max(HYPER_INLINE_HEADERS)
+}
+
+/// hyper's inline header array size (`DEFAULT_MAX_HEADERS` in its HTTP/1 parser).
+const HYPER_INLINE_HEADERS: usize = 100;
+
 /// Binds a TCP listener with `SO_REUSEADDR` and a deep backlog.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
@@ -114,7 +128,7 @@ pub async fn serve<F, S, B>(
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(max_buf_size)
-        .max_headers(settings.max_headers * 2 + 16);
+        .max_headers(parser_max_headers(settings.max_headers));
     builder
         .http2()
         .timer(TokioTimer::new())

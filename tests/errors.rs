@@ -282,3 +282,63 @@ async fn requests_hyper_refuses_itself_are_counted() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn over_the_default_header_count_the_parser_refuses_with_431() {
+    // At the default max_headers (100) the HTTP/1 parser enforces the count itself (its inline
+    // array holds 100 fields): the 101st field is refused with 431 and counted, and 100 pass.
+    // An app that takes any head (tandem adds x-forwarded-* and x-request-id on the way).
+    let app = head_taking_app().await;
+    let cfg = support::config(app);
+    assert_eq!(cfg.inbound.limits.max_headers, 100);
+    let proxy = support::proxy(cfg).await;
+    let out = support::raw(proxy.inbound_addr, head_with_fields(100).as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    let out = support::raw(proxy.inbound_addr, head_with_fields(101).as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+    assert!(!out.contains("x-tandem-error"), "the parser answered, not the service: {out}");
+    support::wait_for("the refusal counted", Duration::from_secs(5), || {
+        let m = support::metrics(&proxy);
+        let v = support::metric_value(
+            &m,
+            &["tandem_http_requests_refused_total{", "direction=\"inbound\"", "reason=\"too_large\""],
+        );
+        async move { (v == Some(1.0)).then_some(()) }
+    })
+    .await;
+    assert_eq!(tandem::serve::parser_max_headers(10), 100);
+    assert_eq!(tandem::serve::parser_max_headers(100), 100);
+    assert_eq!(tandem::serve::parser_max_headers(250), 250);
+}
+
+#[tokio::test]
+async fn above_the_parser_array_the_configured_count_is_exact() {
+    // A limit above hyper's inline array: the parser enforces exactly the configured count.
+    let mut cfg = support::config(head_taking_app().await);
+    cfg.inbound.limits.max_headers = 150;
+    let proxy = support::proxy(cfg).await;
+    let out = support::raw(proxy.inbound_addr, head_with_fields(150).as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    let out = support::raw(proxy.inbound_addr, head_with_fields(151).as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+}
+
+/// A raw app that reads one request head, whatever its size, and answers 200.
+async fn head_taking_app() -> std::net::SocketAddr {
+    support::raw_app(|mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = support::read_head(&mut s).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+    })
+    .await
+}
+
+/// A request head with exactly `n` header fields (Host and Connection among them).
+fn head_with_fields(n: usize) -> String {
+    let mut h = String::from("GET /count HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for i in 0..n - 2 {
+        h.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    h.push_str("\r\n");
+    h
+}
