@@ -122,9 +122,9 @@ impl AccessLog {
     }
 
     /// Queues a finished request; never blocks. A full queue drops the line and counts it.
-    pub fn log(&self, record: RequestRecord) {
+    pub fn log(&self, record: Box<RequestRecord>) {
         let Some(tx) = &self.tx else { return };
-        match tx.try_send(Msg::Line(Box::new(record))) {
+        match tx.try_send(Msg::Line(record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.inc();

@@ -117,23 +117,57 @@ pub struct InboundService {
 impl hyper::service::Service<Request<Incoming>> for InboundService {
     type Response = Response<ProxyBody>;
     type Error = std::convert::Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send>>;
+    type Future = InboundFuture;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let proxy = self.proxy.clone();
-        let meta = self.meta.clone();
-        let peer_ip = self.peer_ip.clone();
-        Box::pin(async move { Ok(proxy.handle(req, meta, peer_ip).await) })
+        // Everything up to the upstream send is synchronous; only forwarding is a future, and
+        // a small one (hyper keeps the returned future in a per-connection slot, so a request
+        // answered here allocates nothing for it).
+        match self.proxy.head(req, &self.meta, self.peer_ip.as_ref()) {
+            Ok(fwd) => InboundFuture::Forward(Box::pin(self.proxy.clone().forward(fwd))),
+            Err(resp) => InboundFuture::Ready(Some(resp)),
+        }
     }
 }
 
+/// The response future of [`InboundService`]: an answer made at once (refusals), or the
+/// request on its way to the app.
+pub enum InboundFuture {
+    Ready(Option<Response<ProxyBody>>),
+    Forward(Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>),
+}
+
+impl Future for InboundFuture {
+    type Output = Result<Response<ProxyBody>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            // Polled again after it completed (hyper never does): it stays pending.
+            InboundFuture::Ready(r) => r.take().map_or(std::task::Poll::Pending, |r| std::task::Poll::Ready(Ok(r))),
+            InboundFuture::Forward(f) => f.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+/// A request that passed every check, rewritten for the app, with what its response needs.
+struct Forwarding {
+    req: Request<CountingBody>,
+    finish: Finish,
+    /// The client's side of a requested upgrade (WebSocket).
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// An HTTP/1.1 client that accepts trailers.
+    h1_trailers: bool,
+}
+
 impl InboundProxy {
-    async fn handle(
-        self: Arc<Self>,
+    /// The synchronous part of a request: record, load shed, checks and rewriting. `Err` is an
+    /// answer made here (a refusal), already carrying its completion report.
+    fn head(
+        &self,
         mut req: Request<Incoming>,
-        meta: ConnMeta,
-        peer_ip: Option<HeaderValue>,
-    ) -> Response<ProxyBody> {
+        meta: &ConnMeta,
+        peer_ip: Option<&HeaderValue>,
+    ) -> Result<Forwarding, Response<ProxyBody>> {
         let peer = meta.peer;
         let upgrade = forward::wants_upgrade(req.headers(), req.version());
         let downstream_upgrade = if upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
@@ -147,7 +181,7 @@ impl InboundProxy {
         // From here on the request is reported exactly once, whichever way it ends.
         let mut finish = Finish::new(record, None, self.telemetry.clone()).with_guard(InFlight(self.in_flight.clone()));
         if now >= self.max_in_flight {
-            return self.fail(ProxyError::TooManyRequests { limit: self.max_in_flight }, finish);
+            return Err(self.fail(ProxyError::TooManyRequests { limit: self.max_in_flight }, finish));
         }
 
         // A request smuggling shape: refuse it and close, whatever else it says.
@@ -158,18 +192,18 @@ impl InboundProxy {
             if parts.version < http::Version::HTTP_2 {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            return resp;
+            return Err(resp);
         }
 
         // Request-head limits (hyper's own limits sit above these as a backstop).
         if let Some(err) = forward::check_head(&parts, self.max_headers, self.max_header_bytes) {
-            return self.fail(err, finish);
+            return Err(self.fail(err, finish));
         }
 
         forward::strip_hop_by_hop(&mut parts.headers, upgrade);
         // An HTTP/1.1 client that accepts trailers (only `TE: trailers` survives the strip).
         let h1_trailers = parts.version < http::Version::HTTP_2 && parts.headers.contains_key(header::TE);
-        match &peer_ip {
+        match peer_ip {
             Some(ip) => forward::set_forwarded_ip(&mut parts.headers, ip, self.proto),
             None => forward::set_forwarded(&mut parts.headers, peer, self.proto),
         }
@@ -202,8 +236,8 @@ impl InboundProxy {
                 match Uri::from_parts(uri) {
                     Ok(u) => u,
                     Err(e) => {
-                        return self
-                            .fail(ProxyError::BadRequest { what: format!("cannot build upstream URI: {e}") }, finish);
+                        return Err(self
+                            .fail(ProxyError::BadRequest { what: format!("cannot build upstream URI: {e}") }, finish));
                     }
                 }
             }
@@ -214,10 +248,14 @@ impl InboundProxy {
         let received = (!body.is_end_stream_hint()).then(|| Arc::new(AtomicU64::new(0)));
         let body = CountingBody::new(body, received.clone());
         finish.set_received(received);
-        let upstream_req = Request::from_parts(parts, body);
+        Ok(Forwarding { req: Request::from_parts(parts, body), finish, downstream_upgrade, h1_trailers })
+    }
 
+    /// Sends a checked request to the app and turns its answer into the client's response.
+    async fn forward(self: Arc<Self>, fwd: Forwarding) -> Response<ProxyBody> {
+        let Forwarding { req, mut finish, downstream_upgrade, h1_trailers } = fwd;
         let sent_at = Instant::now();
-        let result = tokio::time::timeout(self.response_timeout, self.send(upstream_req)).await;
+        let result = tokio::time::timeout(self.response_timeout, self.send(req)).await;
         let (mut resp, checkin) = match result {
             Err(_) => {
                 return self.fail(
@@ -231,7 +269,7 @@ impl InboundProxy {
             Ok(Err(e)) => return self.fail(e, finish),
             Ok(Ok(sent)) => sent,
         };
-        let upgraded = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let upgraded = downstream_upgrade.is_some() && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let Some(r) = finish.record_mut() {
             r.upstream_service_time = Some(sent_at.elapsed());
             r.response_code = resp.status().as_u16();

@@ -112,7 +112,9 @@ impl RequestRecord {
 
 /// The pending completion of one request: reported exactly once, by [`Finish::finish`] or on drop.
 pub struct Finish {
-    record: Option<RequestRecord>,
+    /// Boxed: the record is a few hundred bytes and travels with the response body (and to the
+    /// access-log writer) by pointer instead of being copied at every move.
+    record: Option<Box<RequestRecord>>,
     received: Option<Arc<AtomicU64>>,
     telemetry: Arc<Telemetry>,
     /// Released with the report: the request stops counting against `max_in_flight`.
@@ -131,7 +133,7 @@ impl Drop for InFlight {
 impl Finish {
     pub fn new(record: RequestRecord, received: Option<Arc<AtomicU64>>, telemetry: Arc<Telemetry>) -> Self {
         telemetry.request_started(record.direction);
-        Self { record: Some(record), received, telemetry, guard: None }
+        Self { record: Some(Box::new(record)), received, telemetry, guard: None }
     }
 
     /// Counts the request body's bytes through `received` (see [`CountingBody`]).
@@ -147,7 +149,7 @@ impl Finish {
 
     /// The record, for filling in the response side.
     pub fn record_mut(&mut self) -> Option<&mut RequestRecord> {
-        self.record.as_mut()
+        self.record.as_deref_mut()
     }
 
     /// The upstream's body failed mid-stream: the response is cut (UC).

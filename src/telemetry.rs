@@ -30,7 +30,7 @@ impl Telemetry {
     }
 
     /// Hands the finished record to the access log (moves it; formatting happens off the request path).
-    pub fn log(&self, r: RequestRecord) {
+    pub fn log(&self, r: Box<RequestRecord>) {
         self.access_log.log(r);
     }
 
@@ -93,7 +93,7 @@ impl Telemetry {
         };
         self.request_started(direction);
         self.request_finished(&record);
-        self.log(record);
+        self.log(Box::new(record));
         true
     }
 
