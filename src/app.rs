@@ -45,6 +45,8 @@ pub enum StartError {
     Readiness(String),
     #[error("{0}")]
     Tls(crate::tls::TlsError),
+    #[error("runtime.workers: cannot start inbound worker {index}: {source}")]
+    Worker { index: usize, source: std::io::Error },
 }
 
 /// How long listeners that serve through the drain (admin, outbound) get to finish the answers they
@@ -107,6 +109,8 @@ pub struct Running {
     admin_conns: Arc<Tracker>,
     drain_timeout: Duration,
     tasks: Vec<JoinHandle<()>>,
+    /// One inbound proxy per worker (the first serves on the caller's runtime).
+    inbound: Vec<Arc<InboundProxy>>,
 }
 
 fn bind(key: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
@@ -132,9 +136,24 @@ fn settings(t: &crate::config::Timeouts, l: &crate::config::Limits) -> ConnSetti
     }
 }
 
-/// Binds every listener, then starts serving. Nothing is served, and `/ready` does not answer 200,
-/// until everything is bound.
+/// Binds every listener, then starts serving on the calling runtime. Nothing is served, and
+/// `/ready` does not answer 200, until everything is bound.
 pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, StartError> {
+    start_with_workers(config, log, 1).await
+}
+
+/// Like [`start`], with `workers` inbound workers: the first serves on the calling runtime, and
+/// each other one on a thread of its own with a single-threaded runtime, its own `SO_REUSEPORT`
+/// listener on the inbound address (the kernel spreads connections across them) and its own
+/// keep-alive pool to the app. A request never leaves the thread that accepted its connection.
+/// The connection tracker, `max_in_flight`, telemetry and drain are shared. Admin and outbound
+/// serve on the calling runtime.
+pub async fn start_with_workers(
+    config: Config,
+    log: Option<LogControl>,
+    workers: usize,
+) -> Result<Running, StartError> {
+    let workers = workers.max(1);
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let access_log =
         AccessLog::start(&config.access_log, metrics.access_log_written.clone(), metrics.access_log_dropped.clone())
@@ -143,10 +162,9 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
     let app_check = AppCheck::parse(&config.readiness.app).map_err(StartError::Readiness)?;
 
     // 1. Bind everything. A listener added later (outbound) binds here too, before anything serves.
-    let inbound_listener = bind("inbound.listen", config.inbound.listen.value)?;
+    let (inbound_listener, inbound_addr, worker_listeners) = bind_inbound(config.inbound.listen.value, workers)?;
     let admin_listener = bind("admin.listen", config.admin.listen.value)?;
     let outbound_listener = bind("outbound.listen", config.outbound.listen.value)?;
-    let inbound_addr = local_addr("inbound.listen", &inbound_listener, config.inbound.listen.value)?;
     let admin_addr = local_addr("admin.listen", &admin_listener, config.admin.listen.value)?;
     let outbound_addr = local_addr("outbound.listen", &outbound_listener, config.outbound.listen.value)?;
 
@@ -211,11 +229,50 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
     });
 
     // Inbound stops accepting at the stop and drains its connections.
+    // The inbound service refuses what the HTTP/1 framing guard marks (CL + TE).
+    let inbound_settings =
+        ConnSettings { h1_guard: true, ..settings(&config.inbound.timeouts, &config.inbound.limits) };
+    let mut proxies = vec![inbound.clone()];
+    for (i, listener) in worker_listeners.into_iter().enumerate() {
+        let index = i + 1;
+        let proxy = inbound.sibling(&config.inbound);
+        proxies.push(proxy.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| StartError::Worker { index, source })?;
+        let listener = {
+            // Registered with the worker's own event loop.
+            let _entered = rt.enter();
+            tokio::net::TcpListener::from_std(listener).map_err(|source| StartError::Worker { index, source })?
+        };
+        let serving = serve::serve(
+            listener,
+            inbound_settings.clone(),
+            Direction::Inbound,
+            Some(telemetry.clone()),
+            shutdown.drain(),
+            inbound_conns.clone(),
+            tls.clone(),
+            move |meta| proxy.service(meta),
+        );
+        let mut exit_drain = exit.drain();
+        std::thread::Builder::new()
+            .name(format!("tandem-w{index}"))
+            .spawn(move || {
+                rt.block_on(async move {
+                    serving.await;
+                    // The worker's connections live on its runtime: keep it until tandem exits
+                    // (by then the drain has closed them, or its deadline has).
+                    exit_drain.wait().await;
+                })
+            })
+            .map_err(|source| StartError::Worker { index, source })?;
+    }
     let proxy = inbound.clone();
     tasks.push(tokio::spawn(serve::serve(
         inbound_listener,
-        // The inbound service refuses what the HTTP/1 framing guard marks (CL + TE).
-        ConnSettings { h1_guard: true, ..settings(&config.inbound.timeouts, &config.inbound.limits) },
+        inbound_settings,
         Direction::Inbound,
         Some(telemetry.clone()),
         shutdown.drain(),
@@ -252,10 +309,46 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
         admin_conns,
         drain_timeout: config.shutdown.drain_timeout.value,
         tasks,
+        inbound: proxies,
     })
 }
 
+/// The inbound listener of the calling runtime, its address, and one more (unregistered) listener
+/// on the same address for each further worker.
+#[allow(clippy::type_complexity)]
+fn bind_inbound(
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<(tokio::net::TcpListener, SocketAddr, Vec<std::net::TcpListener>), StartError> {
+    const KEY: &str = "inbound.listen";
+    if workers == 1 {
+        let l = bind(KEY, addr)?;
+        let a = local_addr(KEY, &l, addr)?;
+        return Ok((l, a, Vec::new()));
+    }
+    let shared =
+        |at: SocketAddr| serve::bind_shared(at).map_err(|source| StartError::Bind { key: KEY, addr: at, source });
+    let first = shared(addr)?;
+    let bound = first.local_addr().map_err(|source| StartError::Bind { key: KEY, addr, source })?;
+    let rest = (1..workers).map(|_| shared(bound)).collect::<Result<Vec<_>, _>>()?;
+    let first =
+        tokio::net::TcpListener::from_std(first).map_err(|source| StartError::Bind { key: KEY, addr, source })?;
+    Ok((first, bound, rest))
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Dropped without `wait` (embedding, tests): the worker threads end with their runtimes.
+        self.exit.trigger();
+    }
+}
+
 impl Running {
+    /// Idle keep-alive connections to the app, per inbound worker.
+    pub fn app_idle_connections(&self) -> Vec<usize> {
+        self.inbound.iter().map(|p| p.app_idle_connections()).collect()
+    }
+
     /// The handle that starts a stop (what SIGTERM and `POST /shutdown` use).
     pub fn shutdown_handle(&self) -> Shutdown {
         self.shutdown.clone()

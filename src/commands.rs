@@ -88,7 +88,11 @@ pub fn run(args: &RunArgs) -> ExitCode {
         tracing::warn!(variable = %name, "environment variable names no configuration key; ignored");
     }
     raise_nofile_limit();
-    let rt = match runtime(config.runtime.workers, "tandem") {
+    // One event loop per worker: this thread runs the first (with admin and outbound), and each
+    // further inbound worker gets a thread and a listener of its own (app::start_with_workers).
+    let w = crate::runtime::workers(config.runtime.workers);
+    tracing::info!(workers = w.count, source = %w.source, "runtime workers");
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().thread_name("tandem").build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tandem: cannot start the runtime: {e}");
@@ -96,7 +100,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        match app::start(config, log).await {
+        match app::start_with_workers(config, log, w.count).await {
             Ok(running) => {
                 running.wait_with_signals().await;
                 ExitCode::SUCCESS

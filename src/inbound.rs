@@ -44,7 +44,18 @@ enum AppClient {
     Http2(Box<UpstreamClient>),
 }
 
-/// State shared by every inbound connection.
+impl AppClient {
+    fn new(cfg: &InboundConfig) -> Self {
+        match cfg.app_protocol {
+            crate::config::AppProtocol::Http1 => {
+                AppClient::Http1(Http1Pool::new(cfg.app.value, &cfg.timeouts, &cfg.limits))
+            }
+            _ => AppClient::Http2(Box::new(forward::client(&cfg.timeouts, &cfg.limits, cfg.app_protocol))),
+        }
+    }
+}
+
+/// State shared by every inbound connection of one worker.
 pub struct InboundProxy {
     client: AppClient,
     app: SocketAddr,
@@ -58,7 +69,8 @@ pub struct InboundProxy {
     connect_timeout_ms: u64,
     proto: &'static str,
     conns: Arc<Tracker>,
-    errors: crate::ratelimit::RateLimitedLog,
+    /// Upstream-failure warnings, rate-limited across every worker.
+    errors: Arc<crate::ratelimit::RateLimitedLog>,
 }
 
 impl InboundProxy {
@@ -74,10 +86,7 @@ impl InboundProxy {
         let app = cfg.app.value;
         let app_authority = Authority::try_from(app.to_string().as_str())?;
         Ok(Arc::new(Self {
-            client: match cfg.app_protocol {
-                crate::config::AppProtocol::Http1 => AppClient::Http1(Http1Pool::new(app, &cfg.timeouts, &cfg.limits)),
-                _ => AppClient::Http2(Box::new(forward::client(&cfg.timeouts, &cfg.limits, cfg.app_protocol))),
-            },
+            client: AppClient::new(cfg),
             app,
             app_authority,
             telemetry,
@@ -89,8 +98,38 @@ impl InboundProxy {
             connect_timeout_ms: cfg.timeouts.connect.value.as_millis() as u64,
             proto: if tls { "https" } else { "http" },
             conns,
-            errors: crate::ratelimit::RateLimitedLog::new(Duration::from_secs(5)),
+            errors: Arc::new(crate::ratelimit::RateLimitedLog::new(Duration::from_secs(5))),
         }))
+    }
+
+    /// Another worker's proxy: the same configuration, telemetry, connection tracker and
+    /// `max_in_flight` budget (shared), with its own connection pool to the app, so a worker's
+    /// requests never wait on a connection another thread drives.
+    pub fn sibling(&self, cfg: &InboundConfig) -> Arc<Self> {
+        Arc::new(Self {
+            client: AppClient::new(cfg),
+            app: self.app,
+            app_authority: self.app_authority.clone(),
+            telemetry: self.telemetry.clone(),
+            in_flight: self.in_flight.clone(),
+            max_in_flight: self.max_in_flight,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            response_timeout: self.response_timeout,
+            connect_timeout_ms: self.connect_timeout_ms,
+            proto: self.proto,
+            conns: self.conns.clone(),
+            errors: self.errors.clone(),
+        })
+    }
+
+    /// Idle keep-alive connections in this proxy's HTTP/1.1 pool to the app (0 for an h2 app,
+    /// whose client multiplexes).
+    pub fn app_idle_connections(&self) -> usize {
+        match &self.client {
+            AppClient::Http1(pool) => pool.idle_count(),
+            AppClient::Http2(_) => 0,
+        }
     }
 
     /// The service for one downstream connection.
@@ -132,6 +171,8 @@ impl hyper::service::Service<Request<Incoming>> for InboundService {
 
 /// The response future of [`InboundService`]: an answer made at once (refusals), or the
 /// request on its way to the app.
+// hyper keeps this in one allocation per connection, so an inline answer costs no allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum InboundFuture {
     Ready(Option<Response<ProxyBody>>),
     Forward(Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>),
@@ -162,6 +203,8 @@ struct Forwarding {
 impl InboundProxy {
     /// The synchronous part of a request: record, load shed, checks and rewriting. `Err` is an
     /// answer made here (a refusal), already carrying its completion report.
+    // Both sides are moved once, into the caller's future or response slot.
+    #[allow(clippy::result_large_err)]
     fn head(
         &self,
         mut req: Request<Incoming>,

@@ -79,13 +79,33 @@ const HYPER_INLINE_HEADERS: usize = 100;
 
 /// Binds a TCP listener with `SO_REUSEADDR` and a deep backlog.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    bind_with(addr, false)
+}
+
+/// Binds one of several listeners on the same address (`SO_REUSEPORT`): the kernel spreads new
+/// connections across them, one listener per worker. Every one must be bound this way, the
+/// first on the configured address and the rest on the address it got.
+/// The listener is returned unregistered: [`TcpListener::from_std`] it inside the runtime that
+/// will serve it.
+pub fn bind_shared(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    socket(addr, true)
+}
+
+fn bind_with(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    TcpListener::from_std(socket(addr, reuse_port)?)
+}
+
+fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// What a service knows about its connection.
