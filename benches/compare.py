@@ -406,6 +406,9 @@ def oha(port, path, secs, rate, conns, cpus):
         "requests": ok,
         "rps": summary.get("requestsPerSec"),
         "errors": errors,
+        # What oha counted as errors (e.g. "aborted due to deadline" for requests still in flight
+        # when -z ends), kept so a non-zero count can be read afterwards.
+        "error_kinds": j.get("errorDistribution", {}),
         "p50": ms("p50"),
         "p90": ms("p90"),
         "p99": ms("p99"),
@@ -733,7 +736,8 @@ def main():
     if args.baseline and "tandem-base" not in args.targets:
         args.targets.append("tandem-base")
 
-    out = Path(args.out) if args.out else ROOT / "bench-results" / time.strftime("%Y%m%d-%H%M%S")
+    # Absolute: nginx resolves relative paths in its command line against its own prefix.
+    out = Path(args.out).resolve() if args.out else ROOT / "bench-results" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     (out / "tmp").mkdir(exist_ok=True)
     tandem_bin = args.tandem

@@ -233,6 +233,12 @@ pub async fn start_with_workers(
     let inbound_settings =
         ConnSettings { h1_guard: true, ..settings(&config.inbound.timeouts, &config.inbound.limits) };
     let mut proxies = vec![inbound.clone()];
+    // A worker that cannot start fails the start; the ones already running stop with it.
+    let stop_started = |e: StartError| {
+        shutdown.trigger();
+        exit.trigger();
+        e
+    };
     for (i, listener) in worker_listeners.into_iter().enumerate() {
         let index = i + 1;
         let proxy = inbound.sibling(&config.inbound);
@@ -240,11 +246,12 @@ pub async fn start_with_workers(
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|source| StartError::Worker { index, source })?;
+            .map_err(|source| stop_started(StartError::Worker { index, source }))?;
         let listener = {
             // Registered with the worker's own event loop.
             let _entered = rt.enter();
-            tokio::net::TcpListener::from_std(listener).map_err(|source| StartError::Worker { index, source })?
+            tokio::net::TcpListener::from_std(listener)
+                .map_err(|source| stop_started(StartError::Worker { index, source }))?
         };
         let serving = serve::serve(
             listener,
@@ -267,7 +274,7 @@ pub async fn start_with_workers(
                     exit_drain.wait().await;
                 })
             })
-            .map_err(|source| StartError::Worker { index, source })?;
+            .map_err(|source| stop_started(StartError::Worker { index, source }))?;
     }
     let proxy = inbound.clone();
     tasks.push(tokio::spawn(serve::serve(
