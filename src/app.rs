@@ -142,12 +142,12 @@ pub async fn start(config: Config, log: Option<LogControl>) -> Result<Running, S
     start_with_workers(config, log, 1).await
 }
 
-/// Like [`start`], with `workers` inbound workers: the first serves on the calling runtime, and
-/// each other one on a thread of its own with a single-threaded runtime, its own `SO_REUSEPORT`
-/// listener on the inbound address (the kernel spreads connections across them) and its own
-/// keep-alive pool to the app. A request never leaves the thread that accepted its connection.
-/// The connection tracker, `max_in_flight`, telemetry and drain are shared. Admin and outbound
-/// serve on the calling runtime.
+/// Like [`start`], with `workers` workers: the first serves on the calling runtime, and each
+/// other one on a thread of its own with a single-threaded runtime, its own `SO_REUSEPORT`
+/// inbound and outbound listeners (the kernel spreads connections across them) and its own
+/// keep-alive pools. A request never leaves the thread that accepted its connection. The
+/// connection trackers, `max_in_flight`, telemetry and drain are shared. Admin serves on the
+/// calling runtime.
 pub async fn start_with_workers(
     config: Config,
     log: Option<LogControl>,
@@ -162,11 +162,12 @@ pub async fn start_with_workers(
     let app_check = AppCheck::parse(&config.readiness.app).map_err(StartError::Readiness)?;
 
     // 1. Bind everything. A listener added later (outbound) binds here too, before anything serves.
-    let (inbound_listener, inbound_addr, worker_listeners) = bind_inbound(config.inbound.listen.value, workers)?;
+    let (inbound_listener, inbound_addr, inbound_more) =
+        bind_group("inbound.listen", config.inbound.listen.value, workers)?;
     let admin_listener = bind("admin.listen", config.admin.listen.value)?;
-    let outbound_listener = bind("outbound.listen", config.outbound.listen.value)?;
+    let (outbound_listener, outbound_addr, outbound_more) =
+        bind_group("outbound.listen", config.outbound.listen.value, workers)?;
     let admin_addr = local_addr("admin.listen", &admin_listener, config.admin.listen.value)?;
-    let outbound_addr = local_addr("outbound.listen", &outbound_listener, config.outbound.listen.value)?;
 
     let shutdown = Shutdown::new();
     let exit = Shutdown::new();
@@ -221,10 +222,11 @@ pub async fn start_with_workers(
         None,
         move |meta: serve::ConnMeta| outbound_svc.service(meta.peer),
     )));
+    let outbound_first = outbound.clone();
     sides.push(Side {
         name: "outbound",
         policy: StopPolicy::AtExit,
-        conns: outbound_conns,
+        conns: outbound_conns.clone(),
         in_flight: Box::new(move || outbound.in_flight()),
     });
 
@@ -239,22 +241,27 @@ pub async fn start_with_workers(
         exit.trigger();
         e
     };
-    for (i, listener) in worker_listeners.into_iter().enumerate() {
+    let outbound_settings = settings(&config.outbound.timeouts, &config.outbound.limits);
+    for (i, (in_listener, out_listener)) in inbound_more.into_iter().zip(outbound_more).enumerate() {
         let index = i + 1;
         let proxy = inbound.sibling(&config.inbound);
         proxies.push(proxy.clone());
+        let out_proxy = outbound_first.sibling(&config.outbound);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|source| stop_started(StartError::Worker { index, source }))?;
-        let listener = {
+        let (in_listener, out_listener) = {
             // Registered with the worker's own event loop.
             let _entered = rt.enter();
-            tokio::net::TcpListener::from_std(listener)
-                .map_err(|source| stop_started(StartError::Worker { index, source }))?
+            let register = |l| {
+                tokio::net::TcpListener::from_std(l)
+                    .map_err(|source| stop_started(StartError::Worker { index, source }))
+            };
+            (register(in_listener)?, register(out_listener)?)
         };
-        let serving = serve::serve(
-            listener,
+        let inbound_serving = serve::serve(
+            in_listener,
             inbound_settings.clone(),
             Direction::Inbound,
             Some(telemetry.clone()),
@@ -263,15 +270,35 @@ pub async fn start_with_workers(
             tls.clone(),
             move |meta| proxy.service(meta),
         );
+        let outbound_serving = serve::serve(
+            out_listener,
+            outbound_settings.clone(),
+            Direction::Outbound,
+            Some(telemetry.clone()),
+            exit.drain(),
+            outbound_conns.clone(),
+            None,
+            move |meta: serve::ConnMeta| out_proxy.service(meta.peer),
+        );
         let mut exit_drain = exit.drain();
+        let trackers = [inbound_conns.clone(), outbound_conns.clone()];
         std::thread::Builder::new()
             .name(format!("tandem-w{index}"))
             .spawn(move || {
                 rt.block_on(async move {
-                    serving.await;
+                    let outbound = tokio::spawn(outbound_serving);
+                    inbound_serving.await;
                     // The worker's connections live on its runtime: keep it until tandem exits
-                    // (by then the drain has closed them, or its deadline has).
+                    // (by then the inbound drain has closed them, or its deadline has), and give
+                    // answers still being written the same grace as the main thread.
                     exit_drain.wait().await;
+                    let _ = outbound.await;
+                    let idle = async {
+                        for t in &trackers {
+                            t.wait_idle().await;
+                        }
+                    };
+                    serve::within(EXIT_GRACE, idle).await;
                 })
             })
             .map_err(|source| stop_started(StartError::Worker { index, source }))?;
@@ -320,26 +347,24 @@ pub async fn start_with_workers(
     })
 }
 
-/// The inbound listener of the calling runtime, its address, and one more (unregistered) listener
-/// on the same address for each further worker.
+/// A listener for the calling runtime, its address, and one more (unregistered) listener on the
+/// same address for each further worker (`SO_REUSEPORT`, only with two or more workers).
 #[allow(clippy::type_complexity)]
-fn bind_inbound(
+fn bind_group(
+    key: &'static str,
     addr: SocketAddr,
     workers: usize,
 ) -> Result<(tokio::net::TcpListener, SocketAddr, Vec<std::net::TcpListener>), StartError> {
-    const KEY: &str = "inbound.listen";
     if workers == 1 {
-        let l = bind(KEY, addr)?;
-        let a = local_addr(KEY, &l, addr)?;
+        let l = bind(key, addr)?;
+        let a = local_addr(key, &l, addr)?;
         return Ok((l, a, Vec::new()));
     }
-    let shared =
-        |at: SocketAddr| serve::bind_shared(at).map_err(|source| StartError::Bind { key: KEY, addr: at, source });
+    let shared = |at: SocketAddr| serve::bind_shared(at).map_err(|source| StartError::Bind { key, addr: at, source });
     let first = shared(addr)?;
-    let bound = first.local_addr().map_err(|source| StartError::Bind { key: KEY, addr, source })?;
+    let bound = first.local_addr().map_err(|source| StartError::Bind { key, addr, source })?;
     let rest = (1..workers).map(|_| shared(bound)).collect::<Result<Vec<_>, _>>()?;
-    let first =
-        tokio::net::TcpListener::from_std(first).map_err(|source| StartError::Bind { key: KEY, addr, source })?;
+    let first = tokio::net::TcpListener::from_std(first).map_err(|source| StartError::Bind { key, addr, source })?;
     Ok((first, bound, rest))
 }
 

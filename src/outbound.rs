@@ -68,7 +68,8 @@ pub struct OutboundProxy {
     response_timeout: Duration,
     connect_timeout: Duration,
     tunnel_idle: Duration,
-    errors: crate::ratelimit::RateLimitedLog,
+    /// Upstream-failure warnings, rate-limited across every worker.
+    errors: Arc<crate::ratelimit::RateLimitedLog>,
 }
 
 impl OutboundProxy {
@@ -80,16 +81,8 @@ impl OutboundProxy {
             cfg.deny.iter().map(|h| h.value.clone()).collect(),
         );
         let dialer = Arc::new(Dialer { policy, connect_timeout: cfg.timeouts.connect.value, own });
-        let mut b = Client::builder(TokioExecutor::new());
-        b.pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.timeouts.upstream_idle.value)
-            .pool_max_idle_per_host(cfg.limits.max_idle_per_upstream)
-            // Host is set from the authority the client named.
-            .set_host(false)
-            .http1_max_buf_size(1024 * 1024);
         Arc::new(Self {
-            client: b.build(Connector(dialer.clone())),
+            client: Self::client(cfg, &dialer),
             dialer,
             telemetry,
             conns,
@@ -100,8 +93,39 @@ impl OutboundProxy {
             response_timeout: cfg.timeouts.response.value,
             connect_timeout: cfg.timeouts.connect.value,
             tunnel_idle: cfg.timeouts.idle.value,
-            errors: crate::ratelimit::RateLimitedLog::new(Duration::from_secs(5)),
+            errors: Arc::new(crate::ratelimit::RateLimitedLog::new(Duration::from_secs(5))),
         })
+    }
+
+    /// Another worker's proxy: the same policy, telemetry, connection tracker and `max_in_flight`
+    /// budget (shared), with its own keep-alive pools, whose connections live on that worker.
+    pub fn sibling(&self, cfg: &OutboundConfig) -> Arc<Self> {
+        Arc::new(Self {
+            client: Self::client(cfg, &self.dialer),
+            dialer: self.dialer.clone(),
+            telemetry: self.telemetry.clone(),
+            conns: self.conns.clone(),
+            in_flight: self.in_flight.clone(),
+            max_in_flight: self.max_in_flight,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            response_timeout: self.response_timeout,
+            connect_timeout: self.connect_timeout,
+            tunnel_idle: self.tunnel_idle,
+            errors: self.errors.clone(),
+        })
+    }
+
+    fn client(cfg: &OutboundConfig, dialer: &Arc<Dialer>) -> Client<Connector, CountingBody> {
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.timeouts.upstream_idle.value)
+            .pool_max_idle_per_host(cfg.limits.max_idle_per_upstream)
+            // Host is set from the authority the client named.
+            .set_host(false)
+            .http1_max_buf_size(1024 * 1024);
+        b.build(Connector(dialer.clone()))
     }
 
     /// The service for one connection from the app at `peer`.

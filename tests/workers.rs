@@ -89,3 +89,33 @@ async fn the_drain_answers_requests_in_flight_on_every_worker() {
     }
     tokio::time::timeout(Duration::from_secs(10), waited).await.expect("the drain ends").expect("wait task");
 }
+
+#[tokio::test]
+async fn every_worker_forwards_the_apps_outbound_calls() {
+    let echo = support::echo().await;
+    let proxy = start(support::config(echo.addr), 2).await;
+    // With two workers the outbound address is shared too: one more SO_REUSEPORT bind of it works,
+    // and it is the same address the loop check knows.
+    assert!(tandem::serve::bind_shared(proxy.outbound_addr).is_ok());
+    let call = format!("GET http://{}/out HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", echo.addr, echo.addr);
+    let mut answers = Vec::new();
+    for _ in 0..32 {
+        let (addr, call) = (proxy.outbound_addr, call.clone());
+        answers.push(tokio::spawn(async move { support::raw(addr, call.as_bytes(), Duration::from_secs(10)).await }));
+    }
+    for a in answers {
+        let out = a.await.expect("request task");
+        assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    }
+    let looped = format!("GET /loop HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", proxy.outbound_addr);
+    for _ in 0..8 {
+        let out = support::raw(proxy.outbound_addr, looped.as_bytes(), Duration::from_secs(10)).await;
+        assert!(out.starts_with("HTTP/1.1 403") && out.contains("NR"), "every worker refuses the loop: {out}");
+    }
+    let m = support::metrics(&proxy);
+    assert_eq!(
+        support::metric_value(&m, &["tandem_http_requests_total{", "direction=\"outbound\"", "status_code=\"200\""]),
+        Some(32.0),
+        "{m}"
+    );
+}
