@@ -208,20 +208,22 @@ pub async fn start_with_workers(
     )));
 
     // 3. The proxy listeners. Outbound keeps serving through the drain, so the app can finish its
-    //    own calls while its inbound requests drain; it stops when tandem exits.
+    //    own calls while its inbound requests drain; it stops when tandem exits. Inbound stops
+    //    accepting at the stop and drains its connections.
     let outbound_conns = Tracker::new();
     let outbound = OutboundProxy::new(&config.outbound, telemetry.clone(), outbound_addr, outbound_conns.clone());
-    let outbound_svc = outbound.clone();
-    tasks.push(tokio::spawn(serve::serve(
-        outbound_listener,
-        settings(&config.outbound.timeouts, &config.outbound.limits),
-        Direction::Outbound,
-        Some(telemetry.clone()),
-        exit.drain(),
-        outbound_conns.clone(),
-        None,
-        move |meta: serve::ConnMeta| outbound_svc.service(meta.peer),
-    )));
+    let lanes = Lanes {
+        // The inbound service refuses what the HTTP/1 framing guard marks (CL + TE).
+        inbound_settings: ConnSettings { h1_guard: true, ..settings(&config.inbound.timeouts, &config.inbound.limits) },
+        outbound_settings: settings(&config.outbound.timeouts, &config.outbound.limits),
+        telemetry: telemetry.clone(),
+        shutdown: shutdown.clone(),
+        exit: exit.clone(),
+        inbound_conns: inbound_conns.clone(),
+        outbound_conns: outbound_conns.clone(),
+        tls,
+    };
+    tasks.push(tokio::spawn(lanes.outbound(outbound_listener, outbound.clone())));
     let outbound_first = outbound.clone();
     sides.push(Side {
         name: "outbound",
@@ -230,10 +232,6 @@ pub async fn start_with_workers(
         in_flight: Box::new(move || outbound.in_flight()),
     });
 
-    // Inbound stops accepting at the stop and drains its connections.
-    // The inbound service refuses what the HTTP/1 framing guard marks (CL + TE).
-    let inbound_settings =
-        ConnSettings { h1_guard: true, ..settings(&config.inbound.timeouts, &config.inbound.limits) };
     let mut proxies = vec![inbound.clone()];
     // A worker that cannot start fails the start; the ones already running stop with it.
     let stop_started = |e: StartError| {
@@ -241,12 +239,10 @@ pub async fn start_with_workers(
         exit.trigger();
         e
     };
-    let outbound_settings = settings(&config.outbound.timeouts, &config.outbound.limits);
     for (i, (in_listener, out_listener)) in inbound_more.into_iter().zip(outbound_more).enumerate() {
         let index = i + 1;
         let proxy = inbound.sibling(&config.inbound);
         proxies.push(proxy.clone());
-        let out_proxy = outbound_first.sibling(&config.outbound);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -260,26 +256,8 @@ pub async fn start_with_workers(
             };
             (register(in_listener)?, register(out_listener)?)
         };
-        let inbound_serving = serve::serve(
-            in_listener,
-            inbound_settings.clone(),
-            Direction::Inbound,
-            Some(telemetry.clone()),
-            shutdown.drain(),
-            inbound_conns.clone(),
-            tls.clone(),
-            move |meta| proxy.service(meta),
-        );
-        let outbound_serving = serve::serve(
-            out_listener,
-            outbound_settings.clone(),
-            Direction::Outbound,
-            Some(telemetry.clone()),
-            exit.drain(),
-            outbound_conns.clone(),
-            None,
-            move |meta: serve::ConnMeta| out_proxy.service(meta.peer),
-        );
+        let inbound_serving = lanes.inbound(in_listener, proxy);
+        let outbound_serving = lanes.outbound(out_listener, outbound_first.sibling(&config.outbound));
         let mut exit_drain = exit.drain();
         let trackers = [inbound_conns.clone(), outbound_conns.clone()];
         std::thread::Builder::new()
@@ -303,17 +281,7 @@ pub async fn start_with_workers(
             })
             .map_err(|source| stop_started(StartError::Worker { index, source }))?;
     }
-    let proxy = inbound.clone();
-    tasks.push(tokio::spawn(serve::serve(
-        inbound_listener,
-        inbound_settings,
-        Direction::Inbound,
-        Some(telemetry.clone()),
-        shutdown.drain(),
-        inbound_conns.clone(),
-        tls,
-        move |meta| proxy.service(meta),
-    )));
+    tasks.push(tokio::spawn(lanes.inbound(inbound_listener, inbound.clone())));
     sides.push(Side {
         name: "inbound",
         policy: StopPolicy::AtStop,
@@ -345,6 +313,57 @@ pub async fn start_with_workers(
         tasks,
         inbound: proxies,
     })
+}
+
+/// What every worker's proxy listeners share: how connections are treated, telemetry, the stop
+/// and exit signals, the connection trackers and TLS.
+struct Lanes {
+    inbound_settings: ConnSettings,
+    outbound_settings: ConnSettings,
+    telemetry: Arc<Telemetry>,
+    shutdown: Shutdown,
+    exit: Shutdown,
+    inbound_conns: Arc<Tracker>,
+    outbound_conns: Arc<Tracker>,
+    tls: Option<Arc<TlsServer>>,
+}
+
+impl Lanes {
+    /// Serves `proxy` on an inbound listener until the stop.
+    fn inbound(
+        &self,
+        listener: tokio::net::TcpListener,
+        proxy: Arc<InboundProxy>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        serve::serve(
+            listener,
+            self.inbound_settings.clone(),
+            Direction::Inbound,
+            Some(self.telemetry.clone()),
+            self.shutdown.drain(),
+            self.inbound_conns.clone(),
+            self.tls.clone(),
+            move |meta| proxy.service(meta),
+        )
+    }
+
+    /// Serves `proxy` on an outbound listener until tandem exits.
+    fn outbound(
+        &self,
+        listener: tokio::net::TcpListener,
+        proxy: Arc<OutboundProxy>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        serve::serve(
+            listener,
+            self.outbound_settings.clone(),
+            Direction::Outbound,
+            Some(self.telemetry.clone()),
+            self.exit.drain(),
+            self.outbound_conns.clone(),
+            None,
+            move |meta: serve::ConnMeta| proxy.service(meta.peer),
+        )
+    }
 }
 
 /// A listener for the calling runtime, its address, and one more (unregistered) listener on the

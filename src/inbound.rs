@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The client to the app: tandem's lean HTTP/1.1 pool, or hyper-util's pooled client for h2.
+#[derive(Clone)]
 enum AppClient {
     Http1(Arc<Http1Pool>),
     Http2(Box<UpstreamClient>),
@@ -55,7 +56,9 @@ impl AppClient {
     }
 }
 
-/// State shared by every inbound connection of one worker.
+/// State shared by every inbound connection of one worker. A clone shares everything, the pool
+/// to the app included ([`InboundProxy::sibling`] gives a worker a pool of its own).
+#[derive(Clone)]
 pub struct InboundProxy {
     client: AppClient,
     app: SocketAddr,
@@ -106,21 +109,7 @@ impl InboundProxy {
     /// `max_in_flight` budget (shared), with its own connection pool to the app, so a worker's
     /// requests never wait on a connection another thread drives.
     pub fn sibling(&self, cfg: &InboundConfig) -> Arc<Self> {
-        Arc::new(Self {
-            client: AppClient::new(cfg),
-            app: self.app,
-            app_authority: self.app_authority.clone(),
-            telemetry: self.telemetry.clone(),
-            in_flight: self.in_flight.clone(),
-            max_in_flight: self.max_in_flight,
-            max_header_bytes: self.max_header_bytes,
-            max_headers: self.max_headers,
-            response_timeout: self.response_timeout,
-            connect_timeout_ms: self.connect_timeout_ms,
-            proto: self.proto,
-            conns: self.conns.clone(),
-            errors: self.errors.clone(),
-        })
+        Arc::new(Self { client: AppClient::new(cfg), ..self.clone() })
     }
 
     /// Idle keep-alive connections in this proxy's HTTP/1.1 pool to the app (0 for an h2 app,

@@ -55,7 +55,9 @@ pub const PASSTHROUGH: &str = crate::metrics::OUTBOUND_UPSTREAM;
 
 static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
 
-/// State shared by every outbound connection.
+/// State shared by every outbound connection of one worker. A clone shares everything, the
+/// pools included ([`OutboundProxy::sibling`] gives a worker pools of its own).
+#[derive(Clone)]
 pub struct OutboundProxy {
     client: Client<Connector, CountingBody>,
     dialer: Arc<Dialer>,
@@ -100,20 +102,7 @@ impl OutboundProxy {
     /// Another worker's proxy: the same policy, telemetry, connection tracker and `max_in_flight`
     /// budget (shared), with its own keep-alive pools, whose connections live on that worker.
     pub fn sibling(&self, cfg: &OutboundConfig) -> Arc<Self> {
-        Arc::new(Self {
-            client: Self::client(cfg, &self.dialer),
-            dialer: self.dialer.clone(),
-            telemetry: self.telemetry.clone(),
-            conns: self.conns.clone(),
-            in_flight: self.in_flight.clone(),
-            max_in_flight: self.max_in_flight,
-            max_header_bytes: self.max_header_bytes,
-            max_headers: self.max_headers,
-            response_timeout: self.response_timeout,
-            connect_timeout: self.connect_timeout,
-            tunnel_idle: self.tunnel_idle,
-            errors: self.errors.clone(),
-        })
+        Arc::new(Self { client: Self::client(cfg, &self.dialer), ..self.clone() })
     }
 
     fn client(cfg: &OutboundConfig, dialer: &Arc<Dialer>) -> Client<Connector, CountingBody> {
