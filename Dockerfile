@@ -1,11 +1,14 @@
 # syntax=docker/dockerfile:1
 #
-# tandem's container image: a release build with the lockfile, then the binary alone on distroless.
+# tandem's container image: a static release build with the lockfile, then the binary alone on
+# distroless.
 #
-# The final stage is gcr.io/distroless/cc-debian12 (glibc, libgcc, CA certificates, no shell, no
-# package manager): this toolchain has no musl target, so the binary links glibc dynamically; the
-# build stage uses the same Debian release (bookworm, glibc 2.36). CI builds the same binary with the
-# same command (`cargo build --release --locked`) and runs the test suite against it.
+# The binary links glibc statically (`-C target-feature=+crt-static`; this toolchain has no musl
+# target): one file with no shared-library dependencies, so the final stage is
+# gcr.io/distroless/static-debian12 (CA certificates, /etc/passwd, no libc, no shell, no package
+# manager). `--target` keeps crt-static off build scripts and proc macros, which must stay dynamic.
+# Name lookup needs no NSS plugin: glibc 2.34+ has the `files` and `dns` sources built in. CI builds
+# the same binary with the same command and runs the test suite against it.
 #
 # It runs as uid/gid 1337, not distroless' 65532: transparent mode's iptables rules exempt tandem's
 # uid, so an app that also ran as 65532 (the uid of every distroless "nonroot" image) would have its
@@ -18,11 +21,11 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
-    && install -D -m 0755 target/release/tandem /out/tandem
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$(rustc --print host-tuple)" \
+    && install -D -m 0755 "target/$(rustc --print host-tuple)/release/tandem" /out/tandem
 
 # The ":nonroot" tag differs from the default only in its USER, which is set below anyway.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/tandem /usr/local/bin/tandem
 USER 1337:1337
 # inbound, outbound, admin

@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -49,6 +50,32 @@ PORTS = {
 SMALL = "/small"
 LARGE = "/16k"
 SMALL_BODY = "hello from the backend\n"
+
+
+def default_tandem():
+    """The static release build compare.sh makes (target/<host>/release), else target/release."""
+    try:
+        host = subprocess.run(["rustc", "--print", "host-tuple"], capture_output=True, text=True, check=True).stdout.strip()
+        static = ROOT / "target" / host / "release" / "tandem"
+        if static.exists():
+            return static
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return ROOT / "target" / "release" / "tandem"
+
+
+def elf_linkage(path):
+    """'static' when the ELF file has no PT_INTERP program header (no dynamic loader), else 'dynamic'."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:
+            return "?"
+        phoff, = struct.unpack_from("<Q", head, 32)
+        phentsize, phnum = struct.unpack_from("<HH", head, 54)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    types = [struct.unpack_from("<I", table, i * phentsize)[0] for i in range(phnum)]
+    return "dynamic" if 3 in types else "static"
 
 
 def log(msg):
@@ -579,7 +606,7 @@ def summarize(results, args, idle, two, meta):
         f"proxy+backend on CPU 0, load on CPU 1. Figures are medians over rounds."
     )
     L.append(f"machine: {meta['cpus']} CPUs; load average before {meta['load_before']}, after {meta['load_after']}")
-    L.append(f"tandem: {meta['tandem_bin']} ({meta['binary_size']} bytes stripped), {meta['tandem_rev']}")
+    L.append(f"tandem: {meta['tandem_bin']} ({meta['binary_size']} bytes stripped, {meta.get('linkage', '?')}), {meta['tandem_rev']}")
     L.append(f"nginx {meta['nginx']}, HAProxy {meta['haproxy']}, {meta['oha']}")
     L.append("")
     L.append("## Throughput (requests per second) and proxy CPU per 10k requests")
@@ -713,7 +740,7 @@ def tool_version(argv):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="results directory (default bench-results/<timestamp>)")
-    ap.add_argument("--tandem", default=str(ROOT / "target/release/tandem"), help="tandem binary")
+    ap.add_argument("--tandem", default=str(default_tandem()), help="tandem binary (default: the static release build)")
     ap.add_argument("--baseline", help="a second tandem binary, run as target tandem-base (A/B a change)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10, help="seconds per load run")
@@ -742,7 +769,7 @@ def main():
     (out / "tmp").mkdir(exist_ok=True)
     tandem_bin = args.tandem
     if not os.access(tandem_bin, os.X_OK):
-        raise SystemExit(f"{tandem_bin} missing: cargo build --release first")
+        raise SystemExit(f"{tandem_bin} missing: run benches/compare.sh, which builds it")
     for tool in ["nginx", "haproxy", "wrk", "h2load", "oha", "taskset"]:
         if tool == "oha" and "latency" not in args.tests:
             continue
@@ -756,6 +783,7 @@ def main():
         "load_before": " ".join(open("/proc/loadavg").read().split()[:3]),
         "tandem_bin": tandem_bin,
         "binary_size": os.path.getsize(tandem_bin),
+        "linkage": elf_linkage(tandem_bin),
         "tandem_rev": rev.stdout.strip() or "?",
         "nginx": tool_version(["nginx", "-v"]),
         "haproxy": tool_version(["haproxy", "-v"]),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side load comparison of tandem, nginx and HAProxy (issue 8); owned by benches/.
 # Installs or checks for its tools (nginx, haproxy, wrk, h2load from nghttp2-client, oha),
-# builds tandem's release binary, then runs benches/compare.py with the arguments given here.
+# builds tandem's static release binary, then runs benches/compare.py with the arguments given here.
 # Everything is on 127.0.0.1, every run is bounded in time, and every process started is stopped
 # by its PID. Results go to bench-results/<timestamp>/ (or --out DIR): summary.md, results.json
 # and each server's configuration and output.
@@ -30,5 +30,6 @@ if ! oha --version >/dev/null 2>&1; then
   cargo install oha --locked
 fi
 # Debian starts the packaged services on install where it can; this script never uses them.
-cargo build --release --quiet
+# The static binary the image ships (README, "The image"); compare.py runs it by default.
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet --target "$(rustc --print host-tuple)"
 exec python3 benches/compare.py "$@"

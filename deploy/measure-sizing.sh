@@ -2,7 +2,7 @@
 # Measures tandem's memory and CPU under a bounded wrk load on loopback: the figures behind the
 # resource requests and limits in deploy/ (README, "Sizing").
 #
-#   cargo build --release --locked
+#   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$(rustc --print host-tuple)"
 #   deploy/measure-sizing.sh [WORKERS] [CONNECTIONS] [DURATION] [PATH]
 #   deploy/measure-sizing.sh 1 32 15s /
 #   deploy/measure-sizing.sh 1 64 10s '/x?size=16KiB'
@@ -11,7 +11,8 @@
 # stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-B=${TANDEM_BIN:-target/release/tandem}
+# The static release binary the image ships (README, "The image"); TANDEM_BIN overrides.
+B=${TANDEM_BIN:-target/$(rustc --print host-tuple)/release/tandem}
 W=${1:-1}; C=${2:-32}; D=${3:-15s}; Q=${4:-/}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 APP=$(free_port); IN=$(free_port); ADMIN=$(free_port)

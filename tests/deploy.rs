@@ -118,8 +118,10 @@ fn the_dockerfile_builds_what_ci_tests_and_runs_it_as_the_documented_uid() {
     let docker = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
     let ci = std::fs::read_to_string(root().join(".ci/run")).expect(".ci/run");
     let readme = std::fs::read_to_string(root().join("README.md")).expect("README");
-    assert!(docker.contains("cargo build --release --locked") && ci.contains("cargo build --release --locked"));
-    assert!(docker.contains("FROM gcr.io/distroless/"), "distroless final stage");
+    // The same static build in both: glibc linked in, so the image needs no libc.
+    let build = r#"RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "#;
+    assert!(docker.contains(build) && ci.contains(build), "{build}");
+    assert!(docker.contains("FROM gcr.io/distroless/static-"), "distroless static final stage");
     assert!(docker.contains("USER 1337:1337") && readme.contains("uid and gid 1337"));
     assert!(docker.contains(r#"ENTRYPOINT ["tandem"]"#));
     assert!(docker.contains("EXPOSE 15006 15001 15020"));
