@@ -100,6 +100,53 @@ impl RequestRecord {
         }
     }
 
+    /// Copies the record's strings (authority, path, and the logged headers) into one small
+    /// buffer of its own, so that it no longer shares the request head's bytes.
+    ///
+    /// Header values and the path are slices of the connection's read buffer (hyper's, 8 KiB or
+    /// more). A record handed to the access-log writer lives until the writer's next batch, and
+    /// while it does, that whole buffer stays allocated and hyper has to allocate a fresh one for
+    /// the connection: under load that pinned megabytes and made every request's buffer cold. The
+    /// copy is one allocation of the strings' own size.
+    pub fn detach(&mut self) {
+        let path_len = self.path.as_ref().map_or(0, |p| p.as_str().len());
+        let values = [
+            &mut self.authority,
+            &mut self.x_forwarded_for,
+            &mut self.user_agent,
+            &mut self.request_id,
+            &mut self.traceparent,
+        ];
+        let len = path_len + values.iter().map(|v| v.as_ref().map_or(0, |v| v.len())).sum::<usize>();
+        if len == 0 {
+            return;
+        }
+        let mut buf = bytes::BytesMut::with_capacity(len);
+        if let Some(p) = &self.path {
+            buf.extend_from_slice(p.as_str().as_bytes());
+        }
+        for v in values.iter().filter_map(|v| v.as_ref()) {
+            buf.extend_from_slice(v.as_bytes());
+        }
+        let all = buf.freeze();
+        let mut at = 0;
+        if let Some(p) = &mut self.path {
+            // Valid already (it was parsed from these bytes); a failure keeps the original.
+            if let Ok(copy) = http::uri::PathAndQuery::from_maybe_shared(all.slice(at..at + path_len)) {
+                *p = copy;
+            }
+            at += path_len;
+        }
+        for v in values.into_iter().filter_map(|v| v.as_mut()) {
+            let n = v.len();
+            if let Ok(mut copy) = HeaderValue::from_maybe_shared(all.slice(at..at + n)) {
+                copy.set_sensitive(v.is_sensitive());
+                *v = copy;
+            }
+            at += n;
+        }
+    }
+
     /// The W3C trace id out of `traceparent` (`00-<trace-id>-<span-id>-<flags>`), if well formed.
     pub fn trace_id(&self) -> Option<&str> {
         let tp = self.traceparent.as_ref()?.to_str().ok()?;
@@ -221,5 +268,72 @@ impl Body for CountingBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access_log::{format_json, format_text};
+
+    /// A record whose strings are slices of `head`, the way hyper's are slices of its read buffer.
+    fn record_sharing(head: &Bytes) -> RequestRecord {
+        let slice = |s: &str| {
+            let at = head.windows(s.len()).position(|w| w == s.as_bytes()).expect("in head");
+            head.slice(at..at + s.len())
+        };
+        let mut req = http::Request::builder()
+            .uri(http::Uri::from_maybe_shared(slice("/orders/7?page=2")).expect("uri"))
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        for (name, value) in [
+            ("host", "shop.example:8080"),
+            ("user-agent", "curl/8.5.0"),
+            ("x-forwarded-for", "10.0.0.9"),
+            ("x-request-id", "r-1"),
+            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ] {
+            let mut v = HeaderValue::from_maybe_shared(slice(value)).expect("value");
+            v.set_sensitive(name == "x-forwarded-for");
+            req.headers.insert(http::HeaderName::from_static(name), v);
+        }
+        RequestRecord::start(Direction::Inbound, "10.0.0.9:4000".parse().expect("addr"), &req)
+    }
+
+    #[test]
+    fn detach_keeps_every_logged_string_and_lets_the_head_buffer_go() {
+        let head = Bytes::from(
+            b"GET /orders/7?page=2 HTTP/1.1\r\nhost: shop.example:8080\r\nuser-agent: curl/8.5.0\r\n\
+              x-forwarded-for: 10.0.0.9\r\nx-request-id: r-1\r\n\
+              traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n"
+                .to_vec(),
+        );
+        let mut r = record_sharing(&head);
+        assert!(!head.is_unique(), "the record holds slices of the head");
+        let (mut json, mut text) = (Vec::new(), Vec::new());
+        format_json(&r, &mut json);
+        format_text(&r, &mut text);
+
+        r.detach();
+        assert!(head.is_unique(), "after detach nothing refers to the head buffer");
+        let (mut json_after, mut text_after) = (Vec::new(), Vec::new());
+        format_json(&r, &mut json_after);
+        format_text(&r, &mut text_after);
+        assert_eq!(String::from_utf8_lossy(&json_after), String::from_utf8_lossy(&json));
+        assert_eq!(String::from_utf8_lossy(&text_after), String::from_utf8_lossy(&text));
+        assert!(String::from_utf8_lossy(&json).contains("/orders/7?page=2"));
+        assert_eq!(r.trace_id(), Some("0af7651916cd43dd8448eb211c80319c"));
+        assert!(r.x_forwarded_for.as_ref().expect("xff").is_sensitive(), "the sensitive flag is kept");
+    }
+
+    #[test]
+    fn detach_of_a_record_without_strings_changes_nothing() {
+        let req = http::Request::builder().uri("*").body(()).expect("request").into_parts().0;
+        let mut r = RequestRecord::start(Direction::Outbound, "127.0.0.1:1".parse().expect("addr"), &req);
+        r.path = None;
+        r.detach();
+        assert!(r.path.is_none() && r.authority.is_none() && r.user_agent.is_none());
     }
 }
