@@ -134,3 +134,18 @@ fn the_dockerfile_builds_what_ci_tests_and_runs_it_as_the_documented_uid() {
         }
     }
 }
+
+#[test]
+fn the_scripts_the_readmes_run_by_path_are_executable() {
+    use std::os::unix::fs::PermissionsExt;
+    // The READMEs and CI run these as `benches/compare.sh ...`, not through an interpreter: a
+    // fresh clone must give them the executable bit (git keeps it as the file mode).
+    for file in
+        [".ci/run", "benches/compare.sh", "benches/compare.py", "benches/profile.py", "deploy/measure-sizing.sh"]
+    {
+        let mode = std::fs::metadata(root().join(file)).expect(file).permissions().mode();
+        assert!(mode & 0o111 == 0o111, "{file} is not executable (mode {mode:o})");
+        let text = std::fs::read_to_string(root().join(file)).expect(file);
+        assert!(text.starts_with("#!/usr/bin/env "), "{file} has no #! line");
+    }
+}
