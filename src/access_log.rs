@@ -1,8 +1,10 @@
 //! The access log: one line per request, formatted and written by a dedicated thread behind a
 //! bounded queue, to stdout or to a file that rotates by size and reopens on demand.
 //!
-//! The request path only moves its finished [`RequestRecord`] into the queue (`try_send`, never
-//! blocking); formatting and every syscall happen on the writer thread. A full queue drops the
+//! The request path only moves its finished [`RequestRecord`] into the queue (never blocking);
+//! formatting and every syscall happen on the writer thread. The queue's memory follows what is
+//! queued (a linked list of small blocks), not its bound: a bound of 65,536 lines made up front
+//! would keep about 2 MiB resident for a queue that is nearly always empty. A full queue drops the
 //! line, counts it in `tandem_access_log_dropped_total`, and says so in tandem's own log at most
 //! once every few seconds. Lines are written whole: the writer only ever hands complete lines to
 //! `write(2)`, and rotation happens between lines.
@@ -23,8 +25,8 @@ use prometheus::IntCounter;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -64,7 +66,10 @@ impl Destination {
 
 /// The request path's handle on the access log.
 pub struct AccessLog {
-    tx: Option<SyncSender<Msg>>,
+    tx: Option<Sender<Msg>>,
+    /// Lines in the queue (the writer subtracts what it takes), against `capacity`.
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
     dropped: IntCounter,
     last_drop_warning: AtomicU64,
     reopen: Arc<AtomicBool>,
@@ -87,6 +92,8 @@ impl AccessLog {
         if dest == Destination::Off {
             return Ok(Self {
                 tx: None,
+                queued: Arc::new(AtomicUsize::new(0)),
+                capacity: 0,
                 dropped,
                 last_drop_warning: AtomicU64::new(0),
                 reopen,
@@ -94,8 +101,10 @@ impl AccessLog {
             });
         }
         let sink = Sink::open(dest, cfg.max_size.value.0, cfg.max_files)?;
-        let (tx, rx) = mpsc::sync_channel(cfg.queue.max(1));
+        let (tx, rx) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let writer = Writer {
+            queued: queued.clone(),
             sink,
             format: cfg.format,
             written,
@@ -109,6 +118,8 @@ impl AccessLog {
         let thread = std::thread::Builder::new().name("tandem-access-log".into()).spawn(move || writer.run(rx))?;
         Ok(Self {
             tx: Some(tx),
+            queued,
+            capacity: cfg.queue.max(1),
             dropped,
             last_drop_warning: AtomicU64::new(0),
             reopen,
@@ -124,12 +135,17 @@ impl AccessLog {
     /// Queues a finished request; never blocks. A full queue drops the line and counts it.
     pub fn log(&self, record: Box<RequestRecord>) {
         let Some(tx) = &self.tx else { return };
-        match tx.try_send(Msg::Line(record)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.inc();
-                self.warn_dropped();
-            }
+        // Reserve a place first; the writer gives it back when it takes the line.
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.inc();
+            self.warn_dropped();
+            return;
+        }
+        if tx.send(Msg::Line(record)).is_err() {
+            // The writer has stopped (only at exit).
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.inc();
         }
     }
 
@@ -276,6 +292,8 @@ fn open_append(path: &Path) -> io::Result<File> {
 }
 
 struct Writer {
+    /// Shared with [`AccessLog`]: one less for every line taken off the queue.
+    queued: Arc<AtomicUsize>,
     sink: Sink,
     format: AccessLogFormat,
     written: IntCounter,
@@ -338,6 +356,7 @@ impl Writer {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Line(r) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
                 let before = self.buf.len();
                 match self.format {
                     AccessLogFormat::Json => format_json(&r, &mut self.buf),

@@ -1018,3 +1018,42 @@ async fn requests_refused_by_the_codec_can_be_logged_and_counted() {
     );
     assert_eq!(metric_sum(&samples, "tandem_http_requests_in_flight", &[]), 0.0);
 }
+
+/// Anonymous resident memory of a process, from /proc/PID/status.
+fn rss_anon_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("RssAnon")
+}
+
+#[tokio::test]
+async fn the_queue_bound_costs_no_memory_until_lines_wait_in_it() {
+    // 4 million places: made up front (as a fixed array of slots) that would be over 100 MiB
+    // resident before the first request.
+    let echo = echo().await;
+    let dir = TempDir::new("queue-mem");
+    let path = dir.join("access.log");
+    let t = Tandem::run(
+        &["--app", &echo.addr.to_string(), "--access-log", path.to_str().expect("path")],
+        &[("TANDEM_ACCESS_LOG_QUEUE", "4000000")],
+    );
+    let c = h1();
+    for i in 0..200 {
+        let req = http::Request::get(format!("http://{}/q", t.inbound))
+            .header("x-request-id", format!("q-{i}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        assert_eq!(send(&c, req).await.0, 200);
+    }
+    let lines = poll(Duration::from_secs(10), "200 lines", || {
+        let n = json_lines(&path).len();
+        (n >= 200).then_some(n)
+    })
+    .await;
+    assert_eq!(lines, 200);
+    let anon = rss_anon_kib(t.child.id());
+    assert!(anon < 32 * 1024, "RssAnon {anon} kB with an empty queue bounded at 4,000,000 lines");
+}
