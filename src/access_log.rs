@@ -132,8 +132,11 @@ impl AccessLog {
         self.tx.is_some()
     }
 
-    /// Queues a finished request; never blocks. A full queue drops the line and counts it.
-    pub fn log(&self, record: Box<RequestRecord>) {
+    /// Queues a finished request; never blocks. A full queue drops the line and counts it. A
+    /// queued record is detached from the request head's buffer first
+    /// ([`RequestRecord::detach`]): it waits for the writer's next batch, and would otherwise keep
+    /// that whole buffer allocated until then.
+    pub fn log(&self, mut record: Box<RequestRecord>) {
         let Some(tx) = &self.tx else { return };
         // Reserve a place first; the writer gives it back when it takes the line.
         if self.queued.fetch_add(1, Ordering::Relaxed) >= self.capacity {
@@ -142,6 +145,7 @@ impl AccessLog {
             self.warn_dropped();
             return;
         }
+        record.detach();
         if tx.send(Msg::Line(record)).is_err() {
             // The writer has stopped (only at exit).
             self.queued.fetch_sub(1, Ordering::Relaxed);

@@ -79,7 +79,7 @@ const HYPER_INLINE_HEADERS: usize = 100;
 
 /// Binds a TCP listener with `SO_REUSEADDR` and a deep backlog.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    bind_with(addr, false)
+    TcpListener::from_std(socket(addr, false)?)
 }
 
 /// Binds one of several listeners on the same address (`SO_REUSEPORT`): the kernel spreads new
@@ -89,10 +89,6 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// will serve it.
 pub fn bind_shared(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket(addr, true)
-}
-
-fn bind_with(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
-    TcpListener::from_std(socket(addr, reuse_port)?)
 }
 
 fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {

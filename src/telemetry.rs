@@ -29,13 +29,9 @@ impl Telemetry {
         self.metrics.request_finished(r);
     }
 
-    /// Hands the finished record to the access log (moves it; formatting happens off the request
-    /// path), detached from the request head's buffer first (see [`RequestRecord::detach`]).
-    pub fn log(&self, mut r: Box<RequestRecord>) {
-        if self.access_log.enabled() {
-            r.detach();
-            self.access_log.log(r);
-        }
+    /// Hands the finished record to the access log (moves it; formatting happens off the request path).
+    pub fn log(&self, r: Box<RequestRecord>) {
+        self.access_log.log(r);
     }
 
     /// Waits until every access-log line queued so far is written, without blocking the runtime.
