@@ -204,6 +204,7 @@ pub async fn start_with_workers(
         exit.drain(),
         admin_conns.clone(),
         None,
+        None,
         move |meta: serve::ConnMeta| AdminService::new(admin_state.clone(), meta.peer),
     )));
 
@@ -343,6 +344,7 @@ impl Lanes {
             self.shutdown.drain(),
             self.inbound_conns.clone(),
             self.tls.clone(),
+            crate::h1_proxy::Codec::new(&proxy),
             move |meta| proxy.service(meta),
         )
     }
@@ -360,6 +362,7 @@ impl Lanes {
             Some(self.telemetry.clone()),
             self.exit.drain(),
             self.outbound_conns.clone(),
+            None,
             None,
             move |meta: serve::ConnMeta| proxy.service(meta.peer),
         )
@@ -538,6 +541,7 @@ impl Echo {
             None,
             shutdown.drain(),
             Tracker::new(),
+            None,
             None,
             |_| EchoService,
         ));

@@ -187,17 +187,22 @@ impl ProxyError {
     /// Classifies an error from tandem's own HTTP/1.1 pool ([`crate::forward::Http1Pool`]) the
     /// same way as [`ProxyError::from_client`] does hyper-util's.
     pub fn from_pool(err: &crate::forward::PoolError, upstream: SocketAddr, connect_timeout_ms: u64) -> Self {
-        let upstream = upstream.to_string();
         match err {
-            crate::forward::PoolError::Connect(io) if io.kind() == std::io::ErrorKind::TimedOut => {
-                ProxyError::ConnectTimeout { upstream, timeout_ms: connect_timeout_ms }
-            }
-            crate::forward::PoolError::Connect(io) => ProxyError::ConnectFailed { upstream, cause: describe_io(io) },
+            crate::forward::PoolError::Connect(io) => Self::from_connect(io, upstream, connect_timeout_ms),
             crate::forward::PoolError::Http(h) if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() => {
-                ProxyError::UpstreamProtocol { upstream, cause: h.to_string() }
+                ProxyError::UpstreamProtocol { upstream: upstream.to_string(), cause: h.to_string() }
             }
-            crate::forward::PoolError::Http(_) => ProxyError::UpstreamClosed { upstream },
+            crate::forward::PoolError::Http(_) => ProxyError::UpstreamClosed { upstream: upstream.to_string() },
         }
+    }
+
+    /// Classifies a failed TCP connect to `upstream` (`TimedOut` is the connect timeout).
+    pub fn from_connect(io: &std::io::Error, upstream: SocketAddr, connect_timeout_ms: u64) -> Self {
+        let upstream = upstream.to_string();
+        if io.kind() == std::io::ErrorKind::TimedOut {
+            return ProxyError::ConnectTimeout { upstream, timeout_ms: connect_timeout_ms };
+        }
+        ProxyError::ConnectFailed { upstream, cause: describe_io(io) }
     }
 }
 

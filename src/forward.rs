@@ -345,6 +345,15 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 
 /// A random UUIDv4, formatted without allocating more than the header value itself.
 pub fn new_request_id() -> HeaderValue {
+    let out = request_id_bytes();
+    // One allocation shared by every clone (the request header and the access-log record);
+    // `from_bytes` would copy into a Vec and allocate again on the first clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
+        .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+}
+
+/// A random UUIDv4 as text, on the stack.
+pub fn request_id_bytes() -> [u8; 36] {
     let n = fastrand::u128(..);
     let mut b = n.to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
@@ -361,10 +370,7 @@ pub fn new_request_id() -> HeaderValue {
         out[j + 1] = HEX[(byte & 0xf) as usize];
         j += 2;
     }
-    // One allocation shared by every clone (the request header and the access-log record);
-    // `from_bytes` would copy into a Vec and allocate again on the first clone.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
-        .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+    out
 }
 
 /// The request-head limits (hyper's own limits sit above these as a backstop).

@@ -21,6 +21,7 @@ use crate::config::Inbound as InboundConfig;
 use crate::error::{error_response, ProxyError};
 use crate::forward::{self, Checkin, Http1Pool, UpstreamClient};
 use crate::h1_guard::CL_TE_MARK;
+use crate::h1_proxy::AppStreams;
 use crate::record::{CountingBody, Direction, Finish, InFlight, RequestRecord};
 use crate::serve::ConnMeta;
 use crate::shutdown::Tracker;
@@ -38,19 +39,22 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The client to the app: tandem's lean HTTP/1.1 pool, or hyper-util's pooled client for h2.
+/// The client to the app: for an HTTP/1.1 app, the codec's TCP connections
+/// ([`crate::h1_proxy`]) and hyper's lean pool for what the codec hands over; hyper-util's
+/// pooled client for h2.
 #[derive(Clone)]
 enum AppClient {
-    Http1(Arc<Http1Pool>),
+    Http1(Arc<Http1Pool>, Arc<AppStreams>),
     Http2(Box<UpstreamClient>),
 }
 
 impl AppClient {
     fn new(cfg: &InboundConfig) -> Self {
         match cfg.app_protocol {
-            crate::config::AppProtocol::Http1 => {
-                AppClient::Http1(Http1Pool::new(cfg.app.value, &cfg.timeouts, &cfg.limits))
-            }
+            crate::config::AppProtocol::Http1 => AppClient::Http1(
+                Http1Pool::new(cfg.app.value, &cfg.timeouts, &cfg.limits),
+                AppStreams::new(cfg.app.value, &cfg.timeouts, &cfg.limits),
+            ),
             _ => AppClient::Http2(Box::new(forward::client(&cfg.timeouts, &cfg.limits, cfg.app_protocol))),
         }
     }
@@ -61,16 +65,16 @@ impl AppClient {
 #[derive(Clone)]
 pub struct InboundProxy {
     client: AppClient,
-    app: SocketAddr,
+    pub(crate) app: SocketAddr,
     app_authority: Authority,
-    telemetry: Arc<Telemetry>,
-    in_flight: Arc<AtomicUsize>,
-    max_in_flight: usize,
-    max_header_bytes: usize,
-    max_headers: usize,
-    response_timeout: Duration,
-    connect_timeout_ms: u64,
-    proto: &'static str,
+    pub(crate) telemetry: Arc<Telemetry>,
+    pub(crate) in_flight: Arc<AtomicUsize>,
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) max_headers: usize,
+    pub(crate) response_timeout: Duration,
+    pub(crate) connect_timeout_ms: u64,
+    pub(crate) proto: &'static str,
     conns: Arc<Tracker>,
     /// Upstream-failure warnings, rate-limited across every worker.
     errors: Arc<crate::ratelimit::RateLimitedLog>,
@@ -112,12 +116,21 @@ impl InboundProxy {
         Arc::new(Self { client: AppClient::new(cfg), ..self.clone() })
     }
 
-    /// Idle keep-alive connections in this proxy's HTTP/1.1 pool to the app (0 for an h2 app,
+    /// Idle keep-alive connections in this proxy's HTTP/1.1 pools to the app (0 for an h2 app,
     /// whose client multiplexes).
     pub fn app_idle_connections(&self) -> usize {
         match &self.client {
-            AppClient::Http1(pool) => pool.idle_count(),
+            AppClient::Http1(pool, streams) => pool.idle_count() + streams.idle_count(),
             AppClient::Http2(_) => 0,
+        }
+    }
+
+    /// The codec's connections to the app, when the app speaks HTTP/1.1 (the codec serves
+    /// HTTP/1.1 clients of such an app; see [`crate::h1_proxy`]).
+    pub fn codec_streams(&self) -> Option<&Arc<AppStreams>> {
+        match &self.client {
+            AppClient::Http1(_, streams) => Some(streams),
+            AppClient::Http2(_) => None,
         }
     }
 
@@ -258,7 +271,7 @@ impl InboundProxy {
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.uri = match &self.client {
             // HTTP/1.1 to the app: origin-form, as it goes on the wire.
-            AppClient::Http1(_) => Uri::from(path),
+            AppClient::Http1(..) => Uri::from(path),
             // h2 needs :scheme and :authority.
             AppClient::Http2(_) => {
                 let mut uri = http::uri::Parts::default();
@@ -326,7 +339,7 @@ impl InboundProxy {
         req: Request<CountingBody>,
     ) -> Result<(Response<hyper::body::Incoming>, Option<Checkin>), ProxyError> {
         match &self.client {
-            AppClient::Http1(pool) => match pool.send(req).await {
+            AppClient::Http1(pool, _) => match pool.send(req).await {
                 Ok((resp, checkin)) => Ok((resp, Some(checkin))),
                 Err(e) => Err(ProxyError::from_pool(&e, self.app, self.connect_timeout_ms)),
             },
@@ -340,15 +353,21 @@ impl InboundProxy {
     /// Answers with tandem's own error response, logging upstream failures (rate-limited).
     fn fail(&self, err: ProxyError, mut finish: Finish) -> Response<ProxyBody> {
         let resp: Response<ProxyBody> = error_response(&err);
+        self.fail_record(&err, &mut finish);
+        let (parts, body) = resp.into_parts();
+        Response::from_parts(parts, body.with_finish(finish))
+    }
+
+    /// Notes an error answer in the request's record, and logs upstream failures
+    /// (rate-limited).
+    pub(crate) fn fail_record(&self, err: &ProxyError, finish: &mut Finish) {
         if let Some(r) = finish.record_mut() {
-            r.response_code = resp.status().as_u16();
+            r.response_code = err.status().as_u16();
             r.response_flags = Some(err.reason());
         }
         if err.status().is_server_error() {
-            self.errors.warn(err.reason().as_str(), &err);
+            self.errors.warn(err.reason().as_str(), err);
         }
-        let (parts, body) = resp.into_parts();
-        Response::from_parts(parts, body.with_finish(finish))
     }
 }
 

@@ -73,13 +73,32 @@ impl RequestRecord {
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             .or_else(|| req.headers.get(http::header::HOST).cloned());
         Self {
-            start: SystemTime::now(),
-            started: Instant::now(),
-            direction,
             method: req.method.clone(),
             authority,
             path: req.uri.path_and_query().cloned(),
             protocol: req.version,
+            // As received; the stack replaces both with what it forwards (the appended
+            // x-forwarded-for, a generated request id), so a request refused before that still
+            // carries the client's values.
+            x_forwarded_for: req.headers.get("x-forwarded-for").cloned(),
+            user_agent: req.headers.get(http::header::USER_AGENT).cloned(),
+            request_id: req.headers.get(&crate::forward::X_REQUEST_ID).filter(|v| !v.is_empty()).cloned(),
+            traceparent: req.headers.get(&TRACEPARENT).cloned(),
+            ..Self::empty(direction, peer)
+        }
+    }
+
+    /// A record with no request strings yet (method `GET` until set): what
+    /// [`crate::h1_proxy`] fills from the head it parsed itself.
+    pub fn empty(direction: Direction, peer: SocketAddr) -> Self {
+        Self {
+            start: SystemTime::now(),
+            started: Instant::now(),
+            direction,
+            method: Method::GET,
+            authority: None,
+            path: None,
+            protocol: Version::HTTP_11,
             response_code: 0,
             response_flags: None,
             bytes_received: 0,
@@ -89,13 +108,10 @@ impl RequestRecord {
             upstream_host: None,
             upstream_cluster: "app",
             downstream_remote_address: peer,
-            // As received; the stack replaces both with what it forwards (the appended
-            // x-forwarded-for, a generated request id), so a request refused before that still
-            // carries the client's values.
-            x_forwarded_for: req.headers.get("x-forwarded-for").cloned(),
-            user_agent: req.headers.get(http::header::USER_AGENT).cloned(),
-            request_id: req.headers.get(&crate::forward::X_REQUEST_ID).filter(|v| !v.is_empty()).cloned(),
-            traceparent: req.headers.get(&TRACEPARENT).cloned(),
+            x_forwarded_for: None,
+            user_agent: None,
+            request_id: None,
+            traceparent: None,
             tls: None,
         }
     }

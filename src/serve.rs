@@ -10,6 +10,7 @@
 //! `too_large`); the count is only touched on that error path.
 
 use crate::h1_guard::H1Guard;
+use crate::h1_proxy::{Codec, Outcome, Prefixed};
 use crate::record::Direction;
 use crate::shutdown::{ConnInfo, Drain, DrainAware, Tracker, DRAIN_IDLE_GRACE};
 use crate::telemetry::Telemetry;
@@ -115,7 +116,9 @@ pub struct ConnMeta {
 /// Serves `listener` until `drain` fires, then stops accepting and asks every open connection to
 /// close gracefully. Returns once the accept loop has stopped; `tracker` counts the connections
 /// still open so the caller can wait for them (with its deadline). With `tls`, every connection
-/// is a TLS handshake first (ALPN picks HTTP/2 or HTTP/1.1).
+/// is a TLS handshake first (ALPN picks HTTP/2 or HTTP/1.1). With `codec`, HTTP/1.1
+/// connections are served by [`crate::h1_proxy`] until a request needs hyper, which then takes
+/// the connection over.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<F, S, B>(
     listener: TcpListener,
@@ -125,6 +128,7 @@ pub async fn serve<F, S, B>(
     mut drain: Drain,
     tracker: Arc<Tracker>,
     tls: Option<Arc<TlsServer>>,
+    codec: Option<Codec>,
     make_service: F,
 ) where
     F: Fn(ConnMeta) -> S + Send + Sync + 'static,
@@ -153,6 +157,12 @@ pub async fn serve<F, S, B>(
         .keep_alive_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
     let make_service = Arc::new(make_service);
+    let codec = codec.map(Arc::new);
+    let rules = crate::h1_proxy::Rules {
+        header_read: settings.header_read_timeout,
+        idle: settings.idle_timeout,
+        max_head: max_buf_size,
+    };
     let mut accept_errors = 0u32;
     let mut stopping = false;
     loop {
@@ -209,6 +219,8 @@ pub async fn serve<F, S, B>(
         let idle = settings.idle_timeout;
         let guard_h1 = settings.h1_guard;
         let refused = refused.clone();
+        let codec = codec.clone();
+        let mut codec_drain = drain.clone();
         tokio::spawn(async move {
             let forced = guard.closed_by_force();
             let mut forced = pin!(forced);
@@ -217,7 +229,7 @@ pub async fn serve<F, S, B>(
             }
             let activity = Arc::new(AtomicU64::new(0));
             let counted = |inner| Counted { inner, activity: activity.clone() };
-            let (io, meta) = match &tls {
+            let (mut io, meta) = match &tls {
                 None => (Transport::Plain(counted(stream)), ConnMeta { peer, tls: None }),
                 Some(tls) => match tls.accept(stream, counted).await {
                     Some((s, info)) => (Transport::Tls(Box::new(s)), ConnMeta { peer, tls: Some(Arc::new(info)) }),
@@ -229,6 +241,30 @@ pub async fn serve<F, S, B>(
                     }
                 },
             };
+            // HTTP/1.1 goes to the codec first (h2 by ALPN goes straight to hyper).
+            let mut handed = bytes::BytesMut::new();
+            let h2_alpn = meta.tls.as_ref().is_some_and(|t| t.alpn == Some("h2"));
+            if let Some(codec) = codec.as_ref().filter(|_| !h2_alpn) {
+                let peer_ip = crate::forward::peer_ip_value(peer);
+                let served = codec.serve(&mut io, &meta, peer_ip.as_ref(), &mut codec_drain, rules);
+                let outcome = tokio::select! {
+                    o = served => o,
+                    _ = forced.as_mut() => {
+                        tracing::debug!(%peer, "drain deadline: closing the connection");
+                        Outcome::Closed
+                    }
+                };
+                match outcome {
+                    Outcome::HandOff(rest) => handed = rest,
+                    Outcome::Closed => {
+                        if let Some(t) = &telemetry {
+                            t.metrics.connection_closed(direction);
+                        }
+                        return;
+                    }
+                }
+            }
+            let io = Prefixed::new(handed, io);
             let service = DrainAware::new(make_service(meta), service_drain, info.clone());
             let io = TokioIo::new(if guard_h1 { H1Guard::new(io, max_buf_size) } else { H1Guard::passthrough(io) });
             let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));

@@ -7,7 +7,6 @@ use crate::metrics::{Metrics, INBOUND_UPSTREAM};
 use crate::record::{Direction, RequestRecord};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
 
 /// The metrics and access log of one running tandem.
 pub struct Telemetry {
@@ -66,30 +65,14 @@ impl Telemetry {
     ) -> bool {
         let Some(status) = codec_refusal(err) else { return false };
         let record = RequestRecord {
-            start: SystemTime::now(),
-            started: Instant::now(),
-            direction,
             method: http::Method::from_bytes(b"-").unwrap_or_default(),
-            authority: None,
-            path: None,
-            protocol: http::Version::HTTP_11,
             response_code: status,
             response_flags: Some(Reason::DPE),
-            bytes_received: 0,
-            bytes_sent: 0,
-            duration: Duration::ZERO,
-            upstream_service_time: None,
-            upstream_host: None,
             upstream_cluster: match direction {
                 Direction::Inbound => INBOUND_UPSTREAM,
                 Direction::Outbound => "-",
             },
-            downstream_remote_address: peer,
-            x_forwarded_for: None,
-            user_agent: None,
-            request_id: None,
-            traceparent: None,
-            tls: None,
+            ..RequestRecord::empty(direction, peer)
         };
         self.request_started(direction);
         self.request_finished(&record);

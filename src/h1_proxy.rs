@@ -1,0 +1,1442 @@
+//! The inbound HTTP/1.1 codec: tandem's own request path for plain HTTP/1.1 requests to an
+//! HTTP/1.1 app. A request head is parsed in place, checked, rewritten straight into the upstream
+//! head and written to a pooled TCP connection to the app; the response head is parsed and
+//! rewritten the same way and the body is relayed from one buffer per connection. Nothing is
+//! built per request beyond the access-log record, and no task, channel or header map sits
+//! between the two sockets.
+//!
+//! # What it takes, what it hands over
+//!
+//! It serves `HTTP/1.1` requests in origin form whose body, if any, is framed by one
+//! `Content-Length`, on plaintext connections and on TLS connections that did not negotiate h2.
+//! At the first request that is anything else it hands the connection, with every byte it has
+//! read and not consumed, to hyper's server (the [`crate::serve`] path, with the request-framing
+//! guard) for the rest of the connection: HTTP/1.0, `Transfer-Encoding`, `Upgrade` (WebSocket,
+//! h2c upgrade), `Expect`, `CONNECT`, absolute-form or `*` targets, the HTTP/2 preface (h2c prior
+//! knowledge), more than [`MAX_FIELDS`] header fields, a `Connection` header naming more than
+//! [`MAX_NAMED`] fields, a head over the listener's buffer limit, and anything the parser refuses.
+//! hyper then answers or refuses it exactly as it does without this codec (400, 414 and 431 are
+//! hyper's, counted in `tandem_http_requests_refused_total`). Hand-over happens only between
+//! requests, so hyper always starts at a request boundary.
+//!
+//! # The request path
+//!
+//! The same checks, rewrites and reports as [`crate::inbound`] (and in the same order): the
+//! access-log/metrics record, load shedding over `max_in_flight` (503 `UO`), the configured
+//! head limits (431 `DPE`), hop-by-hop removal both ways (`Connection` and the fields it names,
+//! `Keep-Alive`, `Proxy-Connection`, `TE` except `TE: trailers`, `Upgrade`), `x-forwarded-for`
+//! appended, `x-forwarded-proto` set, a client's `x-forwarded-client-cert` replaced by tandem's
+//! own, `x-request-id` kept or made, `traceparent` untouched. Header names and values pass byte
+//! for byte, in order.
+//!
+//! Responses: interim `1xx` answers are dropped (the client did not ask for them); a body framed
+//! by `Content-Length` or chunked encoding is relayed as it arrives (chunked bytes, trailers
+//! included, pass unchanged: the decoder only finds the end); a body that ends with the app's
+//! connection is relayed and the client's connection closes after it (`Connection: close`).
+//! Upstream failures map to the same reasons as the hyper path: `UF` (connect), `UC` (closed or
+//! reset before a full response; a body cut short closes the client's connection), `UPE` (not a
+//! valid response head, or one over 1 MiB), `UT` (no response head within `timeouts.response`).
+//! A pooled connection the app closed while it was idle is noticed before use; one that fails
+//! before any response byte, for a request whose bytes are all still at hand, is retried once on
+//! a fresh connection (as hyper-util's pool does for a request it never sent).
+//!
+//! # Connection rules
+//!
+//! Between requests a connection waits at most `timeouts.idle`; once a request's first byte has
+//! arrived its head must be complete within `timeouts.header_read`, or the connection closes (as
+//! hyper does). A client that goes away while its request is in flight is reported `DC` and the
+//! app's connection is dropped. Once a stop begins, every response carries `Connection: close`
+//! and an idle connection is closed after [`DRAIN_IDLE_GRACE`] without a new request (the
+//! [`crate::shutdown`] rules).
+
+use crate::error::{error_response, ProxyError};
+use crate::inbound::InboundProxy;
+use crate::record::{Direction, Finish, InFlight, RequestRecord};
+use crate::serve::ConnMeta;
+use crate::shutdown::{Drain, DRAIN_IDLE_GRACE};
+use bytes::{Buf, Bytes, BytesMut};
+use http::HeaderValue;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Header fields a head may carry for this codec; a head with more goes to hyper (whose limit,
+/// [`crate::serve::parser_max_headers`], is never below this).
+pub const MAX_FIELDS: usize = 100;
+/// Fields a request's or response's `Connection` header may name for removal.
+pub const MAX_NAMED: usize = 4;
+/// Most bytes of an upstream response head (hyper's client buffer limit on the other path).
+const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
+/// Bytes asked of the kernel per read.
+const READ_SIZE: usize = 16 * 1024;
+/// A body part at most this long is copied behind its head and sent in the same write.
+const COPY_BEHIND_HEAD: usize = 4096;
+
+/// How a connection left the codec.
+pub enum Outcome {
+    /// The connection is finished: closed by either side, timed out, or drained.
+    Closed,
+    /// hyper serves the rest of the connection, starting with these bytes.
+    HandOff(BytesMut),
+}
+
+/// The codec for one worker's inbound listener: the worker's proxy and its connections to the
+/// app.
+pub struct Codec {
+    proxy: Arc<InboundProxy>,
+    streams: Arc<AppStreams>,
+}
+
+impl Codec {
+    /// The codec for `proxy`, if its app speaks HTTP/1.1 (an h2 app is served by hyper).
+    pub fn new(proxy: &Arc<InboundProxy>) -> Option<Self> {
+        let streams = proxy.codec_streams()?.clone();
+        Some(Self { proxy: proxy.clone(), streams })
+    }
+
+    /// Serves HTTP/1.1 requests on `io` until the connection ends or a request needs hyper.
+    pub async fn serve<IO>(
+        &self,
+        io: &mut IO,
+        meta: &ConnMeta,
+        peer_ip: Option<&HeaderValue>,
+        drain: &mut Drain,
+        rules: Rules,
+    ) -> Outcome
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let conn = Conn {
+            proxy: &self.proxy,
+            streams: &self.streams,
+            meta,
+            peer_ip,
+            rules,
+            rbuf: BytesMut::new(),
+            ubuf: BytesMut::new(),
+            out: Vec::new(),
+            draining: drain.is_draining(),
+            drain,
+            head_deadline: None,
+        };
+        conn.run(io).await
+    }
+}
+
+/// The listener's rules the codec applies to one connection.
+#[derive(Clone, Copy)]
+pub struct Rules {
+    pub header_read: Duration,
+    pub idle: Duration,
+    /// Most bytes of a request head (hyper's buffer limit on the other path).
+    pub max_head: usize,
+}
+
+impl Conn<'_> {
+    /// Requests, one after the other, until the connection ends or one needs hyper.
+    async fn run<IO: AsyncRead + AsyncWrite + Unpin>(mut self, io: &mut IO) -> Outcome {
+        let conn = &mut self;
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        loop {
+            // 1. A complete request head.
+            let parsed = loop {
+                if !conn.rbuf.is_empty() {
+                    match conn.parse_request() {
+                        Parsed::Partial if conn.rbuf.len() >= conn.rules.max_head => {
+                            return Outcome::HandOff(std::mem::take(&mut conn.rbuf))
+                        }
+                        Parsed::Partial => {}
+                        Parsed::HandOff => return Outcome::HandOff(std::mem::take(&mut conn.rbuf)),
+                        done => break done,
+                    }
+                }
+                match conn.wait_for_head(io, timer.as_mut()).await {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => return Outcome::Closed,
+                }
+            };
+            conn.head_deadline = None;
+            // 2. Answer it.
+            let keep = match parsed {
+                Parsed::Refused { mut finish, head_len, close, logged } => {
+                    let head = conn.take_head(head_len, logged.is_some());
+                    fill_record(&mut finish, logged.as_deref(), head.as_ref(), &[]);
+                    drop(head);
+                    conn.answer_refusal(io, finish, close).await
+                }
+                Parsed::Forward(req) => conn.forward(io, req, timer.as_mut()).await,
+                Parsed::Partial | Parsed::HandOff => false,
+            };
+            if !keep {
+                let _ = io.shutdown().await;
+                return Outcome::Closed;
+            }
+        }
+    }
+}
+
+/// One client connection's state.
+struct Conn<'a> {
+    proxy: &'a InboundProxy,
+    streams: &'a Arc<AppStreams>,
+    meta: &'a ConnMeta,
+    peer_ip: Option<&'a HeaderValue>,
+    rules: Rules,
+    /// Bytes from the client not consumed yet.
+    rbuf: BytesMut,
+    /// Bytes from the app not consumed yet.
+    ubuf: BytesMut,
+    /// The head being written (upstream request or client response).
+    out: Vec<u8>,
+    /// A stop has begun: answers carry `Connection: close` (checked again before every answer).
+    draining: bool,
+    drain: &'a mut Drain,
+    /// When the head begun in `rbuf` must be complete (`timeouts.header_read` after its first
+    /// byte).
+    head_deadline: Option<tokio::time::Instant>,
+}
+
+/// What a request head turned into.
+enum Parsed {
+    Partial,
+    HandOff,
+    /// Answered here: the response is in `out`.
+    Refused {
+        finish: Finish,
+        head_len: usize,
+        close: bool,
+        logged: Option<Box<Logged>>,
+    },
+    Forward(Request),
+}
+
+/// A request on its way to the app; its upstream head is in `out`.
+struct Request {
+    finish: Finish,
+    head_len: usize,
+    /// The request body's length (`Content-Length`, 0 without one).
+    body: u64,
+    /// The client asked to close after this request (or must, because part of its body
+    /// was left unread).
+    close: bool,
+    /// Part of the request body is still to be read from the client.
+    body_pending: bool,
+    /// A `HEAD` request: the response has no body whatever its head says.
+    head_only: bool,
+    /// Where the logged strings are, in the head (set when the access log is on).
+    logged: Option<Box<Logged>>,
+}
+
+/// The access log's strings: ranges in the request head, or made by tandem.
+#[derive(Default)]
+struct Logged {
+    path: Range<usize>,
+    authority: Option<Range<usize>>,
+    user_agent: Option<Range<usize>>,
+    traceparent: Option<Range<usize>>,
+    /// What went to the app: the client's id (a range) or the one tandem made.
+    request_id: Option<Range<usize>>,
+    made_id: Option<[u8; 36]>,
+    /// `x-forwarded-for` as forwarded: a range in `out`.
+    forwarded_for: Option<Range<usize>>,
+    /// The client's `x-forwarded-for` (a range in the head), for a refused request.
+    client_forwarded_for: Option<Range<usize>>,
+}
+
+/// Where `part` (a slice of `base`) starts and ends in `base`.
+fn range_in(base: &[u8], part: &[u8]) -> Range<usize> {
+    let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
+    start..start + part.len()
+}
+
+fn eq(a: &[u8], lower: &[u8]) -> bool {
+    a.eq_ignore_ascii_case(lower)
+}
+
+/// Splits a `Connection` value into its tokens.
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',').map(|t| t.trim_ascii()).filter(|t| !t.is_empty())
+}
+
+/// The fields a `Connection` header names for removal (not `close`, `keep-alive`, `upgrade`).
+#[derive(Default)]
+struct Named<'h> {
+    names: [&'h [u8]; MAX_NAMED],
+    len: usize,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl<'h> Named<'h> {
+    /// Notes one `Connection` value; false if it names more fields than fit.
+    fn add(&mut self, v: &'h [u8]) -> bool {
+        for t in tokens(v) {
+            if eq(t, b"close") {
+                self.close = true;
+            } else if eq(t, b"keep-alive") {
+                self.keep_alive = true;
+            } else if !eq(t, b"upgrade") {
+                if self.len == MAX_NAMED {
+                    return false;
+                }
+                self.names[self.len] = t;
+                self.len += 1;
+            }
+        }
+        true
+    }
+
+    fn names(&self, name: &[u8]) -> bool {
+        self.names[..self.len].iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Whether a field never crosses the proxy (RFC 9110 section 7.6.1), `TE` aside.
+fn hop_by_hop(name: &[u8]) -> bool {
+    eq(name, b"connection")
+        || eq(name, b"keep-alive")
+        || eq(name, b"proxy-connection")
+        || eq(name, b"transfer-encoding")
+        || eq(name, b"upgrade")
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// A `Content-Length` value: digits only.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+impl Conn<'_> {
+    /// Waits for more request bytes: `Ok(false)` when the connection should close (the client
+    /// closed, the idle or header timeout passed, or the drain grace passed with nothing sent).
+    async fn wait_for_head<IO: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut IO,
+        mut timer: Pin<&mut tokio::time::Sleep>,
+    ) -> io::Result<bool> {
+        let between = self.rbuf.is_empty();
+        let now = tokio::time::Instant::now();
+        if !between && self.head_deadline.is_none() {
+            self.head_deadline = Some(now + self.rules.header_read);
+        }
+        let (head_deadline, rules) = (self.head_deadline, self.rules);
+        let deadline = move |draining: bool| {
+            if !between {
+                head_deadline
+            } else if draining {
+                Some(tokio::time::Instant::now() + DRAIN_IDLE_GRACE)
+            } else if rules.idle.is_zero() {
+                None
+            } else {
+                Some(now + rules.idle)
+            }
+        };
+        let mut limit = deadline(self.draining);
+        if let Some(at) = limit {
+            timer.as_mut().reset(at);
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+            self.rbuf.reserve(READ_SIZE);
+        }
+        loop {
+            tokio::select! {
+                biased;
+                r = io.read_buf(&mut self.rbuf) => {
+                    let n = r?;
+                    if n > 0 && between {
+                        self.head_deadline = Some(tokio::time::Instant::now() + rules.header_read);
+                    }
+                    return Ok(n > 0);
+                }
+                _ = timer.as_mut(), if limit.is_some() => return Ok(false),
+                _ = self.drain.wait(), if !self.draining => {
+                    self.draining = true;
+                    limit = deadline(true);
+                    if let Some(at) = limit {
+                        timer.as_mut().reset(at);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses the head at the front of `rbuf` and prepares its answer (see [`Parsed`]).
+    fn parse_request(&mut self) -> Parsed {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut req = httparse::Request::new(&mut []);
+        let head_len = match req.parse_with_uninit_headers(&self.rbuf, &mut fields) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::HandOff,
+        };
+        let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+            return Parsed::HandOff;
+        };
+        if method == "CONNECT" || !path.starts_with('/') {
+            return Parsed::HandOff;
+        }
+        let base: &[u8] = &self.rbuf;
+        let p = self.proxy;
+        let logging = p.telemetry.access_log.enabled();
+
+        // What the head says about framing and hop-by-hop fields.
+        let mut named = Named::default();
+        let mut length = None;
+        let mut size = path.len();
+        let mut authority = None;
+        let mut forwarded_for: Option<&[u8]> = None;
+        let mut request_id: Option<&[u8]> = None;
+        let mut user_agent = None;
+        let mut traceparent = None;
+        for h in req.headers.iter() {
+            let (name, value) = (h.name.as_bytes(), h.value);
+            size += name.len() + value.len() + 4;
+            match name.len() {
+                4 if eq(name, b"host") => authority = authority.or(Some(value)),
+                6 if eq(name, b"expect") => return Parsed::HandOff,
+                7 if eq(name, b"upgrade") => return Parsed::HandOff,
+                10 if eq(name, b"connection") && !named.add(value) => return Parsed::HandOff,
+                10 if eq(name, b"user-agent") => user_agent = user_agent.or(Some(value)),
+                11 if eq(name, b"traceparent") => traceparent = traceparent.or(Some(value)),
+                12 if eq(name, b"x-request-id") => request_id = request_id.or(Some(value)),
+                14 if eq(name, b"content-length") => match (length, parse_length(value)) {
+                    (None, Some(n)) => length = Some(n),
+                    _ => return Parsed::HandOff,
+                },
+                14 if eq(name, crate::h1_guard::CL_TE_MARK.as_str().as_bytes()) => return Parsed::HandOff,
+                15 if eq(name, b"x-forwarded-for") => forwarded_for = forwarded_for.or(Some(value)),
+                17 if eq(name, b"transfer-encoding") => return Parsed::HandOff,
+                _ => {}
+            }
+        }
+        let close = named.close;
+
+        // The record, then the same checks as the hyper path, in the same order.
+        let mut record = RequestRecord::empty(Direction::Inbound, self.meta.peer);
+        record.method = http::Method::from_bytes(method.as_bytes()).unwrap_or_default();
+        record.upstream_host = Some(p.app);
+        record.tls = self.meta.tls.clone();
+        let now = p.in_flight.fetch_add(1, Ordering::AcqRel);
+        let mut logged = logging.then(|| {
+            Box::new(Logged {
+                path: range_in(base, path.as_bytes()),
+                authority: authority.map(|a| range_in(base, a)),
+                user_agent: user_agent.map(|a| range_in(base, a)),
+                traceparent: traceparent.map(|a| range_in(base, a)),
+                ..Logged::default()
+            })
+        });
+        let mut finish = Finish::new(record, None, p.telemetry.clone()).with_guard(InFlight(p.in_flight.clone()));
+        let refusal = if now >= p.max_in_flight {
+            Some(ProxyError::TooManyRequests { limit: p.max_in_flight })
+        } else if req.headers.len() > p.max_headers {
+            Some(ProxyError::HeadersTooLarge {
+                what: format!("{} header fields, the limit is {}", req.headers.len(), p.max_headers),
+            })
+        } else if size > p.max_header_bytes {
+            Some(ProxyError::HeadersTooLarge {
+                what: format!("request head of {size} bytes, the limit is {}", p.max_header_bytes),
+            })
+        } else {
+            None
+        };
+        if let Some(err) = refusal {
+            // The client's own strings, as the hyper path logs a refused request.
+            if let Some(l) = logged.as_mut() {
+                l.request_id = request_id.filter(|v| !v.is_empty()).map(|v| range_in(base, v));
+                l.client_forwarded_for = forwarded_for.map(|v| range_in(base, v));
+            }
+            p.fail_record(&err, &mut finish);
+            // An unread body would be taken for the next request: close after the answer.
+            let close = close || length.is_some_and(|n| n > 0);
+            write_error(&mut self.out, &err, close);
+            return Parsed::Refused { finish, head_len, close, logged };
+        }
+
+        // The upstream head: request line, the client's fields minus hop-by-hop ones, then
+        // tandem's.
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let keep_id = request_id.is_some_and(|v| !v.is_empty());
+        for h in req.headers.iter() {
+            let (name, value) = (h.name.as_bytes(), h.value);
+            if hop_by_hop(name) || named.names(name) {
+                continue;
+            }
+            match name.len() {
+                2 if eq(name, b"te") => {
+                    if tokens(value).any(|t| eq(t, b"trailers")) {
+                        out.extend_from_slice(b"te: trailers\r\n");
+                    }
+                    continue;
+                }
+                12 if eq(name, b"x-request-id") && !keep_id => continue,
+                15 if eq(name, b"x-forwarded-for") => continue,
+                17 if eq(name, b"x-forwarded-proto") => continue,
+                23 if eq(name, b"x-forwarded-client-cert") => continue,
+                _ => {}
+            }
+            push_field(out, name, value);
+        }
+        let ip: &[u8] = self.peer_ip.map_or(b"", |v| v.as_bytes());
+        let xff_start = out.len() + b"x-forwarded-for: ".len();
+        match forwarded_for.map(<[u8]>::trim_ascii).filter(|v| !v.is_empty()) {
+            Some(prev) => {
+                out.extend_from_slice(b"x-forwarded-for: ");
+                out.extend_from_slice(prev);
+                out.extend_from_slice(b", ");
+                out.extend_from_slice(ip);
+                out.extend_from_slice(b"\r\n");
+            }
+            None => push_field(out, b"x-forwarded-for", ip),
+        }
+        let xff = xff_start..out.len() - 2;
+        push_field(out, b"x-forwarded-proto", p.proto.as_bytes());
+        if let Some(xfcc) = self.meta.tls.as_ref().and_then(|t| t.xfcc.as_ref()) {
+            push_field(out, b"x-forwarded-client-cert", xfcc.as_bytes());
+        }
+        if let Some(l) = logged.as_mut() {
+            l.forwarded_for = Some(xff);
+        }
+        if !keep_id {
+            let id = crate::forward::request_id_bytes();
+            push_field(out, b"x-request-id", &id);
+            if let Some(l) = logged.as_mut() {
+                l.made_id = Some(id);
+            }
+        } else if let Some(l) = logged.as_mut() {
+            l.request_id = request_id.map(|v| range_in(base, v));
+        }
+        out.extend_from_slice(b"\r\n");
+        Parsed::Forward(Request {
+            finish,
+            head_len,
+            body: length.unwrap_or(0),
+            close,
+            body_pending: length.is_some_and(|n| n > 0),
+            head_only: method == "HEAD",
+            logged,
+        })
+    }
+
+    /// Consumes the head from `rbuf`, keeping it when its strings go to the access log.
+    fn take_head(&mut self, head_len: usize, logging: bool) -> Option<Bytes> {
+        if logging {
+            Some(self.rbuf.split_to(head_len).freeze())
+        } else {
+            self.rbuf.advance(head_len);
+            None
+        }
+    }
+
+    /// Writes a refusal made by [`Conn::parse_request`]; true if the connection stays open.
+    async fn answer_refusal<IO: AsyncWrite + Unpin>(&mut self, io: &mut IO, finish: Finish, close: bool) -> bool {
+        self.draining = self.draining || self.drain.is_draining();
+        let close = close || self.draining;
+        if self.draining {
+            add_close(&mut self.out);
+        }
+        let body_len = error_body_len(&self.out);
+        let ok = io.write_all(&self.out).await.is_ok() && io.flush().await.is_ok();
+        finish.finish(body_len, !ok);
+        ok && !close
+    }
+
+    /// Sends a request to the app and relays its answer; true if the client's connection stays
+    /// open for the next request.
+    async fn forward<IO: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        mut req: Request,
+        mut timer: Pin<&mut tokio::time::Sleep>,
+    ) -> bool {
+        let p = self.proxy;
+        let logging = req.logged.is_some();
+        let head = self.take_head(req.head_len, logging);
+        fill_record(&mut req.finish, req.logged.as_deref(), head.as_ref(), &self.out);
+        drop(head);
+
+        // The request body that came with the head rides behind it when it is small, and then
+        // the whole request can be sent again on a fresh connection.
+        let in_buf = (self.rbuf.len() as u64).min(req.body) as usize;
+        let whole = in_buf as u64 == req.body && in_buf <= COPY_BEHIND_HEAD;
+        if whole {
+            self.out.extend_from_slice(&self.rbuf[..in_buf]);
+            self.rbuf.advance(in_buf);
+            req.body_pending = false;
+        }
+        let mut received = if whole { req.body } else { 0 };
+
+        // Connect (or reuse), write, and read the response head, within timeouts.response
+        // (the body upload aside, which the client paces).
+        let sent_at = Instant::now();
+        let deadline = tokio::time::Instant::now() + p.response_timeout;
+        timer.as_mut().reset(deadline);
+        // A pooled connection that fails before any answer is replaced while the whole request
+        // is at hand; each attempt uses up a pooled connection, and a fresh one is not retried.
+        let (mut up, resp) = loop {
+            let (mut up, reused) = match self.streams.take() {
+                Some(s) => (s, true),
+                None => {
+                    let connected = tokio::select! {
+                        biased;
+                        c = self.streams.connect() => c,
+                        _ = timer.as_mut() => Err(io::ErrorKind::TimedOut.into()),
+                    };
+                    match connected {
+                        Ok(s) => (s, false),
+                        Err(e) => {
+                            let err = ProxyError::from_connect(&e, p.app, p.connect_timeout_ms);
+                            return self.answer_error(io, req, err).await;
+                        }
+                    }
+                }
+            };
+            if up.write_all(&self.out).await.is_err() {
+                if reused && whole {
+                    continue;
+                }
+                return self.answer_error(io, req, ProxyError::UpstreamClosed { upstream: p.app.to_string() }).await;
+            }
+            if !whole {
+                // The rest of the body, as the client sends it.
+                match self.upload(io, &mut up, &mut req, &mut received).await {
+                    Upload::Done => {}
+                    Upload::ClientGone => {
+                        if let Some(r) = req.finish.record_mut() {
+                            r.bytes_received = received;
+                        }
+                        return false;
+                    }
+                    Upload::AppGone => {
+                        let err = ProxyError::UpstreamClosed { upstream: p.app.to_string() };
+                        return self.answer_error(io, req, err).await;
+                    }
+                }
+                timer.as_mut().reset(tokio::time::Instant::now() + p.response_timeout);
+            }
+            match self.read_response_head(io, &mut up, &req, timer.as_mut()).await {
+                Ok(resp) => break (up, resp),
+                Err(HeadError::Replay) if reused && whole => self.ubuf.clear(),
+                Err(HeadError::Replay) => {
+                    let err = ProxyError::UpstreamClosed { upstream: p.app.to_string() };
+                    return self.answer_error(io, req, err).await;
+                }
+                Err(HeadError::Proxy(err)) => return self.answer_error(io, req, err).await,
+                Err(HeadError::ClientGone) => return false,
+            }
+        };
+        if let Some(r) = req.finish.record_mut() {
+            r.bytes_received = received;
+            r.upstream_service_time = Some(sent_at.elapsed());
+            r.response_code = resp.status;
+        }
+
+        // The response head, then its body.
+        self.draining = self.draining || self.drain.is_draining();
+        let close = req.close || self.draining || resp.body == Framing::UntilClose;
+        if close {
+            add_close(&mut self.out);
+        }
+        let mut relay = Relay { framing: resp.body, sent: 0, chunked: ChunkScan::default() };
+        let ended = relay.feed_buffered(&mut self.ubuf, &mut self.out);
+        if io.write_all(&self.out).await.is_err() {
+            req.finish.finish(0, true);
+            return false;
+        }
+        let result = if ended { Ok(()) } else { self.relay_body(io, &mut up, &mut relay).await };
+        let flushed = io.flush().await.is_ok();
+        match result {
+            Ok(()) if flushed => {
+                req.finish.finish(relay.sent, false);
+                if resp.reusable && self.ubuf.is_empty() {
+                    self.streams.put(up);
+                }
+                self.ubuf.clear();
+                !close
+            }
+            Ok(()) | Err(BodyError::ClientGone) => {
+                req.finish.finish(relay.sent, true);
+                false
+            }
+            Err(BodyError::AppGone) => {
+                req.finish.upstream_body_failed();
+                req.finish.finish(relay.sent, false);
+                false
+            }
+        }
+    }
+
+    /// Streams the rest of a request body from the client to the app. An app that answers
+    /// before the body is complete ends the upload (its answer is read next).
+    async fn upload<IO: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut IO,
+        up: &mut TcpStream,
+        req: &mut Request,
+        received: &mut u64,
+    ) -> Upload {
+        let mut left = req.body;
+        loop {
+            let n = (self.rbuf.len() as u64).min(left) as usize;
+            if n > 0 {
+                if up.write_all(&self.rbuf[..n]).await.is_err() {
+                    return Upload::AppGone;
+                }
+                self.rbuf.advance(n);
+                left -= n as u64;
+                *received += n as u64;
+            }
+            if left == 0 {
+                req.body_pending = false;
+                return Upload::Done;
+            }
+            self.rbuf.reserve(READ_SIZE);
+            tokio::select! {
+                biased;
+                r = up.readable() => {
+                    if r.is_err() {
+                        return Upload::AppGone;
+                    }
+                    // An early answer: the rest of the body is not sent, and the client's
+                    // connection cannot be reused (its unsent body would be read as a request).
+                    req.close = true;
+                    return Upload::Done;
+                }
+                r = io.read_buf(&mut self.rbuf) => match r {
+                    Ok(0) | Err(_) => return Upload::ClientGone,
+                    Ok(_) => {}
+                },
+            }
+        }
+    }
+
+    /// Reads and rewrites the app's response head into `out`, its first body bytes left in
+    /// `ubuf`. Meanwhile the client is watched: if it goes away the request is cancelled.
+    async fn read_response_head<IO: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut IO,
+        up: &mut TcpStream,
+        req: &Request,
+        mut timer: Pin<&mut tokio::time::Sleep>,
+    ) -> Result<Response, HeadError> {
+        let app = self.proxy.app;
+        let upstream = move || app.to_string();
+        let mut any = false;
+        loop {
+            if !self.ubuf.is_empty() {
+                any = true;
+                match self.parse_response(req) {
+                    Ok(Some(resp)) => return Ok(resp),
+                    Ok(None) if self.ubuf.len() > MAX_RESPONSE_HEAD => {
+                        let cause = "message head is too large".to_owned();
+                        return Err(HeadError::Proxy(ProxyError::UpstreamProtocol { upstream: upstream(), cause }));
+                    }
+                    Ok(None) => {}
+                    Err(cause) => {
+                        return Err(HeadError::Proxy(ProxyError::UpstreamProtocol { upstream: upstream(), cause }))
+                    }
+                }
+            }
+            if self.ubuf.capacity() - self.ubuf.len() < 1024 {
+                self.ubuf.reserve(READ_SIZE);
+            }
+            // Pipelined bytes from the client are kept for the next request, up to the head
+            // limit; past it the client is no longer read until this answer is sent.
+            let watch = self.rbuf.len() < self.rules.max_head;
+            if watch && self.rbuf.capacity() == self.rbuf.len() {
+                self.rbuf.reserve(1024);
+            }
+            tokio::select! {
+                biased;
+                r = up.read_buf(&mut self.ubuf) => match r {
+                    Ok(0) | Err(_) if !any => return Err(HeadError::Replay),
+                    Ok(0) | Err(_) => return Err(HeadError::Proxy(ProxyError::UpstreamClosed { upstream: upstream() })),
+                    Ok(_) => {}
+                },
+                _ = timer.as_mut() => {
+                    let timeout_ms = self.proxy.response_timeout.as_millis() as u64;
+                    return Err(HeadError::Proxy(ProxyError::UpstreamTimeout { upstream: upstream(), timeout_ms }));
+                }
+                r = io.read_buf(&mut self.rbuf), if watch => match r {
+                    Ok(0) | Err(_) => return Err(HeadError::ClientGone),
+                    Ok(_) => {}
+                },
+            }
+        }
+    }
+
+    /// Parses the response head at the front of `ubuf`: `Ok(None)` if incomplete. Interim
+    /// (`1xx`) answers are consumed and skipped.
+    fn parse_response(&mut self, req: &Request) -> Result<Option<Response>, String> {
+        loop {
+            let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+            let mut resp = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut resp,
+                &self.ubuf,
+                &mut fields,
+            );
+            let len = match parsed {
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(e) => return Err(format!("invalid response head: {e}")),
+            };
+            let (Some(status), Some(version)) = (resp.code, resp.version) else {
+                return Err("invalid response head".to_owned());
+            };
+            if status == 101 {
+                return Err("101 Switching Protocols to a request that asked for no upgrade".to_owned());
+            }
+            if (100..200).contains(&status) {
+                self.ubuf.advance(len);
+                continue;
+            }
+            let mut named = Named::default();
+            let mut length = None;
+            let mut chunked = false;
+            let mut encoded = false;
+            for h in resp.headers.iter() {
+                let (name, value) = (h.name.as_bytes(), h.value);
+                if eq(name, b"connection") {
+                    if !named.add(value) {
+                        return Err("Connection names too many fields".to_owned());
+                    }
+                } else if eq(name, b"content-length") {
+                    match (length, parse_length(value)) {
+                        (None, Some(n)) => length = Some(n),
+                        (Some(a), Some(b)) if a == b => {}
+                        _ => return Err("invalid Content-Length".to_owned()),
+                    }
+                } else if eq(name, b"transfer-encoding") {
+                    encoded = true;
+                    chunked = value.rsplit(|b| *b == b',').next().is_some_and(|t| eq(t.trim_ascii(), b"chunked"));
+                }
+            }
+            let no_body = req.head_only || status == 204 || status == 304;
+            let body = if no_body {
+                Framing::Length(0)
+            } else if encoded {
+                if chunked {
+                    Framing::Chunked
+                } else {
+                    Framing::UntilClose
+                }
+            } else {
+                match length {
+                    Some(n) => Framing::Length(n),
+                    None => Framing::UntilClose,
+                }
+            };
+            let reusable = !named.close && (version == 1 || named.keep_alive) && body != Framing::UntilClose;
+
+            let out = &mut self.out;
+            out.clear();
+            out.extend_from_slice(b"HTTP/1.1 ");
+            push_decimal(out, u64::from(status));
+            out.push(b' ');
+            out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+            out.extend_from_slice(b"\r\n");
+            for h in resp.headers.iter() {
+                let (name, value) = (h.name.as_bytes(), h.value);
+                if hop_by_hop(name) || named.names(name) || eq(name, b"te") {
+                    continue;
+                }
+                if encoded && eq(name, b"content-length") {
+                    continue;
+                }
+                push_field(out, name, value);
+            }
+            if body == Framing::Chunked && !no_body {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+            self.ubuf.advance(len);
+            return Ok(Some(Response { status, body, reusable }));
+        }
+    }
+
+    /// Relays the body bytes that follow what was already in `ubuf`.
+    async fn relay_body<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        up: &mut TcpStream,
+        relay: &mut Relay,
+    ) -> Result<(), BodyError> {
+        loop {
+            self.ubuf.clear();
+            self.ubuf.reserve(READ_SIZE);
+            let n = match up.read_buf(&mut self.ubuf).await {
+                Ok(n) => n,
+                Err(_) => return Err(BodyError::AppGone),
+            };
+            if n == 0 {
+                return if relay.framing == Framing::UntilClose { Ok(()) } else { Err(BodyError::AppGone) };
+            }
+            let (take, ended) = relay.scan(&self.ubuf).map_err(|_| BodyError::AppGone)?;
+            if io.write_all(&self.ubuf[..take]).await.is_err() {
+                return Err(BodyError::ClientGone);
+            }
+            self.ubuf.advance(take);
+            if ended {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Answers a request that could not be forwarded; true if the connection stays open.
+    async fn answer_error<IO: AsyncWrite + Unpin>(&mut self, io: &mut IO, mut req: Request, err: ProxyError) -> bool {
+        self.proxy.fail_record(&err, &mut req.finish);
+        self.draining = self.draining || self.drain.is_draining();
+        // The client's unsent body (if any) is still in the way: close after the answer.
+        let close = req.close || self.draining || req.body_pending;
+        write_error(&mut self.out, &err, close);
+        let body_len = error_body_len(&self.out);
+        let ok = io.write_all(&self.out).await.is_ok() && io.flush().await.is_ok();
+        req.finish.finish(body_len, !ok);
+        ok && !close
+    }
+}
+
+enum Upload {
+    Done,
+    ClientGone,
+    AppGone,
+}
+
+enum HeadError {
+    /// The connection ended before any response byte: a reused one may be replaced.
+    Replay,
+    Proxy(ProxyError),
+    ClientGone,
+}
+
+enum BodyError {
+    ClientGone,
+    AppGone,
+}
+
+/// A parsed response head (rewritten into `out`).
+struct Response {
+    status: u16,
+    body: Framing,
+    /// The app's connection can carry another request once this body has ended.
+    reusable: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// A response body on its way: where it ends and how much of it was sent.
+struct Relay {
+    framing: Framing,
+    /// Body bytes (chunk data only, for chunked bodies) sent to the client.
+    sent: u64,
+    chunked: ChunkScan,
+}
+
+impl Relay {
+    /// How much of `bytes` belongs to the body, and whether the body ends there.
+    fn scan(&mut self, bytes: &[u8]) -> Result<(usize, bool), &'static str> {
+        match &mut self.framing {
+            Framing::Length(left) => {
+                let n = (bytes.len() as u64).min(*left);
+                *left -= n;
+                self.sent += n;
+                Ok((n as usize, *left == 0))
+            }
+            Framing::Chunked => {
+                let before = self.chunked.data;
+                let r = self.chunked.feed(bytes);
+                self.sent += self.chunked.data - before;
+                r
+            }
+            Framing::UntilClose => {
+                self.sent += bytes.len() as u64;
+                Ok((bytes.len(), false))
+            }
+        }
+    }
+
+    /// Moves the body bytes already read (behind the head) into `out` when they are few, so
+    /// head and body leave in one write; true if the body has ended with them.
+    fn feed_buffered(&mut self, ubuf: &mut BytesMut, out: &mut Vec<u8>) -> bool {
+        if self.framing == Framing::Length(0) {
+            return true;
+        }
+        if ubuf.is_empty() {
+            return false;
+        }
+        match self.scan(ubuf) {
+            Ok((take, ended)) => {
+                out.extend_from_slice(&ubuf[..take]);
+                ubuf.advance(take);
+                ended
+            }
+            // The body is broken: what came before the fault is sent, and reading on
+            // finds the fault again.
+            Err(_) => false,
+        }
+    }
+}
+
+/// Follows chunked framing (RFC 9112 section 7.1) to find where a body ends; the bytes pass
+/// unchanged.
+#[derive(Default, Debug)]
+struct ChunkScan {
+    state: Chunk,
+    size: u64,
+    digits: u8,
+    /// Chunk data bytes seen.
+    data: u64,
+}
+
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    EndLf,
+    Done,
+}
+
+impl ChunkScan {
+    /// Consumes `bytes` up to the end of the body: how many belong to it, and whether it ended.
+    fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), &'static str> {
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            match self.state {
+                Chunk::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let d = (b as char).to_digit(16).unwrap_or(0);
+                        self.digits += 1;
+                        if self.digits > 16 {
+                            return Err("chunk size too large");
+                        }
+                        self.size = self.size * 16 + u64::from(d);
+                    }
+                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = Chunk::Extension,
+                    b'\r' if self.digits > 0 => self.state = Chunk::SizeLf,
+                    b'\n' if self.digits > 0 => self.end_size_line(),
+                    _ => return Err("invalid chunk size line"),
+                },
+                Chunk::Extension => {
+                    if b == b'\n' {
+                        self.end_size_line();
+                    }
+                }
+                Chunk::SizeLf => match b {
+                    b'\n' => self.end_size_line(),
+                    _ => return Err("invalid chunk size line"),
+                },
+                Chunk::Data => {
+                    let n = ((bytes.len() - i) as u64).min(self.size);
+                    self.size -= n;
+                    self.data += n;
+                    i += n as usize;
+                    if self.size == 0 {
+                        self.state = Chunk::DataCr;
+                    }
+                    continue;
+                }
+                Chunk::DataCr => match b {
+                    b'\r' => self.state = Chunk::DataLf,
+                    b'\n' => self.state = Chunk::Size,
+                    _ => return Err("chunk data longer than its size"),
+                },
+                Chunk::DataLf => match b {
+                    b'\n' => self.state = Chunk::Size,
+                    _ => return Err("chunk data longer than its size"),
+                },
+                Chunk::TrailerStart => match b {
+                    b'\r' => self.state = Chunk::EndLf,
+                    b'\n' => {
+                        self.state = Chunk::Done;
+                        return Ok((i + 1, true));
+                    }
+                    _ => self.state = Chunk::Trailer,
+                },
+                Chunk::Trailer => {
+                    if b == b'\n' {
+                        self.state = Chunk::TrailerStart;
+                    }
+                }
+                Chunk::EndLf => match b {
+                    b'\n' => {
+                        self.state = Chunk::Done;
+                        return Ok((i + 1, true));
+                    }
+                    _ => return Err("invalid end of chunked body"),
+                },
+                Chunk::Done => return Ok((i, true)),
+            }
+            i += 1;
+        }
+        Ok((i, self.state == Chunk::Done))
+    }
+
+    fn end_size_line(&mut self) {
+        self.digits = 0;
+        self.state = if self.size == 0 { Chunk::TrailerStart } else { Chunk::Data };
+    }
+}
+
+/// Fills a record's logged strings: slices of the request head, the id tandem made, and the
+/// `x-forwarded-for` that went to the app (a copy out of the upstream head `out`) or, for a
+/// refused request, the client's.
+fn fill_record(finish: &mut Finish, logged: Option<&Logged>, head: Option<&Bytes>, out: &[u8]) {
+    let (Some(l), Some(head), Some(r)) = (logged, head, finish.record_mut()) else { return };
+    let value = |range: &Option<Range<usize>>| {
+        range.as_ref().and_then(|range| HeaderValue::from_maybe_shared(head.slice(range.clone())).ok())
+    };
+    r.path = http::uri::PathAndQuery::from_maybe_shared(head.slice(l.path.clone())).ok();
+    r.authority = value(&l.authority);
+    r.user_agent = value(&l.user_agent);
+    r.traceparent = value(&l.traceparent);
+    r.request_id = match &l.made_id {
+        Some(id) => HeaderValue::from_bytes(id).ok(),
+        None => value(&l.request_id),
+    };
+    r.x_forwarded_for = match &l.forwarded_for {
+        Some(range) => out.get(range.clone()).and_then(|v| HeaderValue::from_bytes(v).ok()),
+        None => value(&l.client_forwarded_for),
+    };
+}
+
+/// Writes tandem's answer for `err` (status, `x-tandem-error`, the one-line body) into `out`.
+fn write_error(out: &mut Vec<u8>, err: &ProxyError, close: bool) {
+    let resp: http::Response<Bytes> = error_response(err);
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(resp.status().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(resp.status().canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in resp.headers() {
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"content-length: ");
+    push_decimal(out, resp.body().len() as u64);
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(resp.body());
+}
+
+/// The body length of an answer made by [`write_error`].
+fn error_body_len(out: &[u8]) -> u64 {
+    out.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |at| (out.len() - at - 4) as u64)
+}
+
+/// Adds `connection: close` to the head in `out` (before its final empty line), once.
+fn add_close(out: &mut Vec<u8>) {
+    let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") else { return };
+    let head = &out[..end + 2];
+    if head.windows(19).any(|w| w.eq_ignore_ascii_case(b"connection: close\r\n")) {
+        return;
+    }
+    let at = end + 2;
+    out.splice(at..at, b"connection: close\r\n".iter().copied());
+}
+
+/// Idle keep-alive TCP connections to the app, for the codec: a LIFO stack (the warmest first),
+/// at most `max_idle`, each closed after `idle_timeout` by a reaper task. A connection the app
+/// closed while it waited is noticed when it is taken (its socket turned readable) and dropped.
+pub struct AppStreams {
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    reaper: AtomicBool,
+}
+
+impl AppStreams {
+    pub fn new(addr: SocketAddr, timeouts: &crate::config::Timeouts, limits: &crate::config::Limits) -> Arc<Self> {
+        Arc::new(Self {
+            addr,
+            connect_timeout: timeouts.connect.value,
+            idle_timeout: timeouts.upstream_idle.value,
+            max_idle: limits.max_idle_per_upstream,
+            idle: Mutex::new(Vec::new()),
+            reaper: AtomicBool::new(false),
+        })
+    }
+
+    /// Idle connections right now.
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(TcpStream, Instant)>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used idle connection that is still open.
+    fn take(&self) -> Option<TcpStream> {
+        let mut idle = self.lock();
+        while let Some((s, _)) = idle.pop() {
+            if still_open(&s) {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put(self: &Arc<Self>, s: TcpStream) {
+        let mut idle = self.lock();
+        if idle.len() < self.max_idle {
+            idle.push((s, Instant::now()));
+        }
+        drop(idle);
+        self.start_reaper();
+    }
+
+    /// A new connection, within `timeouts.connect`.
+    async fn connect(&self) -> io::Result<TcpStream> {
+        let s = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        };
+        let _ = s.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&s).set_tcp_keepalive(&keepalive);
+        Ok(s)
+    }
+
+    /// Closes connections idle longer than `idle_timeout` or closed by the app; one task per
+    /// pool, started with the first returned connection, ending with the pool.
+    fn start_reaper(self: &Arc<Self>) {
+        if self.idle_timeout.is_zero() || self.reaper.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let pool: Weak<Self> = Arc::downgrade(self);
+        let every = (self.idle_timeout / 2).max(Duration::from_millis(100));
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                let timeout = pool.idle_timeout;
+                pool.lock().retain(|(s, since)| since.elapsed() < timeout && still_open(s));
+            }
+        });
+    }
+}
+
+/// Whether an idle connection can carry a request: not readable (a readable idle connection
+/// was closed by the app or sent something unasked). Costs a syscall only when the socket's
+/// readiness is set.
+fn still_open(s: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match s.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut probe = [0u8; 1];
+            matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A byte stream that first yields bytes already read from it (what the codec read before
+    /// handing the connection to hyper).
+    pub struct Prefixed<T> {
+        prefix: BytesMut,
+        #[pin]
+        inner: T,
+    }
+}
+
+impl<T> Prefixed<T> {
+    pub fn new(prefix: BytesMut, inner: T) -> Self {
+        Self { prefix, inner }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Prefixed<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // Free the codec's buffer.
+                *this.prefix = BytesMut::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        this.inner.poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Prefixed<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_all(input: &[u8], cut: usize) -> Result<(usize, bool, u64), &'static str> {
+        let mut s = ChunkScan::default();
+        let (a, done) = s.feed(&input[..cut])?;
+        if done {
+            return Ok((a, true, s.data));
+        }
+        let (b, done) = s.feed(&input[cut..])?;
+        Ok((a + b, done, s.data))
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_their_framing_says_at_every_cut() {
+        let body = b"5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\ngrpc-status: 0\r\n\r\nGET /next";
+        let end = body.len() - b"GET /next".len();
+        for cut in 0..body.len() {
+            let (n, done, data) = scan_all(body, cut).expect("valid");
+            assert!(done, "cut {cut}");
+            assert_eq!(n, end, "cut {cut}");
+            assert_eq!(data, 15);
+        }
+        let (n, done, _) = scan_all(b"0\r\n\r\n", 2).expect("valid");
+        assert!(done && n == 5);
+    }
+
+    #[test]
+    fn broken_chunked_framing_is_an_error() {
+        for bad in [&b"x\r\n"[..], b"5\r\nhelloXX", b"\r\n", b"11111111111111111\r\n", b"0\r\n\rX"] {
+            assert!(ChunkScan::default().feed(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let (n, done) = ChunkScan::default().feed(b"5\r\nhel").expect("valid so far");
+        assert_eq!((n, done), (6, false));
+    }
+
+    #[test]
+    fn lengths_are_digits_only() {
+        assert_eq!(parse_length(b"42"), Some(42));
+        assert_eq!(parse_length(b" 7 "), Some(7));
+        for bad in [&b""[..], b"-1", b"1,2", b"+3", b"99999999999999999999"] {
+            assert_eq!(parse_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn connection_tokens_name_fields_up_to_the_limit() {
+        let mut n = Named::default();
+        assert!(n.add(b"keep-alive, X-Secret ,close"));
+        assert!(n.close && n.keep_alive);
+        assert!(n.names(b"x-secret") && !n.names(b"close"));
+        assert!(!n.add(b"a, b, c, d"), "a fifth named field is too many");
+    }
+
+    #[test]
+    fn close_is_added_once_before_the_end_of_the_head() {
+        let mut out = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi".to_vec();
+        add_close(&mut out);
+        add_close(&mut out);
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi");
+    }
+
+    #[test]
+    fn error_answers_carry_status_reason_code_and_length() {
+        let err = ProxyError::TooManyRequests { limit: 3 };
+        let mut out = Vec::new();
+        write_error(&mut out, &err, true);
+        let text = String::from_utf8(out.clone()).expect("utf8");
+        assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{text}");
+        assert!(text.contains("x-tandem-error: UO\r\n"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        let body = "overloaded (UO): 3 requests already in flight\n";
+        assert!(text.ends_with(&format!("content-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())));
+        assert_eq!(error_body_len(&out), body.len() as u64);
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0u64, 7, 10, 404, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+    }
+}
