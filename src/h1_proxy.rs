@@ -51,7 +51,7 @@
 
 use crate::error::{error_response, ProxyError};
 use crate::inbound::InboundProxy;
-use crate::record::{Direction, Finish, InFlight, RequestRecord};
+use crate::record::{Direction, Finish, InFlight, RequestRecord, Strings};
 use crate::serve::ConnMeta;
 use crate::shutdown::{Drain, DRAIN_IDLE_GRACE};
 use bytes::{Buf, Bytes, BytesMut};
@@ -59,7 +59,6 @@ use http::HeaderValue;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -75,6 +74,7 @@ pub const MAX_FIELDS: usize = 100;
 pub const MAX_NAMED: usize = 4;
 /// Most bytes of an upstream response head (hyper's client buffer limit on the other path).
 const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
+const HEAD_TOO_LARGE: &str = "response head too large (over 1 MiB)";
 /// Bytes asked of the kernel per read.
 const READ_SIZE: usize = 16 * 1024;
 /// A body part at most this long is copied behind its head and sent in the same write.
@@ -167,10 +167,8 @@ impl Conn<'_> {
             conn.head_deadline = None;
             // 2. Answer it.
             let keep = match parsed {
-                Parsed::Refused { mut finish, head_len, close, logged } => {
-                    let head = conn.take_head(head_len, logged.is_some());
-                    fill_record(&mut finish, logged.as_deref(), head.as_ref(), &[]);
-                    drop(head);
+                Parsed::Refused { finish, head_len, close } => {
+                    conn.rbuf.advance(head_len);
                     conn.answer_refusal(io, finish, close).await
                 }
                 Parsed::Forward(req) => conn.forward(io, req, timer.as_mut()).await,
@@ -214,7 +212,6 @@ enum Parsed {
         finish: Finish,
         head_len: usize,
         close: bool,
-        logged: Option<Box<Logged>>,
     },
     Forward(Request),
 }
@@ -232,30 +229,6 @@ struct Request {
     body_pending: bool,
     /// A `HEAD` request: the response has no body whatever its head says.
     head_only: bool,
-    /// Where the logged strings are, in the head (set when the access log is on).
-    logged: Option<Box<Logged>>,
-}
-
-/// The access log's strings: ranges in the request head, or made by tandem.
-#[derive(Default)]
-struct Logged {
-    path: Range<usize>,
-    authority: Option<Range<usize>>,
-    user_agent: Option<Range<usize>>,
-    traceparent: Option<Range<usize>>,
-    /// What went to the app: the client's id (a range) or the one tandem made.
-    request_id: Option<Range<usize>>,
-    made_id: Option<[u8; 36]>,
-    /// `x-forwarded-for` as forwarded: a range in `out`.
-    forwarded_for: Option<Range<usize>>,
-    /// The client's `x-forwarded-for` (a range in the head), for a refused request.
-    client_forwarded_for: Option<Range<usize>>,
-}
-
-/// Where `part` (a slice of `base`) starts and ends in `base`.
-fn range_in(base: &[u8], part: &[u8]) -> Range<usize> {
-    let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
-    start..start + part.len()
 }
 
 fn eq(a: &[u8], lower: &[u8]) -> bool {
@@ -408,7 +381,7 @@ impl Conn<'_> {
         if method == "CONNECT" || !path.starts_with('/') {
             return Parsed::HandOff;
         }
-        let base: &[u8] = &self.rbuf;
+
         let p = self.proxy;
         let logging = p.telemetry.access_log.enabled();
 
@@ -450,15 +423,7 @@ impl Conn<'_> {
         record.upstream_host = Some(p.app);
         record.tls = self.meta.tls.clone();
         let now = p.in_flight.fetch_add(1, Ordering::AcqRel);
-        let mut logged = logging.then(|| {
-            Box::new(Logged {
-                path: range_in(base, path.as_bytes()),
-                authority: authority.map(|a| range_in(base, a)),
-                user_agent: user_agent.map(|a| range_in(base, a)),
-                traceparent: traceparent.map(|a| range_in(base, a)),
-                ..Logged::default()
-            })
-        });
+        let strings = Strings { path: path.as_bytes(), authority, user_agent, traceparent, ..Strings::default() };
         let mut finish = Finish::new(record, None, p.telemetry.clone()).with_guard(InFlight(p.in_flight.clone()));
         let refusal = if now >= p.max_in_flight {
             Some(ProxyError::TooManyRequests { limit: p.max_in_flight })
@@ -475,15 +440,16 @@ impl Conn<'_> {
         };
         if let Some(err) = refusal {
             // The client's own strings, as the hyper path logs a refused request.
-            if let Some(l) = logged.as_mut() {
-                l.request_id = request_id.filter(|v| !v.is_empty()).map(|v| range_in(base, v));
-                l.client_forwarded_for = forwarded_for.map(|v| range_in(base, v));
+            if let Some(r) = finish.record_mut().filter(|_| logging) {
+                let xff = [forwarded_for.unwrap_or_default()];
+                let request_id = request_id.filter(|v| !v.is_empty());
+                r.set_strings(&Strings { request_id, x_forwarded_for: &xff, ..strings });
             }
             p.fail_record(&err, &mut finish);
             // An unread body would be taken for the next request: close after the answer.
             let close = close || length.is_some_and(|n| n > 0);
             write_error(&mut self.out, &err, close);
-            return Parsed::Refused { finish, head_len, close, logged };
+            return Parsed::Refused { finish, head_len, close };
         }
 
         // The upstream head: request line, the client's fields minus hop-by-hop ones, then
@@ -516,35 +482,30 @@ impl Conn<'_> {
             push_field(out, name, value);
         }
         let ip: &[u8] = self.peer_ip.map_or(b"", |v| v.as_bytes());
-        let xff_start = out.len() + b"x-forwarded-for: ".len();
-        match forwarded_for.map(<[u8]>::trim_ascii).filter(|v| !v.is_empty()) {
-            Some(prev) => {
-                out.extend_from_slice(b"x-forwarded-for: ");
-                out.extend_from_slice(prev);
-                out.extend_from_slice(b", ");
-                out.extend_from_slice(ip);
-                out.extend_from_slice(b"\r\n");
-            }
-            None => push_field(out, b"x-forwarded-for", ip),
+        let prev = forwarded_for.map(<[u8]>::trim_ascii).filter(|v| !v.is_empty());
+        let appended = [prev.unwrap_or_default(), b", ", ip];
+        let xff: &[&[u8]] = if prev.is_some() { &appended } else { &appended[2..] };
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for part in xff {
+            out.extend_from_slice(part);
         }
-        let xff = xff_start..out.len() - 2;
+        out.extend_from_slice(b"\r\n");
         push_field(out, b"x-forwarded-proto", p.proto.as_bytes());
         if let Some(xfcc) = self.meta.tls.as_ref().and_then(|t| t.xfcc.as_ref()) {
             push_field(out, b"x-forwarded-client-cert", xfcc.as_bytes());
         }
-        if let Some(l) = logged.as_mut() {
-            l.forwarded_for = Some(xff);
-        }
-        if !keep_id {
-            let id = crate::forward::request_id_bytes();
-            push_field(out, b"x-request-id", &id);
-            if let Some(l) = logged.as_mut() {
-                l.made_id = Some(id);
-            }
-        } else if let Some(l) = logged.as_mut() {
-            l.request_id = request_id.map(|v| range_in(base, v));
-        }
+        let made;
+        let request_id = if keep_id {
+            request_id
+        } else {
+            made = crate::forward::request_id_bytes();
+            push_field(out, b"x-request-id", &made);
+            Some(&made[..])
+        };
         out.extend_from_slice(b"\r\n");
+        if let Some(r) = finish.record_mut().filter(|_| logging) {
+            r.set_strings(&Strings { request_id, x_forwarded_for: xff, ..strings });
+        }
         Parsed::Forward(Request {
             finish,
             head_len,
@@ -552,18 +513,7 @@ impl Conn<'_> {
             close,
             body_pending: length.is_some_and(|n| n > 0),
             head_only: method == "HEAD",
-            logged,
         })
-    }
-
-    /// Consumes the head from `rbuf`, keeping it when its strings go to the access log.
-    fn take_head(&mut self, head_len: usize, logging: bool) -> Option<Bytes> {
-        if logging {
-            Some(self.rbuf.split_to(head_len).freeze())
-        } else {
-            self.rbuf.advance(head_len);
-            None
-        }
     }
 
     /// Writes a refusal made by [`Conn::parse_request`]; true if the connection stays open.
@@ -588,10 +538,7 @@ impl Conn<'_> {
         mut timer: Pin<&mut tokio::time::Sleep>,
     ) -> bool {
         let p = self.proxy;
-        let logging = req.logged.is_some();
-        let head = self.take_head(req.head_len, logging);
-        fill_record(&mut req.finish, req.logged.as_deref(), head.as_ref(), &self.out);
-        drop(head);
+        self.rbuf.advance(req.head_len);
 
         // The request body that came with the head rides behind it when it is small, and then
         // the whole request can be sent again on a fresh connection.
@@ -766,7 +713,7 @@ impl Conn<'_> {
                 match self.parse_response(req) {
                     Ok(Some(resp)) => return Ok(resp),
                     Ok(None) if self.ubuf.len() > MAX_RESPONSE_HEAD => {
-                        let cause = "message head is too large".to_owned();
+                        let cause = HEAD_TOO_LARGE.to_owned();
                         return Err(HeadError::Proxy(ProxyError::UpstreamProtocol { upstream: upstream(), cause }));
                     }
                     Ok(None) => {}
@@ -815,6 +762,7 @@ impl Conn<'_> {
                 &mut fields,
             );
             let len = match parsed {
+                Ok(httparse::Status::Complete(n)) if n > MAX_RESPONSE_HEAD => return Err(HEAD_TOO_LARGE.to_owned()),
                 Ok(httparse::Status::Complete(n)) => n,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(e) => return Err(format!("invalid response head: {e}")),
@@ -1127,28 +1075,6 @@ impl ChunkScan {
         self.digits = 0;
         self.state = if self.size == 0 { Chunk::TrailerStart } else { Chunk::Data };
     }
-}
-
-/// Fills a record's logged strings: slices of the request head, the id tandem made, and the
-/// `x-forwarded-for` that went to the app (a copy out of the upstream head `out`) or, for a
-/// refused request, the client's.
-fn fill_record(finish: &mut Finish, logged: Option<&Logged>, head: Option<&Bytes>, out: &[u8]) {
-    let (Some(l), Some(head), Some(r)) = (logged, head, finish.record_mut()) else { return };
-    let value = |range: &Option<Range<usize>>| {
-        range.as_ref().and_then(|range| HeaderValue::from_maybe_shared(head.slice(range.clone())).ok())
-    };
-    r.path = http::uri::PathAndQuery::from_maybe_shared(head.slice(l.path.clone())).ok();
-    r.authority = value(&l.authority);
-    r.user_agent = value(&l.user_agent);
-    r.traceparent = value(&l.traceparent);
-    r.request_id = match &l.made_id {
-        Some(id) => HeaderValue::from_bytes(id).ok(),
-        None => value(&l.request_id),
-    };
-    r.x_forwarded_for = match &l.forwarded_for {
-        Some(range) => out.get(range.clone()).and_then(|v| HeaderValue::from_bytes(v).ok()),
-        None => value(&l.client_forwarded_for),
-    };
 }
 
 /// Writes tandem's answer for `err` (status, `x-tandem-error`, the one-line body) into `out`.

@@ -62,6 +62,21 @@ pub struct RequestRecord {
     pub traceparent: Option<HeaderValue>,
     /// What TLS negotiated on the downstream connection (absent in plaintext).
     pub tls: Option<Arc<crate::tls::ConnTls>>,
+    /// The strings already sit in a buffer of the record's own ([`RequestRecord::set_strings`]):
+    /// [`RequestRecord::detach`] has nothing to do.
+    pub detached: bool,
+}
+
+/// A request's logged strings, as [`RequestRecord::set_strings`] takes them.
+#[derive(Default)]
+pub struct Strings<'a> {
+    pub path: &'a [u8],
+    pub authority: Option<&'a [u8]>,
+    /// Concatenated (an appended `x-forwarded-for` comes in parts).
+    pub x_forwarded_for: &'a [&'a [u8]],
+    pub user_agent: Option<&'a [u8]>,
+    pub request_id: Option<&'a [u8]>,
+    pub traceparent: Option<&'a [u8]>,
 }
 
 impl RequestRecord {
@@ -113,7 +128,40 @@ impl RequestRecord {
             request_id: None,
             traceparent: None,
             tls: None,
+            detached: false,
         }
+    }
+
+    /// Sets the logged strings from `s`, copied into one buffer of the record's own (one
+    /// allocation of their total size; values that are not valid header text are left out).
+    pub fn set_strings(&mut self, s: &Strings<'_>) {
+        let parts = [s.authority, s.user_agent, s.request_id, s.traceparent];
+        let xff_len: usize = s.x_forwarded_for.iter().map(|p| p.len()).sum();
+        let len = s.path.len() + xff_len + parts.iter().flatten().map(|p| p.len()).sum::<usize>();
+        let mut buf = bytes::BytesMut::with_capacity(len);
+        buf.extend_from_slice(s.path);
+        for p in parts.iter().flatten() {
+            buf.extend_from_slice(p);
+        }
+        for p in s.x_forwarded_for {
+            buf.extend_from_slice(p);
+        }
+        let all = buf.freeze();
+        let mut at = s.path.len();
+        self.path =
+            (!s.path.is_empty()).then(|| http::uri::PathAndQuery::from_maybe_shared(all.slice(..at)).ok()).flatten();
+        let mut next = |part: Option<&[u8]>| {
+            let n = part?.len();
+            let v = HeaderValue::from_maybe_shared(all.slice(at..at + n)).ok();
+            at += n;
+            v
+        };
+        self.authority = next(s.authority);
+        self.user_agent = next(s.user_agent);
+        self.request_id = next(s.request_id);
+        self.traceparent = next(s.traceparent);
+        self.x_forwarded_for = (xff_len > 0).then(|| HeaderValue::from_maybe_shared(all.slice(at..)).ok()).flatten();
+        self.detached = true;
     }
 
     /// Copies the record's strings (authority, path, and the logged headers) into one small
@@ -125,6 +173,9 @@ impl RequestRecord {
     /// the connection: under load that pinned megabytes and made every request's buffer cold. The
     /// copy is one allocation of the strings' own size.
     pub fn detach(&mut self) {
+        if self.detached {
+            return;
+        }
         let path_len = self.path.as_ref().map_or(0, |p| p.as_str().len());
         let values = [
             &mut self.authority,

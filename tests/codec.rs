@@ -1,0 +1,369 @@
+//! The inbound HTTP/1.1 codec (`tandem::h1_proxy`): response framings relayed as they come,
+//! connections kept or closed as the framing says, pipelining, hand-over to hyper mid-connection,
+//! the header-read timeout, early answers to uploads, and the failures only a relay can meet
+//! (a body cut short, an oversized response head), all through real sockets.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One response read off a raw connection.
+#[derive(Debug)]
+struct Raw {
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn status(&self) -> u16 {
+        self.head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+
+    /// A header's value (names compared case-insensitively).
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads one response: the head, then a body framed by `content-length`, by chunked encoding
+/// (returned raw, trailers included), or by the end of the connection. `head_only` for the
+/// answer to a HEAD request.
+async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) -> Raw {
+    let deadline = Duration::from_secs(10);
+    let end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n =
+            tokio::time::timeout(deadline, s.read(&mut chunk)).await.expect("a response head in time").expect("read");
+        assert!(n > 0, "connection closed before a full head: {:?}", String::from_utf8_lossy(buf));
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.drain(..end);
+    let mut raw = Raw { head, body: Vec::new() };
+    if head_only || matches!(raw.status(), 204 | 304) {
+        return raw;
+    }
+    let chunked = raw.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let length = raw.header("content-length").and_then(|v| v.parse::<usize>().ok());
+    loop {
+        let done = if chunked {
+            buf.windows(5).position(|w| w == b"0\r\n\r\n").map(|at| at + 5).or_else(|| {
+                // A last chunk followed by trailers: ends with an empty line after them.
+                let last = buf.windows(3).position(|w| w == b"0\r\n")?;
+                buf[last..].windows(4).position(|w| w == b"\r\n\r\n").map(|e| last + e + 4)
+            })
+        } else {
+            length.filter(|n| buf.len() >= *n)
+        };
+        if let Some(n) = done {
+            raw.body = buf.drain(..n).collect();
+            return raw;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(deadline, s.read(&mut chunk)).await.expect("the body in time").expect("read");
+        if n == 0 {
+            assert!(length.is_none() && !chunked, "connection closed mid-body: {raw:?} {buf:?}");
+            raw.body = std::mem::take(buf);
+            return raw;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Whether the peer closes the connection within a few seconds (reads EOF or a reset).
+async fn closed_by_peer(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 256];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A raw app that answers every request head it reads with `answer`, counting its connections;
+/// the heads it got are sent to the returned channel.
+async fn scripted_app(
+    answer: &'static [u8],
+) -> (SocketAddr, Arc<AtomicUsize>, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let conns = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let counted = conns.clone();
+    let addr = support::raw_app(move |mut s| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let tx = tx.clone();
+        async move {
+            loop {
+                let head = support::read_head(&mut s).await;
+                if head.is_empty() {
+                    return;
+                }
+                let _ = tx.send(head);
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, conns, rx)
+}
+
+#[tokio::test]
+async fn chunked_answers_pass_unchanged_with_their_trailers_and_both_connections_stay_open() {
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\nTransfer-Encoding: chunked\r\n\
+        Keep-Alive: timeout=5\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\n";
+    let (app, conns, _heads) = scripted_app(ANSWER).await;
+    let proxy = support::proxy(support::config(app)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for i in 0..3 {
+        s.write_all(b"GET /stream HTTP/1.1\r\nHost: pod\r\nTE: trailers\r\n\r\n").await.expect("write");
+        let r = read_response(&mut s, &mut buf, false).await;
+        assert_eq!(r.status(), 200, "request {i}: {r:?}");
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{r:?}");
+        assert_eq!(r.header("keep-alive"), None, "hop-by-hop field removed: {r:?}");
+        assert_eq!(r.body, b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\n");
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 1, "one app connection carried every request");
+    let m = support::metrics(&proxy);
+    let sent = support::metric_value(&m, &["tandem_http_response_bytes_total{", "direction=\"inbound\""]);
+    assert_eq!(sent, Some(33.0), "chunk data counted, framing not: {m}");
+}
+
+#[tokio::test]
+async fn an_answer_that_ends_with_the_apps_connection_closes_the_clients_after_it() {
+    let app = support::raw_app(|mut s| async move {
+        support::read_head(&mut s).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end").await;
+    })
+    .await;
+    let proxy = support::proxy(support::config(app)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: pod\r\n\r\n").await.expect("write");
+    let r = read_response(&mut s, &mut Vec::new(), false).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    assert_eq!(r.body, b"until the end");
+}
+
+#[tokio::test]
+async fn interim_answers_are_dropped_and_head_answers_have_no_body() {
+    const ANSWER: &[u8] = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n\
+        HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal";
+    let (app, conns, _heads) = scripted_app(ANSWER).await;
+    let proxy = support::proxy(support::config(app)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    let mut buf = Vec::new();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: pod\r\n\r\n").await.expect("write");
+    let r = read_response(&mut s, &mut buf, false).await;
+    assert_eq!((r.status(), &r.body[..]), (200, &b"final"[..]), "{r:?}");
+
+    // A HEAD answer's Content-Length describes the GET; nothing follows the head.
+    let (app, _, _heads) = scripted_app(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n").await;
+    let proxy = support::proxy(support::config(app)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    for _ in 0..2 {
+        s.write_all(b"HEAD / HTTP/1.1\r\nHost: pod\r\n\r\n").await.expect("write");
+        let r = read_response(&mut s, &mut buf, true).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.header("content-length"), Some("5"));
+        assert!(buf.is_empty(), "no body after a HEAD answer: {buf:?}");
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let echo = support::echo().await;
+    let proxy = support::proxy(support::config(echo.addr)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    let mut all = Vec::new();
+    for i in 0..5 {
+        all.extend_from_slice(format!("GET /p{i} HTTP/1.1\r\nHost: pod\r\n\r\n").as_bytes());
+    }
+    s.write_all(&all).await.expect("write");
+    let mut buf = Vec::new();
+    for i in 0..5 {
+        let r = read_response(&mut s, &mut buf, false).await;
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("echo JSON");
+        assert_eq!(v["path"], format!("/p{i}"), "{v}");
+    }
+}
+
+#[tokio::test]
+async fn requests_the_codec_does_not_take_go_to_hyper_on_the_same_connection() {
+    let echo = support::echo().await;
+    let proxy = support::proxy(support::config(echo.addr)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    let mut buf = Vec::new();
+    // The codec's request, then a chunked upload (hyper's from here on), then a plain one again.
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: pod\r\n\r\n").await.expect("write");
+    let r = read_response(&mut s, &mut buf, false).await;
+    assert_eq!(r.status(), 200);
+    s.write_all(
+        b"POST /up?echo_body=1 HTTP/1.1\r\nHost: pod\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let r = read_response(&mut s, &mut buf, false).await;
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert_eq!(r.body, b"3\r\nabc\r\n0\r\n\r\n", "hyper answers this one, chunked: {r:?}");
+    s.write_all(b"GET /third HTTP/1.1\r\nHost: pod\r\n\r\n").await.expect("write");
+    let r = read_response(&mut s, &mut buf, false).await;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("echo JSON");
+    assert_eq!(v["path"], "/third");
+
+    // HTTP/1.0 from the start: hyper answers it, and closes.
+    let out = support::raw(proxy.inbound_addr, b"GET /old HTTP/1.0\r\nHost: pod\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.0 200 ") || out.starts_with("HTTP/1.1 200 "), "{out}");
+    assert!(out.contains("\"/old\""), "{out}");
+}
+
+#[tokio::test]
+async fn a_head_not_complete_within_header_read_closes_the_connection_however_it_trickles() {
+    let echo = support::echo().await;
+    let mut cfg = support::config(echo.addr);
+    cfg.inbound.timeouts.header_read = tandem::config::Human::new(Duration::from_millis(300));
+    let proxy = support::proxy(cfg).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+    // One header byte every 50 ms for up to 5 s: each one arrives well inside the timeout, the
+    // head never completes, and the connection must close anyway.
+    let mut closed = false;
+    for _ in 0..100 {
+        if s.write_all(b"x").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut b = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(50), s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => panic!("unexpected answer: {:?}", String::from_utf8_lossy(&b[..n])),
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "a trickled head kept the connection open past header_read");
+
+    // Between requests the idle timeout applies, not header_read.
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: pod\r\n\r\n").await.expect("write");
+    let mut buf = Vec::new();
+    assert_eq!(read_response(&mut s, &mut buf, false).await.status(), 200);
+    let mut b = [0u8; 1];
+    let quiet = tokio::time::timeout(Duration::from_millis(900), s.read(&mut b)).await;
+    assert!(quiet.is_err(), "an idle keep-alive connection stays open past header_read: {quiet:?}");
+}
+
+#[tokio::test]
+async fn an_app_answering_before_the_upload_ends_is_relayed_and_the_connection_closes() {
+    let app = support::raw_app(|mut s| async move {
+        support::read_head(&mut s).await;
+        let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!").await;
+        // Keep the connection open (unread body and all) until the proxy closes it.
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = s.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    let proxy = support::proxy(support::config(app)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: pod\r\nContent-Length: 1000000\r\n\r\n").await.expect("write");
+    s.write_all(&[b'x'; 10_000]).await.expect("write part of the body");
+    let r = read_response(&mut s, &mut Vec::new(), false).await;
+    assert_eq!(r.status(), 413, "{r:?}");
+    assert_eq!(r.body, b"big!");
+    assert_eq!(r.header("connection"), Some("close"), "the unsent body cannot be taken for a request: {r:?}");
+    assert!(closed_by_peer(&mut s).await);
+}
+
+#[tokio::test]
+async fn a_body_cut_short_by_the_app_closes_the_clients_connection_and_counts_uc() {
+    let app = support::raw_app(|mut s| async move {
+        support::read_head(&mut s).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten!!").await;
+    })
+    .await;
+    let proxy = support::proxy(support::config(app)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: pod\r\n\r\n").await.expect("write");
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await.expect("the proxy closes");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("only ten!!"), "{text}");
+    support::wait_for("the UC count", Duration::from_secs(5), || {
+        let m = support::metrics(&proxy);
+        let v = support::metric_value(&m, &["tandem_http_requests_total{", "response_flags=\"UC\""]);
+        async move { (v == Some(1.0)).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_oversized_or_broken_response_head_is_502_upe() {
+    let app = support::raw_app(|mut s| async move {
+        support::read_head(&mut s).await;
+        let big = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n", "b".repeat(1_100_000));
+        let _ = s.write_all(big.as_bytes()).await;
+    })
+    .await;
+    let proxy = support::proxy(support::config(app)).await;
+    let resp = support::get(&format!("http://{}/x", proxy.inbound_addr)).await;
+    support::assert_proxy_error(&resp, 502, "UPE", "upstream protocol error (UPE):");
+    assert!(String::from_utf8_lossy(&resp.2).contains("too large"), "{:?}", resp.2);
+
+    let app = support::raw_app(|mut s| async move {
+        support::read_head(&mut s).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n").await;
+    })
+    .await;
+    let proxy = support::proxy(support::config(app)).await;
+    let resp = support::get(&format!("http://{}/x", proxy.inbound_addr)).await;
+    support::assert_proxy_error(&resp, 502, "UPE", "upstream protocol error (UPE):");
+}
+
+#[tokio::test]
+async fn the_app_gets_the_clients_fields_byte_for_byte_minus_hop_by_hop_plus_tandems() {
+    let (app, _, mut heads) = scripted_app(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+    let proxy = support::proxy(support::config(app)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    s.write_all(
+        b"GET /a/b?c=d HTTP/1.1\r\nHost: shop\r\nX-Mixed-Case: Keep Me\r\nConnection: keep-alive, X-Secret\r\n\
+          X-Secret: s\r\nProxy-Connection: keep-alive\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n\
+          X-Forwarded-Client-Cert: forged\r\nX-Request-Id: \r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let r = read_response(&mut s, &mut Vec::new(), false).await;
+    assert_eq!(r.status(), 204);
+    let head = heads.recv().await.expect("the app got the request");
+    assert!(head.starts_with("GET /a/b?c=d HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\nHost: shop\r\n") && head.contains("\r\nX-Mixed-Case: Keep Me\r\n"), "{head}");
+    for gone in ["connection:", "x-secret:", "proxy-connection:", "https", "forged"] {
+        assert!(!head.to_ascii_lowercase().contains(gone), "{gone} must not reach the app: {head}");
+    }
+    assert!(head.contains("\r\nx-forwarded-for: 10.0.0.1, 127.0.0.1\r\n"), "{head}");
+    assert!(head.contains("\r\nx-forwarded-proto: http\r\n"), "{head}");
+    let id = head.lines().find_map(|l| l.strip_prefix("x-request-id: ")).expect("a request id was made");
+    assert_eq!(id.len(), 36, "{head}");
+    assert!(!head.contains("X-Request-Id: \r\n"), "the empty id was replaced: {head}");
+}
