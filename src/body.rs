@@ -2,6 +2,7 @@
 //! as it passes and reported once when it ends (or when the client goes away first).
 
 use crate::forward::Checkin;
+use crate::h1_client::AppBody;
 use crate::record::Finish;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -21,13 +22,23 @@ pub struct ProxyBody {
 
 enum Inner {
     Upstream(Incoming),
+    /// An answer read by the codec's client ([`crate::h1_client`]).
+    App(AppBody),
     Local(Option<Bytes>),
 }
+
+/// What a body can fail with: hyper's errors, or the I/O errors of the codec's client.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ProxyBody {
     /// The upstream's body, streamed frame by frame.
     pub fn upstream(body: Incoming) -> Self {
         Self { inner: Inner::Upstream(body), finish: None, checkin: None, sent: 0 }
+    }
+
+    /// An answer's body read by the codec's client, streamed frame by frame.
+    pub fn app(body: AppBody) -> Self {
+        Self { inner: Inner::App(body), finish: None, checkin: None, sent: 0 }
     }
 
     /// A body tandem makes itself (error text, admin answers).
@@ -76,12 +87,13 @@ impl From<Bytes> for ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let polled = match &mut this.inner {
-            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+        let polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.inner {
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inner::App(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Inner::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         };
         match polled {
@@ -112,6 +124,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Upstream(b) => b.is_end_stream(),
+            Inner::App(b) => b.is_end_stream(),
             Inner::Local(b) => b.is_none(),
         }
     }
@@ -119,6 +132,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Upstream(b) => b.size_hint(),
+            Inner::App(b) => b.size_hint(),
             Inner::Local(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Inner::Local(None) => SizeHint::with_exact(0),
         }

@@ -73,10 +73,10 @@ pub const MAX_FIELDS: usize = 100;
 /// Fields a request's or response's `Connection` header may name for removal.
 pub const MAX_NAMED: usize = 4;
 /// Most bytes of an upstream response head (hyper's client buffer limit on the other path).
-const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
-const HEAD_TOO_LARGE: &str = "response head too large (over 1 MiB)";
+pub(crate) const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
+pub(crate) const HEAD_TOO_LARGE: &str = "response head too large (over 1 MiB)";
 /// Bytes asked of the kernel per read.
-const READ_SIZE: usize = 16 * 1024;
+pub(crate) const READ_SIZE: usize = 16 * 1024;
 /// A body part at most this long is copied behind its head and sent in the same write.
 const COPY_BEHIND_HEAD: usize = 4096;
 
@@ -231,27 +231,27 @@ struct Request {
     head_only: bool,
 }
 
-fn eq(a: &[u8], lower: &[u8]) -> bool {
+pub(crate) fn eq(a: &[u8], lower: &[u8]) -> bool {
     a.eq_ignore_ascii_case(lower)
 }
 
 /// Splits a `Connection` value into its tokens.
-fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|b| *b == b',').map(|t| t.trim_ascii()).filter(|t| !t.is_empty())
 }
 
 /// The fields a `Connection` header names for removal (not `close`, `keep-alive`, `upgrade`).
 #[derive(Default)]
-struct Named<'h> {
+pub(crate) struct Named<'h> {
     names: [&'h [u8]; MAX_NAMED],
     len: usize,
-    close: bool,
-    keep_alive: bool,
+    pub(crate) close: bool,
+    pub(crate) keep_alive: bool,
 }
 
 impl<'h> Named<'h> {
     /// Notes one `Connection` value; false if it names more fields than fit.
-    fn add(&mut self, v: &'h [u8]) -> bool {
+    pub(crate) fn add(&mut self, v: &'h [u8]) -> bool {
         for t in tokens(v) {
             if eq(t, b"close") {
                 self.close = true;
@@ -268,13 +268,13 @@ impl<'h> Named<'h> {
         true
     }
 
-    fn names(&self, name: &[u8]) -> bool {
+    pub(crate) fn names(&self, name: &[u8]) -> bool {
         self.names[..self.len].iter().any(|n| n.eq_ignore_ascii_case(name))
     }
 }
 
 /// Whether a field never crosses the proxy (RFC 9110 section 7.6.1), `TE` aside.
-fn hop_by_hop(name: &[u8]) -> bool {
+pub(crate) fn hop_by_hop(name: &[u8]) -> bool {
     eq(name, b"connection")
         || eq(name, b"keep-alive")
         || eq(name, b"proxy-connection")
@@ -304,7 +304,7 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
 }
 
 /// A `Content-Length` value: digits only.
-fn parse_length(v: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
@@ -972,16 +972,20 @@ impl Relay {
 /// Follows chunked framing (RFC 9112 section 7.1) to find where a body ends; the bytes pass
 /// unchanged.
 #[derive(Default, Debug)]
-struct ChunkScan {
-    state: Chunk,
-    size: u64,
+pub(crate) struct ChunkScan {
+    pub(crate) state: Chunk,
+    /// Data bytes left in the current chunk.
+    pub(crate) size: u64,
     digits: u8,
     /// Chunk data bytes seen.
     data: u64,
+    /// Stop at the start of chunk data and of the trailer section (a decoder takes those
+    /// itself; see [`ChunkScan::take_data`]).
+    pub(crate) decode: bool,
 }
 
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     #[default]
     Size,
     Extension,
@@ -997,7 +1001,7 @@ enum Chunk {
 
 impl ChunkScan {
     /// Consumes `bytes` up to the end of the body: how many belong to it, and whether it ended.
-    fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), &'static str> {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), &'static str> {
         let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
@@ -1067,6 +1071,9 @@ impl ChunkScan {
                 Chunk::Done => return Ok((i, true)),
             }
             i += 1;
+            if self.decode && matches!(self.state, Chunk::Data | Chunk::TrailerStart) {
+                return Ok((i, false));
+            }
         }
         Ok((i, self.state == Chunk::Done))
     }
@@ -1074,6 +1081,20 @@ impl ChunkScan {
     fn end_size_line(&mut self) {
         self.digits = 0;
         self.state = if self.size == 0 { Chunk::TrailerStart } else { Chunk::Data };
+    }
+
+    /// A scanner for a decoder (see [`ChunkScan::decode`]).
+    pub(crate) fn decoder() -> Self {
+        Self { decode: true, ..Self::default() }
+    }
+
+    /// A decoder took `n` data bytes of the current chunk.
+    pub(crate) fn take_data(&mut self, n: u64) {
+        self.size -= n.min(self.size);
+        self.data += n;
+        if self.size == 0 {
+            self.state = Chunk::DataCr;
+        }
     }
 }
 
@@ -1149,7 +1170,7 @@ impl AppStreams {
     }
 
     /// The most recently used idle connection that is still open.
-    fn take(&self) -> Option<TcpStream> {
+    pub(crate) fn take(&self) -> Option<TcpStream> {
         let mut idle = self.lock();
         while let Some((s, _)) = idle.pop() {
             if still_open(&s) {
@@ -1159,7 +1180,7 @@ impl AppStreams {
         None
     }
 
-    fn put(self: &Arc<Self>, s: TcpStream) {
+    pub(crate) fn put(self: &Arc<Self>, s: TcpStream) {
         let mut idle = self.lock();
         if idle.len() < self.max_idle {
             idle.push((s, Instant::now()));
@@ -1169,7 +1190,7 @@ impl AppStreams {
     }
 
     /// A new connection, within `timeouts.connect`.
-    async fn connect(&self) -> io::Result<TcpStream> {
+    pub(crate) async fn connect(&self) -> io::Result<TcpStream> {
         let s = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
             Ok(r) => r?,
             Err(_) => return Err(io::ErrorKind::TimedOut.into()),

@@ -300,8 +300,9 @@ impl InboundProxy {
     async fn forward(self: Arc<Self>, fwd: Forwarding) -> Response<ProxyBody> {
         let Forwarding { req, mut finish, downstream_upgrade, h1_trailers } = fwd;
         let sent_at = Instant::now();
-        let result = tokio::time::timeout(self.response_timeout, self.send(req)).await;
-        let (mut resp, checkin) = match result {
+        let upgrade = downstream_upgrade.is_some();
+        let result = tokio::time::timeout(self.response_timeout, self.send(req, upgrade)).await;
+        let sent = match result {
             Err(_) => {
                 return self.fail(
                     ProxyError::UpstreamTimeout {
@@ -314,37 +315,50 @@ impl InboundProxy {
             Ok(Err(e)) => return self.fail(e, finish),
             Ok(Ok(sent)) => sent,
         };
-        let upgraded = downstream_upgrade.is_some() && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let (mut parts, body, upgraded) = match sent {
+            Sent::Hyper(mut resp, checkin) => {
+                let upgraded = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                if upgraded {
+                    if let Some(down) = downstream_upgrade {
+                        let up = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(tunnel(down, up, self.conns.clone(), self.telemetry.clone()));
+                    }
+                }
+                let (parts, body) = resp.into_parts();
+                (parts, ProxyBody::upstream(body).with_checkin(checkin), upgraded)
+            }
+            Sent::Codec(resp) => {
+                let (parts, body) = resp.into_parts();
+                (parts, ProxyBody::app(body), false)
+            }
+        };
         if let Some(r) = finish.record_mut() {
             r.upstream_service_time = Some(sent_at.elapsed());
-            r.response_code = resp.status().as_u16();
+            r.response_code = parts.status.as_u16();
         }
-        if upgraded {
-            if let Some(down) = downstream_upgrade {
-                let up = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel(down, up, self.conns.clone(), self.telemetry.clone()));
-            }
-        }
-        forward::strip_hop_by_hop(resp.headers_mut(), upgraded);
+        forward::strip_hop_by_hop(&mut parts.headers, upgraded);
         if h1_trailers {
-            declare_grpc_trailers(resp.headers_mut());
+            declare_grpc_trailers(&mut parts.headers);
         }
-        let (parts, body) = resp.into_parts();
-        Response::from_parts(parts, ProxyBody::upstream(body).with_finish(finish).with_checkin(checkin))
+        Response::from_parts(parts, body.with_finish(finish))
     }
 
-    /// Sends the request to the app; the [`Checkin`] (HTTP/1.1 pool) lives as long as the body.
-    async fn send(
-        &self,
-        req: Request<CountingBody>,
-    ) -> Result<(Response<hyper::body::Incoming>, Option<Checkin>), ProxyError> {
+    /// Sends the request to the app. To an HTTP/1.1 app, a request without a body that asks
+    /// for no upgrade goes on the codec's connections ([`crate::h1_client`]); the rest on
+    /// hyper's, whose [`Checkin`] lives as long as the body.
+    async fn send(&self, req: Request<CountingBody>, upgrade: bool) -> Result<Sent, ProxyError> {
         match &self.client {
+            AppClient::Http1(_, streams) if !upgrade && http_body::Body::is_end_stream(req.body()) => {
+                let (parts, _) = req.into_parts();
+                let resp = crate::h1_client::send(streams, &parts, self.app, self.connect_timeout_ms).await?;
+                Ok(Sent::Codec(resp))
+            }
             AppClient::Http1(pool, _) => match pool.send(req).await {
-                Ok((resp, checkin)) => Ok((resp, Some(checkin))),
+                Ok((resp, checkin)) => Ok(Sent::Hyper(resp, Some(checkin))),
                 Err(e) => Err(ProxyError::from_pool(&e, self.app, self.connect_timeout_ms)),
             },
             AppClient::Http2(client) => match client.request(req).await {
-                Ok(resp) => Ok((resp, None)),
+                Ok(resp) => Ok(Sent::Hyper(resp, None)),
                 Err(e) => Err(ProxyError::from_client(&e, self.app, self.connect_timeout_ms)),
             },
         }
@@ -369,6 +383,12 @@ impl InboundProxy {
             self.errors.warn(err.reason().as_str(), err);
         }
     }
+}
+
+/// The app's answer: through hyper's client (with its pooled connection), or the codec's.
+enum Sent {
+    Hyper(Response<hyper::body::Incoming>, Option<Checkin>),
+    Codec(Response<crate::h1_client::AppBody>),
 }
 
 /// hyper's HTTP/1.1 server only writes the trailer fields a response declares in `Trailer`; an

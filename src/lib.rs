@@ -18,6 +18,7 @@
 //! | [`outbound`] | the outbound forward proxy: absolute-form/`Host` requests and `CONNECT` tunnels for the app's own calls |
 //! | [`policy`] | the outbound allow/deny destination patterns (names, CIDRs, ports) |
 //! | [`h1_proxy`] | the inbound HTTP/1.1 codec: plain requests parsed, rewritten and relayed to the app without hyper; the rest handed to hyper |
+//! | [`h1_client`] | the codec's client half: bodiless requests hyper's server parsed (h2, handed-over HTTP/1.1) sent on the codec's connections to the app |
 //! | [`h1_guard`] | HTTP/1 request framing on the downstream stream: marks `Content-Length` + `Transfer-Encoding` |
 //! | [`forward`] | the pooled upstream client and the header rewriting rules |
 //! | [`error`] | the error enum and the one error → response function |
@@ -48,6 +49,7 @@ pub mod config;
 pub mod echo;
 pub mod error;
 pub mod forward;
+pub mod h1_client;
 pub mod h1_guard;
 pub mod h1_proxy;
 pub mod inbound;

@@ -367,3 +367,77 @@ async fn the_app_gets_the_clients_fields_byte_for_byte_minus_hop_by_hop_plus_tan
     assert_eq!(id.len(), 36, "{head}");
     assert!(!head.contains("X-Request-Id: \r\n"), "the empty id was replaced: {head}");
 }
+
+/// An h2c request (no body) to `addr`: status, body, trailers; `Err` if the stream failed.
+async fn h2c_get(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>, Option<http::HeaderMap>), String> {
+    use http_body_util::BodyExt;
+    let req = http::Request::get(format!("http://{addr}{path}"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let resp = support::h2().request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let collected = resp.into_body().collect().await.map_err(|e| e.to_string())?;
+    let trailers = collected.trailers().cloned();
+    Ok((status, collected.to_bytes().to_vec(), trailers))
+}
+
+#[tokio::test]
+async fn h2c_requests_without_a_body_get_chunked_answers_de_chunked_with_trailers_on_one_app_connection() {
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\ngrpc-status: 0\r\ngrpc-message: fine\r\n\r\n";
+    let (app, conns, mut heads) = scripted_app(ANSWER).await;
+    let proxy = support::proxy(support::config(app)).await;
+    for i in 0..3 {
+        let (status, body, trailers) = h2c_get(proxy.inbound_addr, "/svc/Method").await.expect("answer");
+        assert_eq!((status, &body[..]), (200, &b"hello world"[..]), "request {i}");
+        let trailers = trailers.expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["grpc-message"], "fine");
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 1, "the codec's connection was reused");
+    let head = heads.recv().await.expect("head");
+    assert!(head.starts_with("GET /svc/Method HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains(&format!("host: {}\r\n", proxy.inbound_addr)), "the h2 authority becomes Host: {head}");
+
+    // Framed by the end of the connection, and by Content-Length.
+    let app = support::raw_app(|mut s| async move {
+        support::read_head(&mut s).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
+    })
+    .await;
+    let proxy = support::proxy(support::config(app)).await;
+    let (status, body, _) = h2c_get(proxy.inbound_addr, "/").await.expect("answer");
+    assert_eq!((status, &body[..]), (200, &b"until the end"[..]));
+}
+
+#[tokio::test]
+async fn an_h2c_answer_cut_short_fails_the_stream_and_counts_uc() {
+    let app = support::raw_app(|mut s| async move {
+        support::read_head(&mut s).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten!!").await;
+    })
+    .await;
+    let proxy = support::proxy(support::config(app)).await;
+    let got = h2c_get(proxy.inbound_addr, "/").await;
+    assert!(got.is_err(), "a body cut short must not look complete: {got:?}");
+    support::wait_for("the UC count", Duration::from_secs(5), || {
+        let m = support::metrics(&proxy);
+        let v = support::metric_value(&m, &["tandem_http_requests_total{", "response_flags=\"UC\""]);
+        async move { (v == Some(1.0)).then_some(()) }
+    })
+    .await;
+
+    // Refused, closed before an answer, garbage: the same reasons as the HTTP/1.1 paths.
+    let proxy = support::proxy(support::config(support::dead_addr())).await;
+    let r = h2c_get(proxy.inbound_addr, "/").await.expect("answer");
+    assert_eq!(r.0, 502);
+    let app = support::raw_app(|mut s| async move {
+        support::read_head(&mut s).await;
+        let _ = s.write_all(b"garbage\r\n\r\n").await;
+    })
+    .await;
+    let proxy = support::proxy(support::config(app)).await;
+    let r = h2c_get(proxy.inbound_addr, "/").await.expect("answer");
+    assert_eq!(r.0, 502);
+    assert!(String::from_utf8_lossy(&r.1).starts_with("upstream protocol error (UPE)"), "{r:?}");
+}

@@ -1,0 +1,373 @@
+//! The codec's client half, for requests hyper's server parsed (h2 and h2c clients, and the
+//! HTTP/1.1 requests [`crate::h1_proxy`] handed over): a request without a body is written to one
+//! of the codec's connections to the app ([`AppStreams`]), and the answer comes back as an
+//! `http::Response` whose body ([`AppBody`]) is read from that connection, de-chunked, as hyper's
+//! server polls it; the connection goes back to the pool when the body has ended.
+//!
+//! Requests with a body, and upgrades, stay on hyper's client ([`crate::forward::Http1Pool`]),
+//! which streams a request body while the answer is already arriving.
+//!
+//! Failures map as on every other path: `UF` for the connect, `UC` for a connection that ends
+//! before a full answer (a pooled one that fails before any answer byte is replaced, as the
+//! request is at hand), `UPE` for a head that is not HTTP/1.1 or is over 1 MiB. A body cut short
+//! ends with an error, which hyper's server turns into a reset stream (h2) or a cut connection.
+
+use crate::error::ProxyError;
+use crate::h1_proxy::{
+    eq, hop_by_hop, parse_length, AppStreams, Chunk, ChunkScan, Named, HEAD_TOO_LARGE, MAX_FIELDS, MAX_RESPONSE_HEAD,
+    READ_SIZE,
+};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What polling a body gives.
+type Polled = Poll<Option<Result<Frame<Bytes>, io::Error>>>;
+
+/// Most bytes of a chunked body's trailer section.
+const MAX_TRAILERS: usize = 64 * 1024;
+
+/// Sends a request without a body (`parts`: origin-form URI, headers already rewritten for the
+/// app) and returns the app's answer, its body still on the connection.
+pub async fn send(
+    streams: &Arc<AppStreams>,
+    parts: &http::request::Parts,
+    app: SocketAddr,
+    connect_timeout_ms: u64,
+) -> Result<Response<AppBody>, ProxyError> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    let closed = || ProxyError::UpstreamClosed { upstream: app.to_string() };
+    let head_only = parts.method == http::Method::HEAD;
+    'attempt: loop {
+        let (mut up, reused) = match streams.take() {
+            Some(s) => (s, true),
+            None => match streams.connect().await {
+                Ok(s) => (s, false),
+                Err(e) => return Err(ProxyError::from_connect(&e, app, connect_timeout_ms)),
+            },
+        };
+        if up.write_all(&head).await.is_err() {
+            if reused {
+                continue 'attempt;
+            }
+            return Err(closed());
+        }
+        let mut buf = BytesMut::with_capacity(4096);
+        loop {
+            match up.read_buf(&mut buf).await {
+                Ok(0) | Err(_) if buf.is_empty() && reused => continue 'attempt,
+                Ok(0) | Err(_) => return Err(closed()),
+                Ok(_) => {}
+            }
+            match answer(&mut buf, head_only) {
+                Ok(Some((resp, state, reusable))) => {
+                    let body = AppBody { stream: Some(up), buf, state, pool: streams.clone(), reusable };
+                    let (parts, ()) = resp.into_parts();
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Ok(None) if buf.len() > MAX_RESPONSE_HEAD => {
+                    return Err(ProxyError::UpstreamProtocol {
+                        upstream: app.to_string(),
+                        cause: HEAD_TOO_LARGE.into(),
+                    })
+                }
+                Ok(None) => {
+                    if buf.capacity() == buf.len() {
+                        buf.reserve(READ_SIZE);
+                    }
+                }
+                Err(cause) => return Err(ProxyError::UpstreamProtocol { upstream: app.to_string(), cause }),
+            }
+        }
+    }
+}
+
+/// Parses the answer head at the front of `buf` (skipping interim `1xx` answers) into a
+/// response without hop-by-hop fields; `Ok(None)` if incomplete. The head's bytes are split
+/// off `buf` and shared by the header values.
+#[allow(clippy::type_complexity)]
+fn answer(buf: &mut BytesMut, head_only: bool) -> Result<Option<(Response<()>, State, bool)>, String> {
+    loop {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len =
+            match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut fields) {
+                Ok(httparse::Status::Complete(n)) if n > MAX_RESPONSE_HEAD => return Err(HEAD_TOO_LARGE.to_owned()),
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(e) => return Err(format!("invalid response head: {e}")),
+            };
+        let (Some(code), Some(version)) = (resp.code, resp.version) else {
+            return Err("invalid response head".to_owned());
+        };
+        if code == 101 {
+            return Err("101 Switching Protocols to a request that asked for no upgrade".to_owned());
+        }
+        if (100..200).contains(&code) {
+            buf.advance(len);
+            continue;
+        }
+        let status = StatusCode::from_u16(code).map_err(|e| format!("invalid status: {e}"))?;
+
+        // The head again, now from bytes of its own that the header values can share.
+        let head = buf.split_to(len).freeze();
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut resp = httparse::Response::new(&mut []);
+        let _ = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, &head, &mut fields);
+        let mut named = Named::default();
+        let mut length = None;
+        let mut encoded = None;
+        for h in resp.headers.iter() {
+            if eq(h.name.as_bytes(), b"connection") {
+                if !named.add(h.value) {
+                    return Err("Connection names too many fields".to_owned());
+                }
+            } else if eq(h.name.as_bytes(), b"content-length") {
+                match (length, parse_length(h.value)) {
+                    (None, Some(n)) => length = Some(n),
+                    (Some(a), Some(b)) if a == b => {}
+                    _ => return Err("invalid Content-Length".to_owned()),
+                }
+            } else if eq(h.name.as_bytes(), b"transfer-encoding") {
+                let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
+                encoded = Some(eq(last.trim_ascii(), b"chunked"));
+            }
+        }
+        let state = if head_only || code == 204 || code == 304 {
+            State::Done
+        } else {
+            match (encoded, length) {
+                (Some(true), _) => State::Chunked(ChunkScan::decoder()),
+                (Some(false), _) | (None, None) => State::UntilClose,
+                (None, Some(0)) => State::Done,
+                (None, Some(n)) => State::Length(n),
+            }
+        };
+        let reusable = !named.close && (version == 1 || named.keep_alive) && !matches!(state, State::UntilClose);
+        let mut headers = HeaderMap::with_capacity(resp.headers.len());
+        for h in resp.headers.iter() {
+            let name = h.name.as_bytes();
+            if hop_by_hop(name) || named.names(name) || eq(name, b"te") {
+                continue;
+            }
+            if encoded.is_some() && eq(name, b"content-length") {
+                continue;
+            }
+            let Ok(name) = HeaderName::from_bytes(name) else {
+                return Err(format!("invalid header name {:?}", h.name));
+            };
+            let at = h.value.as_ptr() as usize - head.as_ptr() as usize;
+            let Ok(value) = HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len())) else {
+                return Err(format!("invalid value in {name}"));
+            };
+            headers.append(name, value);
+        }
+        let mut out = Response::new(());
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        return Ok(Some((out, state, reusable)));
+    }
+}
+
+/// How the rest of an answer's body is framed.
+#[derive(Debug)]
+enum State {
+    Length(u64),
+    Chunked(ChunkScan),
+    UntilClose,
+    Done,
+}
+
+/// An answer's body, read from the app's connection as it is polled. The connection goes back
+/// to the pool when the body ends (if it can carry another request) and is closed if the body
+/// is dropped before its end.
+pub struct AppBody {
+    stream: Option<TcpStream>,
+    buf: BytesMut,
+    state: State,
+    pool: Arc<AppStreams>,
+    reusable: bool,
+}
+
+impl AppBody {
+    /// The body has ended: the connection is returned if nothing else came on it.
+    fn end(&mut self) {
+        self.state = State::Done;
+        if let Some(s) = self.stream.take() {
+            if self.reusable && self.buf.is_empty() {
+                self.pool.put(s);
+            }
+        }
+        self.buf = BytesMut::new();
+    }
+
+    fn fail(&mut self, why: &'static str) -> Polled {
+        self.state = State::Done;
+        self.stream = None;
+        Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::UnexpectedEof, why))))
+    }
+
+    /// The next frame from what is buffered; `None` if more bytes are needed.
+    fn next_buffered(&mut self) -> Option<Polled> {
+        loop {
+            match &mut self.state {
+                State::Done => return Some(Poll::Ready(None)),
+                _ if self.buf.is_empty() => return None,
+                State::Length(left) => {
+                    let n = (self.buf.len() as u64).min(*left);
+                    *left -= n;
+                    let data = self.buf.split_to(n as usize).freeze();
+                    if *left == 0 {
+                        self.end();
+                    }
+                    return Some(Poll::Ready(Some(Ok(Frame::data(data)))));
+                }
+                State::UntilClose => {
+                    let data = self.buf.split().freeze();
+                    return Some(Poll::Ready(Some(Ok(Frame::data(data)))));
+                }
+                State::Chunked(scan) => match scan.state {
+                    Chunk::Data => {
+                        let n = (self.buf.len() as u64).min(scan.size);
+                        scan.take_data(n);
+                        let data = self.buf.split_to(n as usize).freeze();
+                        return Some(Poll::Ready(Some(Ok(Frame::data(data)))));
+                    }
+                    Chunk::TrailerStart => return self.trailers(),
+                    _ => match scan.feed(&self.buf) {
+                        Ok((n, _)) => self.buf.advance(n),
+                        Err(why) => return Some(self.fail(why)),
+                    },
+                },
+            }
+        }
+    }
+
+    /// The trailer section of a chunked body, once it is all buffered.
+    fn trailers(&mut self) -> Option<Polled> {
+        for end in [&b"\r\n"[..], b"\n"] {
+            if self.buf.starts_with(end) {
+                self.buf.advance(end.len());
+                self.end();
+                return Some(Poll::Ready(None));
+            }
+        }
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        match httparse::parse_headers(&self.buf, &mut fields) {
+            Ok(httparse::Status::Complete((len, fields))) => {
+                let mut trailers = HeaderMap::with_capacity(fields.len());
+                for f in fields.iter() {
+                    if let (Ok(n), Ok(v)) =
+                        (HeaderName::from_bytes(f.name.as_bytes()), HeaderValue::from_bytes(f.value))
+                    {
+                        trailers.append(n, v);
+                    }
+                }
+                self.buf.advance(len);
+                self.end();
+                Some(Poll::Ready(Some(Ok(Frame::trailers(trailers)))))
+            }
+            Ok(httparse::Status::Partial) if self.buf.len() <= MAX_TRAILERS => None,
+            Ok(httparse::Status::Partial) => Some(self.fail("trailer section too large")),
+            Err(_) => Some(self.fail("invalid trailer section")),
+        }
+    }
+}
+
+impl Body for AppBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
+        let this = &mut *self;
+        loop {
+            if let Some(ready) = this.next_buffered() {
+                return ready;
+            }
+            let Some(stream) = this.stream.as_ref() else { return this.fail("the app's connection is gone") };
+            if this.buf.capacity() - this.buf.len() < 1024 {
+                this.buf.reserve(READ_SIZE);
+            }
+            if let Err(e) = ready!(stream.poll_read_ready(cx)) {
+                this.state = State::Done;
+                this.stream = None;
+                return Poll::Ready(Some(Err(e)));
+            }
+            match stream.try_read_buf(&mut this.buf) {
+                Ok(0) if matches!(this.state, State::UntilClose) => {
+                    this.state = State::Done;
+                    this.stream = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail("the app closed the connection before the end of the body"),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    this.state = State::Done;
+                    this.stream = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_head_loses_its_hop_by_hop_fields_and_keeps_the_rest() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
+               Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\nX-App: yes\r\n\r\n3\r\nabc"
+                [..],
+        );
+        let (resp, state, reusable) = answer(&mut buf, false).expect("valid").expect("complete");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers().len(), 1, "{:?}", resp.headers());
+        assert_eq!(resp.headers()["x-app"], "yes");
+        assert!(matches!(state, State::Chunked(_)) && reusable);
+        assert_eq!(&buf[..], b"3\r\nabc", "the body's first bytes stay buffered");
+
+        let mut buf = BytesMut::from(&b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n"[..]);
+        let (_, state, reusable) = answer(&mut buf, false).expect("valid").expect("complete");
+        assert!(matches!(state, State::Length(2)) && !reusable, "HTTP/1.0 without keep-alive closes");
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"[..]);
+        let (_, state, _) = answer(&mut buf, true).expect("valid").expect("complete");
+        assert!(matches!(state, State::Done), "a HEAD answer has no body");
+        assert!(answer(&mut BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Len"[..]), false).expect("valid").is_none());
+        assert!(answer(&mut BytesMut::from(&b"SMTP ready\r\n\r\n"[..]), false).is_err());
+    }
+}
