@@ -77,6 +77,10 @@ pub(crate) const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
 pub(crate) const HEAD_TOO_LARGE: &str = "response head too large (over 1 MiB)";
 /// Bytes asked of the kernel per read.
 pub(crate) const READ_SIZE: usize = 16 * 1024;
+/// The first buffer for a request head (it grows for bigger heads and for bodies).
+const HEAD_READ: usize = 4096;
+/// A connection idle this long releases its buffers.
+const RELEASE_AFTER: Duration = Duration::from_millis(100);
 /// A body part at most this long is copied behind its head and sent in the same write.
 const COPY_BEHIND_HEAD: usize = 4096;
 
@@ -112,7 +116,7 @@ impl Codec {
         rules: Rules,
     ) -> Outcome
     where
-        IO: AsyncRead + AsyncWrite + Unpin,
+        IO: AsyncRead + AsyncWrite + ReadReady + Unpin,
     {
         let conn = Conn {
             proxy: &self.proxy,
@@ -131,6 +135,13 @@ impl Codec {
     }
 }
 
+/// A byte stream that can wait until it is readable without a buffer to read into, so that an
+/// idle connection holds none.
+pub trait ReadReady {
+    /// Ready when a read may make progress (a stream that cannot tell is always ready).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
 /// The listener's rules the codec applies to one connection.
 #[derive(Clone, Copy)]
 pub struct Rules {
@@ -142,7 +153,7 @@ pub struct Rules {
 
 impl Conn<'_> {
     /// Requests, one after the other, until the connection ends or one needs hyper.
-    async fn run<IO: AsyncRead + AsyncWrite + Unpin>(mut self, io: &mut IO) -> Outcome {
+    async fn run<IO: AsyncRead + AsyncWrite + ReadReady + Unpin>(mut self, io: &mut IO) -> Outcome {
         let conn = &mut self;
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
@@ -315,7 +326,7 @@ pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
 impl Conn<'_> {
     /// Waits for more request bytes: `Ok(false)` when the connection should close (the client
     /// closed, the idle or header timeout passed, or the drain grace passed with nothing sent).
-    async fn wait_for_head<IO: AsyncRead + Unpin>(
+    async fn wait_for_head<IO: AsyncRead + ReadReady + Unpin>(
         &mut self,
         io: &mut IO,
         mut timer: Pin<&mut tokio::time::Sleep>,
@@ -338,27 +349,57 @@ impl Conn<'_> {
             }
         };
         let mut limit = deadline(self.draining);
-        if let Some(at) = limit {
+        // A connection idle for RELEASE_AFTER gives its buffers back (as nginx does); they are
+        // made again when the next request's first bytes are there to read. A busy connection
+        // keeps them from one request to the next.
+        let mut release = (between && self.rbuf.capacity() > 0).then(|| now + RELEASE_AFTER);
+        let wake = |limit: Option<tokio::time::Instant>, release: Option<tokio::time::Instant>| match (limit, release) {
+            (Some(l), Some(r)) => Some(l.min(r)),
+            (l, r) => l.or(r),
+        };
+        if let Some(at) = wake(limit, release) {
             timer.as_mut().reset(at);
         }
-        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-            self.rbuf.reserve(READ_SIZE);
+        if !between && self.rbuf.capacity() - self.rbuf.len() < 1024 {
+            self.rbuf.reserve(HEAD_READ);
         }
+        let rbuf = &mut self.rbuf;
         loop {
+            let read = async {
+                if rbuf.capacity() == 0 {
+                    std::future::poll_fn(|cx| io.poll_read_ready(cx)).await?;
+                    rbuf.reserve(HEAD_READ);
+                }
+                io.read_buf(rbuf).await
+            };
             tokio::select! {
                 biased;
-                r = io.read_buf(&mut self.rbuf) => {
+                r = read => {
                     let n = r?;
                     if n > 0 && between {
                         self.head_deadline = Some(tokio::time::Instant::now() + rules.header_read);
                     }
                     return Ok(n > 0);
                 }
-                _ = timer.as_mut(), if limit.is_some() => return Ok(false),
+                _ = timer.as_mut(), if limit.is_some() || release.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    if limit.is_some_and(|l| l <= now) {
+                        return Ok(false);
+                    }
+                    if release.is_some_and(|r| r <= now) {
+                        release = None;
+                        *rbuf = BytesMut::new();
+                        self.ubuf = BytesMut::new();
+                        self.out = Vec::new();
+                    }
+                    if let Some(at) = wake(limit, release) {
+                        timer.as_mut().reset(at);
+                    }
+                }
                 _ = self.drain.wait(), if !self.draining => {
                     self.draining = true;
                     limit = deadline(true);
-                    if let Some(at) = limit {
+                    if let Some(at) = wake(limit, release) {
                         timer.as_mut().reset(at);
                     }
                 }
@@ -456,6 +497,7 @@ impl Conn<'_> {
         // tandem's.
         let out = &mut self.out;
         out.clear();
+        out.reserve(head_len + 256);
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
         out.extend_from_slice(path.as_bytes());

@@ -267,7 +267,9 @@ pub async fn serve<F, S, B>(
             let io = Prefixed::new(handed, io);
             let service = DrainAware::new(make_service(meta), service_drain, info.clone());
             let io = TokioIo::new(if guard_h1 { H1Guard::new(io, max_buf_size) } else { H1Guard::passthrough(io) });
-            let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
+            // Boxed: hyper's connection state is several KiB, and a connection the codec serves
+            // never needs it (the task stays small while it idles).
+            let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, service));
             let mut closing = false;
             let mut draining = false;
             let mut last_seen = 0u64;
@@ -397,6 +399,16 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl crate::h1_proxy::ReadReady for Transport {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Plain(s) => s.inner.poll_read_ready(cx),
+            // rustls may hold decrypted bytes already: read at once.
+            Transport::Tls(_) => Poll::Ready(Ok(())),
         }
     }
 }
