@@ -14,8 +14,7 @@
 
 use crate::error::ProxyError;
 use crate::h1_proxy::{
-    eq, hop_by_hop, parse_length, AppStreams, Chunk, ChunkScan, Named, HEAD_TOO_LARGE, MAX_FIELDS, MAX_RESPONSE_HEAD,
-    READ_SIZE,
+    AnswerHead, AppStreams, Chunk, ChunkScan, Framing, HEAD_TOO_LARGE, MAX_FIELDS, MAX_RESPONSE_HEAD, READ_SIZE,
 };
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
@@ -133,46 +132,20 @@ fn answer(buf: &mut BytesMut, head_only: bool) -> Result<Option<(Response<()>, S
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
         let mut resp = httparse::Response::new(&mut []);
         let _ = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, &head, &mut fields);
-        let mut named = Named::default();
-        let mut length = None;
-        let mut encoded = None;
-        for h in resp.headers.iter() {
-            if eq(h.name.as_bytes(), b"connection") {
-                if !named.add(h.value) {
-                    return Err("Connection names too many fields".to_owned());
-                }
-            } else if eq(h.name.as_bytes(), b"content-length") {
-                match (length, parse_length(h.value)) {
-                    (None, Some(n)) => length = Some(n),
-                    (Some(a), Some(b)) if a == b => {}
-                    _ => return Err("invalid Content-Length".to_owned()),
-                }
-            } else if eq(h.name.as_bytes(), b"transfer-encoding") {
-                let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
-                encoded = Some(eq(last.trim_ascii(), b"chunked"));
-            }
-        }
-        let state = if head_only || code == 204 || code == 304 {
-            State::Done
-        } else {
-            match (encoded, length) {
-                (Some(true), _) => State::Chunked(ChunkScan::decoder()),
-                (Some(false), _) | (None, None) => State::UntilClose,
-                (None, Some(0)) => State::Done,
-                (None, Some(n)) => State::Length(n),
-            }
+        let answer = AnswerHead::read(resp.headers, code, version, head_only)?;
+        let state = match answer.body {
+            Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::Chunked(ChunkScan::decoder()),
+            Framing::UntilClose => State::UntilClose,
         };
-        let reusable = !named.close && (version == 1 || named.keep_alive) && !matches!(state, State::UntilClose);
+        let reusable = answer.reusable;
         let mut headers = HeaderMap::with_capacity(resp.headers.len());
         for h in resp.headers.iter() {
-            let name = h.name.as_bytes();
-            if hop_by_hop(name) || named.names(name) || eq(name, b"te") {
+            if answer.drops(h.name.as_bytes()) {
                 continue;
             }
-            if encoded.is_some() && eq(name, b"content-length") {
-                continue;
-            }
-            let Ok(name) = HeaderName::from_bytes(name) else {
+            let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
                 return Err(format!("invalid header name {:?}", h.name));
             };
             let at = h.value.as_ptr() as usize - head.as_ptr() as usize;

@@ -819,44 +819,7 @@ impl Conn<'_> {
                 self.ubuf.advance(len);
                 continue;
             }
-            let mut named = Named::default();
-            let mut length = None;
-            let mut chunked = false;
-            let mut encoded = false;
-            for h in resp.headers.iter() {
-                let (name, value) = (h.name.as_bytes(), h.value);
-                if eq(name, b"connection") {
-                    if !named.add(value) {
-                        return Err("Connection names too many fields".to_owned());
-                    }
-                } else if eq(name, b"content-length") {
-                    match (length, parse_length(value)) {
-                        (None, Some(n)) => length = Some(n),
-                        (Some(a), Some(b)) if a == b => {}
-                        _ => return Err("invalid Content-Length".to_owned()),
-                    }
-                } else if eq(name, b"transfer-encoding") {
-                    encoded = true;
-                    chunked = value.rsplit(|b| *b == b',').next().is_some_and(|t| eq(t.trim_ascii(), b"chunked"));
-                }
-            }
-            let no_body = req.head_only || status == 204 || status == 304;
-            let body = if no_body {
-                Framing::Length(0)
-            } else if encoded {
-                if chunked {
-                    Framing::Chunked
-                } else {
-                    Framing::UntilClose
-                }
-            } else {
-                match length {
-                    Some(n) => Framing::Length(n),
-                    None => Framing::UntilClose,
-                }
-            };
-            let reusable = !named.close && (version == 1 || named.keep_alive) && body != Framing::UntilClose;
-
+            let answer = AnswerHead::read(resp.headers, status, version, req.head_only)?;
             let out = &mut self.out;
             out.clear();
             out.extend_from_slice(b"HTTP/1.1 ");
@@ -865,19 +828,15 @@ impl Conn<'_> {
             out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
             out.extend_from_slice(b"\r\n");
             for h in resp.headers.iter() {
-                let (name, value) = (h.name.as_bytes(), h.value);
-                if hop_by_hop(name) || named.names(name) || eq(name, b"te") {
-                    continue;
+                if !answer.drops(h.name.as_bytes()) {
+                    push_field(out, h.name.as_bytes(), h.value);
                 }
-                if encoded && eq(name, b"content-length") {
-                    continue;
-                }
-                push_field(out, name, value);
             }
-            if body == Framing::Chunked && !no_body {
+            if answer.body == Framing::Chunked {
                 out.extend_from_slice(b"transfer-encoding: chunked\r\n");
             }
             out.extend_from_slice(b"\r\n");
+            let (body, reusable) = (answer.body, answer.reusable);
             self.ubuf.advance(len);
             return Ok(Some(Response { status, body, reusable }));
         }
@@ -951,8 +910,67 @@ struct Response {
     reusable: bool,
 }
 
+/// What an answer's head says about its body and about the app's connection.
+pub(crate) struct AnswerHead<'h> {
+    /// The fields `Connection` names (and its `close`, `keep-alive`).
+    named: Named<'h>,
+    pub(crate) body: Framing,
+    /// `Transfer-Encoding` was there (a `Content-Length` beside it does not pass on).
+    encoded: bool,
+    /// The connection can carry another request once the body has ended.
+    pub(crate) reusable: bool,
+}
+
+impl<'h> AnswerHead<'h> {
+    /// Reads the framing fields of a final answer (`status` 200 or above) to a request that
+    /// was a `HEAD` request if `head_only`.
+    pub(crate) fn read(
+        fields: &[httparse::Header<'h>],
+        status: u16,
+        version: u8,
+        head_only: bool,
+    ) -> Result<Self, String> {
+        let mut named = Named::default();
+        let mut length = None;
+        let mut encoding: Option<&[u8]> = None;
+        for h in fields {
+            let (name, value) = (h.name.as_bytes(), h.value);
+            if eq(name, b"connection") {
+                if !named.add(value) {
+                    return Err("Connection names too many fields".to_owned());
+                }
+            } else if eq(name, b"content-length") {
+                match (length, parse_length(value)) {
+                    (None, Some(n)) => length = Some(n),
+                    (Some(a), Some(b)) if a == b => {}
+                    _ => return Err("invalid Content-Length".to_owned()),
+                }
+            } else if eq(name, b"transfer-encoding") {
+                encoding = Some(value);
+            }
+        }
+        let body = match (encoding, length) {
+            _ if head_only || status == 204 || status == 304 => Framing::Length(0),
+            // The final encoding decides; anything but chunked runs until the connection ends.
+            (Some(te), _) if te.rsplit(|b| *b == b',').next().is_some_and(|t| eq(t.trim_ascii(), b"chunked")) => {
+                Framing::Chunked
+            }
+            (Some(_), _) | (None, None) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+        };
+        let reusable = !named.close && (version == 1 || named.keep_alive) && body != Framing::UntilClose;
+        Ok(Self { named, body, encoded: encoding.is_some(), reusable })
+    }
+
+    /// Whether a field of the answer stays behind (hop-by-hop, named by `Connection`, or a
+    /// `Content-Length` beside `Transfer-Encoding`).
+    pub(crate) fn drops(&self, name: &[u8]) -> bool {
+        hop_by_hop(name) || self.named.names(name) || eq(name, b"te") || (self.encoded && eq(name, b"content-length"))
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Framing {
+pub(crate) enum Framing {
     Length(u64),
     Chunked,
     UntilClose,
