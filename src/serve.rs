@@ -1,6 +1,8 @@
-//! The one accept loop every listener runs: TCP → optional TLS → hyper-util's auto connection
-//! (HTTP/1.1 or h2: by ALPN under TLS, by prior knowledge in plaintext) → the listener's service, with connection limits, idle timeout and a
-//! graceful drain (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY) when a stop begins.
+//! The one accept loop every listener runs: TCP → optional TLS → (on the inbound listener with an
+//! HTTP/1.1 app) tandem's own HTTP/1.1 codec, [`crate::h1_proxy`], until a request needs hyper →
+//! hyper-util's auto connection (HTTP/1.1 or h2: by ALPN under TLS, by prior knowledge in
+//! plaintext) → the listener's service, with connection limits, idle timeout and a graceful drain
+//! (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY) when a stop begins.
 //!
 //! On listeners that ask for it ([`ConnSettings::h1_guard`]), HTTP/1 connections are read
 //! through [`H1Guard`], which marks requests that carry both `Content-Length` and
