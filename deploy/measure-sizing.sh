@@ -31,5 +31,7 @@ wrk -t 2 -c "$C" -d "$D" "http://127.0.0.1:$IN$Q" | grep -E "requests in|Request
 c1=$(ticks); t1=$(date +%s.%N)
 echo "RSS after: $(kib VmRSS) KiB, peak (VmHWM): $(kib VmHWM) KiB"
 python3 -c "print('tandem CPU: %.2f cores' % ((($c1 - $c0) / $(getconf CLK_TCK)) / ($t1 - $t0)))"
+python3 -c "import urllib.request as u; print([l for l in u.urlopen('http://127.0.0.1:$ADMIN/metrics').read().decode().splitlines() if l.startswith('tandem_access_log_dropped_total')][0])"
 kill -TERM "$P"; wait "$P" || true
-echo "access log: $(wc -l < "$LOG") lines"
+# The live file and the ones rotated away at access_log.max_size (100 MiB by default).
+echo "access log: $(cat "$LOG" "$LOG".[0-9]* 2>/dev/null | wc -l) lines"
