@@ -8,8 +8,9 @@
 //! which streams a request body while the answer is already arriving.
 //!
 //! Failures map as on every other path: `UF` for the connect, `UC` for a connection that ends
-//! before a full answer (a pooled one that fails before any answer byte is replaced, as the
-//! request is at hand), `UPE` for a head that is not HTTP/1.1 or is over 1 MiB. A body cut short
+//! before a full answer (a pooled one that fails before any answer byte is replaced when the
+//! request could not have reached the app or its method is idempotent), `UPE` for a head that
+//! is not HTTP/1.1 or is over 1 MiB. A body cut short
 //! ends with an error, which hyper's server turns into a reset stream (h2) or a cut connection.
 
 use crate::error::ProxyError;
@@ -56,6 +57,9 @@ pub async fn send(
     head.extend_from_slice(b"\r\n");
     let closed = || ProxyError::UpstreamClosed { upstream: app.to_string() };
     let head_only = parts.method == http::Method::HEAD;
+    // Sent again after a pooled connection ended without an answer only if idempotent (RFC 9110
+    // section 9.2.2): the app may have acted on it.
+    let idempotent = parts.method.is_idempotent();
     'attempt: loop {
         let (mut up, reused) = match streams.take() {
             Some(s) => (s, true),
@@ -73,13 +77,18 @@ pub async fn send(
         let mut buf = BytesMut::with_capacity(4096);
         loop {
             match up.read_buf(&mut buf).await {
-                Ok(0) | Err(_) if buf.is_empty() && reused => continue 'attempt,
+                Ok(0) | Err(_) if buf.is_empty() && reused && idempotent => continue 'attempt,
                 Ok(0) | Err(_) => return Err(closed()),
                 Ok(_) => {}
             }
             match answer(&mut buf, head_only) {
                 Ok(Some((resp, state, reusable))) => {
-                    let body = AppBody { stream: Some(up), buf, state, pool: streams.clone(), reusable };
+                    let done = matches!(state, State::Done);
+                    let mut body = AppBody { stream: Some(up), buf, state, pool: streams.clone(), reusable };
+                    if done {
+                        // No body: the connection is free at once.
+                        body.end();
+                    }
                     let (parts, ()) = resp.into_parts();
                     return Ok(Response::from_parts(parts, body));
                 }

@@ -14,7 +14,9 @@
 //! guard) for the rest of the connection: HTTP/1.0, `Transfer-Encoding`, `Upgrade` (WebSocket,
 //! h2c upgrade), `Expect`, `CONNECT`, absolute-form or `*` targets, the HTTP/2 preface (h2c prior
 //! knowledge), more than [`MAX_FIELDS`] header fields, a `Connection` header naming more than
-//! [`MAX_NAMED`] fields, a head over the listener's buffer limit, and anything the parser refuses.
+//! [`MAX_NAMED`] fields or naming one tandem frames or sets (`Content-Length`, `Host`,
+//! `x-forwarded-*`, `x-request-id`), a head over the listener's buffer limit, and anything the
+//! parser refuses.
 //! hyper then answers or refuses it exactly as it does without this codec (400, 414 and 431 are
 //! hyper's, counted in `tandem_http_requests_refused_total`). Hand-over happens only between
 //! requests, so hyper always starts at a request boundary.
@@ -36,9 +38,12 @@
 //! Upstream failures map to the same reasons as the hyper path: `UF` (connect), `UC` (closed or
 //! reset before a full response; a body cut short closes the client's connection), `UPE` (not a
 //! valid response head, or one over 1 MiB), `UT` (no response head within `timeouts.response`).
-//! A pooled connection the app closed while it was idle is noticed before use; one that fails
-//! before any response byte, for a request whose bytes are all still at hand, is retried once on
-//! a fresh connection (as hyper-util's pool does for a request it never sent).
+//! A pooled connection the app closed while it was idle is noticed before use. One that fails
+//! while the request is written, or (for an idempotent method, RFC 9110 section 9.2.2) before
+//! any response byte, is replaced by another, when the request's bytes are all still at hand; a
+//! fresh connection is not retried. A request body and an answer's body get `timeouts.idle` per
+//! step (a stalled upload is answered 408 `DPE`, a stalled answer is cut as `UC`). After an app
+//! answers before the whole body was sent, neither connection is used again.
 //!
 //! # Connection rules
 //!
@@ -240,6 +245,9 @@ struct Request {
     body_pending: bool,
     /// A `HEAD` request: the response has no body whatever its head says.
     head_only: bool,
+    /// An idempotent method (RFC 9110 section 9.2.2): it may be sent again after a pooled
+    /// connection failed without an answer.
+    idempotent: bool,
 }
 
 pub(crate) fn eq(a: &[u8], lower: &[u8]) -> bool {
@@ -456,6 +464,14 @@ impl Conn<'_> {
                 _ => {}
             }
         }
+        // A `Connection` header naming a field tandem frames or sets itself: hyper's path (which
+        // frames the body itself) takes it, so the field list and the framing never disagree.
+        if ["content-length", "host", "x-forwarded-for", "x-request-id", "x-forwarded-proto"]
+            .iter()
+            .any(|f| named.names(f.as_bytes()))
+        {
+            return Parsed::HandOff;
+        }
         let close = named.close;
 
         // The record, then the same checks as the hyper path, in the same order.
@@ -555,6 +571,7 @@ impl Conn<'_> {
             close,
             body_pending: length.is_some_and(|n| n > 0),
             head_only: method == "HEAD",
+            idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"),
         })
     }
 
@@ -606,13 +623,18 @@ impl Conn<'_> {
                 None => {
                     let connected = tokio::select! {
                         biased;
-                        c = self.streams.connect() => c,
-                        _ = timer.as_mut() => Err(io::ErrorKind::TimedOut.into()),
+                        c = self.streams.connect() => Some(c),
+                        _ = timer.as_mut() => None,
                     };
                     match connected {
-                        Ok(s) => (s, false),
-                        Err(e) => {
+                        Some(Ok(s)) => (s, false),
+                        Some(Err(e)) => {
                             let err = ProxyError::from_connect(&e, p.app, p.connect_timeout_ms);
+                            return self.answer_error(io, req, err).await;
+                        }
+                        None => {
+                            let timeout_ms = p.response_timeout.as_millis() as u64;
+                            let err = ProxyError::UpstreamTimeout { upstream: p.app.to_string(), timeout_ms };
                             return self.answer_error(io, req, err).await;
                         }
                     }
@@ -626,7 +648,7 @@ impl Conn<'_> {
             }
             if !whole {
                 // The rest of the body, as the client sends it.
-                match self.upload(io, &mut up, &mut req, &mut received).await {
+                match self.upload(io, &mut up, &mut req, &mut received, timer.as_mut()).await {
                     Upload::Done => {}
                     Upload::ClientGone => {
                         if let Some(r) = req.finish.record_mut() {
@@ -638,12 +660,20 @@ impl Conn<'_> {
                         let err = ProxyError::UpstreamClosed { upstream: p.app.to_string() };
                         return self.answer_error(io, req, err).await;
                     }
+                    Upload::Stalled => {
+                        let what = format!(
+                            "the request body stalled for {} ms ({received} of {} bytes)",
+                            self.rules.idle.as_millis(),
+                            req.body
+                        );
+                        return self.answer_error(io, req, ProxyError::RequestTimeout { what }).await;
+                    }
                 }
                 timer.as_mut().reset(tokio::time::Instant::now() + p.response_timeout);
             }
             match self.read_response_head(io, &mut up, &req, timer.as_mut()).await {
                 Ok(resp) => break (up, resp),
-                Err(HeadError::Replay) if reused && whole => self.ubuf.clear(),
+                Err(HeadError::Replay) if reused && whole && req.idempotent => self.ubuf.clear(),
                 Err(HeadError::Replay) => {
                     let err = ProxyError::UpstreamClosed { upstream: p.app.to_string() };
                     return self.answer_error(io, req, err).await;
@@ -665,17 +695,21 @@ impl Conn<'_> {
             add_close(&mut self.out);
         }
         let mut relay = Relay { framing: resp.body, sent: 0, chunked: ChunkScan::default() };
-        let ended = relay.feed_buffered(&mut self.ubuf, &mut self.out);
+        let buffered = relay.feed_buffered(&mut self.ubuf, &mut self.out);
         if io.write_all(&self.out).await.is_err() {
             req.finish.finish(0, true);
             return false;
         }
-        let result = if ended { Ok(()) } else { self.relay_body(io, &mut up, &mut relay).await };
+        let result = match buffered {
+            Ok(true) => Ok(()),
+            Ok(false) => self.relay_body(io, &mut up, &mut relay, timer.as_mut()).await,
+            Err(_) => Err(BodyError::AppGone),
+        };
         let flushed = io.flush().await.is_ok();
         match result {
             Ok(()) if flushed => {
                 req.finish.finish(relay.sent, false);
-                if resp.reusable && self.ubuf.is_empty() {
+                if resp.reusable && self.ubuf.is_empty() && !req.body_pending {
                     self.streams.put(up);
                 }
                 self.ubuf.clear();
@@ -695,23 +729,47 @@ impl Conn<'_> {
 
     /// Streams the rest of a request body from the client to the app. An app that answers
     /// before the body is complete ends the upload (its answer is read next).
+    ///
+    /// An early answer leaves `body_pending` set: neither the client's connection (its unsent
+    /// body would be read as a request) nor the app's (it may still wait for the body) is used
+    /// again. Each step, reading from the client or writing to the app, gets `timeouts.idle`.
     async fn upload<IO: AsyncRead + Unpin>(
         &mut self,
         io: &mut IO,
         up: &mut TcpStream,
         req: &mut Request,
         received: &mut u64,
+        mut timer: Pin<&mut tokio::time::Sleep>,
     ) -> Upload {
         let mut left = req.body;
+        let idle = self.rules.idle;
         loop {
+            if !idle.is_zero() {
+                timer.as_mut().reset(tokio::time::Instant::now() + idle);
+            }
             let n = (self.rbuf.len() as u64).min(left) as usize;
             if n > 0 {
-                if up.write_all(&self.rbuf[..n]).await.is_err() {
-                    return Upload::AppGone;
+                let (up_read, mut up_write) = up.split();
+                tokio::select! {
+                    biased;
+                    r = up_write.write_all(&self.rbuf[..n]) => {
+                        if r.is_err() {
+                            return Upload::AppGone;
+                        }
+                    }
+                    r = up_read.readable() => {
+                        if r.is_err() {
+                            return Upload::AppGone;
+                        }
+                        req.close = true;
+                        return Upload::Done;
+                    }
+                    _ = timer.as_mut(), if !idle.is_zero() => return Upload::Stalled,
                 }
                 self.rbuf.advance(n);
                 left -= n as u64;
                 *received += n as u64;
+                continue;
             }
             if left == 0 {
                 req.body_pending = false;
@@ -724,8 +782,7 @@ impl Conn<'_> {
                     if r.is_err() {
                         return Upload::AppGone;
                     }
-                    // An early answer: the rest of the body is not sent, and the client's
-                    // connection cannot be reused (its unsent body would be read as a request).
+                    // An early answer: the rest of the body is not sent.
                     req.close = true;
                     return Upload::Done;
                 }
@@ -733,6 +790,7 @@ impl Conn<'_> {
                     Ok(0) | Err(_) => return Upload::ClientGone,
                     Ok(_) => {}
                 },
+                _ = timer.as_mut(), if !idle.is_zero() => return Upload::Stalled,
             }
         }
     }
@@ -843,25 +901,36 @@ impl Conn<'_> {
     }
 
     /// Relays the body bytes that follow what was already in `ubuf`.
+    /// Each step (a read from the app, its write to the client) gets `timeouts.idle`: an app
+    /// that stalls mid-body is cut (`UC`), and so is a client that stops reading (`DC`).
     async fn relay_body<IO: AsyncWrite + Unpin>(
         &mut self,
         io: &mut IO,
         up: &mut TcpStream,
         relay: &mut Relay,
+        mut timer: Pin<&mut tokio::time::Sleep>,
     ) -> Result<(), BodyError> {
+        let idle = self.rules.idle;
         loop {
             self.ubuf.clear();
             self.ubuf.reserve(READ_SIZE);
-            let n = match up.read_buf(&mut self.ubuf).await {
-                Ok(n) => n,
-                Err(_) => return Err(BodyError::AppGone),
+            if !idle.is_zero() {
+                timer.as_mut().reset(tokio::time::Instant::now() + idle);
+            }
+            let read = tokio::select! {
+                biased;
+                r = up.read_buf(&mut self.ubuf) => r,
+                _ = timer.as_mut(), if !idle.is_zero() => return Err(BodyError::AppGone),
             };
+            let n = read.map_err(|_| BodyError::AppGone)?;
             if n == 0 {
                 return if relay.framing == Framing::UntilClose { Ok(()) } else { Err(BodyError::AppGone) };
             }
             let (take, ended) = relay.scan(&self.ubuf).map_err(|_| BodyError::AppGone)?;
-            if io.write_all(&self.ubuf[..take]).await.is_err() {
-                return Err(BodyError::ClientGone);
+            tokio::select! {
+                biased;
+                r = io.write_all(&self.ubuf[..take]) => r.map_err(|_| BodyError::ClientGone)?,
+                _ = timer.as_mut(), if !idle.is_zero() => return Err(BodyError::ClientGone),
             }
             self.ubuf.advance(take);
             if ended {
@@ -888,6 +957,8 @@ enum Upload {
     Done,
     ClientGone,
     AppGone,
+    /// The client or the app moved nothing for `timeouts.idle`.
+    Stalled,
 }
 
 enum HeadError {
@@ -965,7 +1036,11 @@ impl<'h> AnswerHead<'h> {
     /// Whether a field of the answer stays behind (hop-by-hop, named by `Connection`, or a
     /// `Content-Length` beside `Transfer-Encoding`).
     pub(crate) fn drops(&self, name: &[u8]) -> bool {
-        hop_by_hop(name) || self.named.names(name) || eq(name, b"te") || (self.encoded && eq(name, b"content-length"))
+        if eq(name, b"content-length") {
+            // It frames the body for the client too, whatever `Connection` names.
+            return self.encoded;
+        }
+        hop_by_hop(name) || self.named.names(name) || eq(name, b"te")
     }
 }
 
@@ -1007,25 +1082,20 @@ impl Relay {
         }
     }
 
-    /// Moves the body bytes already read (behind the head) into `out` when they are few, so
-    /// head and body leave in one write; true if the body has ended with them.
-    fn feed_buffered(&mut self, ubuf: &mut BytesMut, out: &mut Vec<u8>) -> bool {
+    /// Moves the body bytes already read (behind the head) into `out`, so head and body leave
+    /// in one write: `Ok(true)` if the body has ended with them, `Err` if their framing is
+    /// broken (the head alone is sent and the connection cut).
+    fn feed_buffered(&mut self, ubuf: &mut BytesMut, out: &mut Vec<u8>) -> Result<bool, &'static str> {
         if self.framing == Framing::Length(0) {
-            return true;
+            return Ok(true);
         }
         if ubuf.is_empty() {
-            return false;
+            return Ok(false);
         }
-        match self.scan(ubuf) {
-            Ok((take, ended)) => {
-                out.extend_from_slice(&ubuf[..take]);
-                ubuf.advance(take);
-                ended
-            }
-            // The body is broken: what came before the fault is sent, and reading on
-            // finds the fault again.
-            Err(_) => false,
-        }
+        let (take, ended) = self.scan(ubuf)?;
+        out.extend_from_slice(&ubuf[..take]);
+        ubuf.advance(take);
+        Ok(ended)
     }
 }
 
@@ -1189,7 +1259,7 @@ fn error_body_len(out: &[u8]) -> u64 {
 fn add_close(out: &mut Vec<u8>) {
     let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") else { return };
     let head = &out[..end + 2];
-    if head.windows(19).any(|w| w.eq_ignore_ascii_case(b"connection: close\r\n")) {
+    if head.windows(21).any(|w| w.eq_ignore_ascii_case(b"\r\nconnection: close\r\n")) {
         return;
     }
     let at = end + 2;

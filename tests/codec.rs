@@ -93,6 +93,16 @@ async fn closed_by_peer(s: &mut TcpStream) -> bool {
     }
 }
 
+/// Waits until the metrics count one request with `response_flags="UC"`.
+async fn uc_counted_once(proxy: &tandem::app::Running) {
+    support::wait_for("the UC count", Duration::from_secs(5), || {
+        let m = support::metrics(proxy);
+        let v = support::metric_value(&m, &["tandem_http_requests_total{", "response_flags=\"UC\""]);
+        async move { (v == Some(1.0)).then_some(()) }
+    })
+    .await;
+}
+
 /// A raw app that answers every request head it reads with `answer`, counting its connections;
 /// the heads it got are sent to the returned channel.
 async fn scripted_app(
@@ -310,12 +320,7 @@ async fn a_body_cut_short_by_the_app_closes_the_clients_connection_and_counts_uc
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await.expect("the proxy closes");
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("only ten!!"), "{text}");
-    support::wait_for("the UC count", Duration::from_secs(5), || {
-        let m = support::metrics(&proxy);
-        let v = support::metric_value(&m, &["tandem_http_requests_total{", "response_flags=\"UC\""]);
-        async move { (v == Some(1.0)).then_some(()) }
-    })
-    .await;
+    uc_counted_once(&proxy).await;
 }
 
 #[tokio::test]
@@ -420,12 +425,7 @@ async fn an_h2c_answer_cut_short_fails_the_stream_and_counts_uc() {
     let proxy = support::proxy(support::config(app)).await;
     let got = h2c_get(proxy.inbound_addr, "/").await;
     assert!(got.is_err(), "a body cut short must not look complete: {got:?}");
-    support::wait_for("the UC count", Duration::from_secs(5), || {
-        let m = support::metrics(&proxy);
-        let v = support::metric_value(&m, &["tandem_http_requests_total{", "response_flags=\"UC\""]);
-        async move { (v == Some(1.0)).then_some(()) }
-    })
-    .await;
+    uc_counted_once(&proxy).await;
 
     // Refused, closed before an answer, garbage: the same reasons as the HTTP/1.1 paths.
     let proxy = support::proxy(support::config(support::dead_addr())).await;
@@ -440,4 +440,174 @@ async fn an_h2c_answer_cut_short_fails_the_stream_and_counts_uc() {
     let r = h2c_get(proxy.inbound_addr, "/").await.expect("answer");
     assert_eq!(r.0, 502);
     assert!(String::from_utf8_lossy(&r.1).starts_with("upstream protocol error (UPE)"), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_connection_header_naming_content_length_cannot_smuggle_a_request() {
+    let echo = support::echo().await;
+    let proxy = support::proxy(support::config(echo.addr)).await;
+    let hidden = "GET /hidden HTTP/1.1\r\nHost: pod\r\nX-Forwarded-Client-Cert: forged\r\n\r\n";
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    let req = format!(
+        "POST /visible?echo_body=1 HTTP/1.1\r\nHost: pod\r\nConnection: content-length\r\nContent-Length: {}\r\n\r\n{hidden}",
+        hidden.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let r = read_response(&mut s, &mut Vec::new(), false).await;
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert_eq!(String::from_utf8_lossy(&r.body), hidden, "the body reached the app as the body");
+    // Had the app seen two requests, its answer to the hidden one would wait on a pooled
+    // connection for the next client.
+    for _ in 0..3 {
+        let (status, _, body) = support::get(&format!("http://{}/next", proxy.inbound_addr)).await;
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("echo JSON");
+        assert_eq!(v["path"], "/next", "{v}");
+    }
+}
+
+#[tokio::test]
+async fn after_an_early_answer_the_apps_connection_is_not_used_again() {
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    let app = support::raw_app(move |mut s| {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let head = support::read_head(&mut s).await;
+            if head.starts_with("POST") {
+                let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!").await;
+                // Waits for the rest of the body it was promised, swallowing whatever comes.
+                let mut sink = [0u8; 4096];
+                while let Ok(k) = s.read(&mut sink).await {
+                    if k == 0 {
+                        break;
+                    }
+                }
+            } else {
+                let body = format!("conn {n}");
+                let _ = s
+                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes())
+                    .await;
+            }
+        }
+    })
+    .await;
+    let proxy = support::proxy(support::config(app)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: pod\r\nContent-Length: 100000\r\n\r\n").await.expect("write");
+    s.write_all(&[b'x'; 1000]).await.expect("write part of the body");
+    let r = read_response(&mut s, &mut Vec::new(), false).await;
+    assert_eq!(r.status(), 413);
+    let (status, _, body) = support::get(&format!("http://{}/after", proxy.inbound_addr)).await;
+    assert_eq!(status, 200, "the next request got a fresh app connection: {body:?}");
+    assert_eq!(body, "conn 1");
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_post_is_not_sent_twice_when_a_pooled_connection_ends_without_an_answer() {
+    let posts = Arc::new(AtomicUsize::new(0));
+    let seen = posts.clone();
+    let app = support::raw_app(move |mut s| {
+        let seen = seen.clone();
+        async move {
+            // Each connection answers its first request and drops the second without an answer.
+            for i in 0..2 {
+                let head = support::read_head(&mut s).await;
+                if head.is_empty() {
+                    return;
+                }
+                if head.starts_with("POST") {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                if i == 0 {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = support::proxy(support::config(app)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    let mut buf = Vec::new();
+    s.write_all(b"GET /warm HTTP/1.1\r\nHost: pod\r\n\r\n").await.expect("write");
+    assert_eq!(read_response(&mut s, &mut buf, false).await.status(), 200);
+    s.write_all(b"POST /order HTTP/1.1\r\nHost: pod\r\nContent-Length: 2\r\n\r\n{}").await.expect("write");
+    let r = read_response(&mut s, &mut buf, false).await;
+    assert_eq!(r.status(), 502, "{r:?}");
+    assert_eq!(r.header("x-tandem-error"), Some("UC"));
+    assert_eq!(posts.load(Ordering::SeqCst), 1, "the POST reached the app once");
+
+    // A GET in the same spot is sent again on a fresh connection.
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: pod\r\n\r\n").await.expect("write");
+    assert_eq!(read_response(&mut s, &mut buf, false).await.status(), 200);
+    s.write_all(b"GET /b HTTP/1.1\r\nHost: pod\r\n\r\n").await.expect("write");
+    assert_eq!(read_response(&mut s, &mut buf, false).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_stalled_upload_is_408_and_a_stalled_or_broken_answer_is_cut() {
+    // An app that reads a whole 100-byte body before it answers.
+    let app = support::raw_app(|mut s| async move {
+        support::read_head(&mut s).await;
+        let mut body = [0u8; 100];
+        if s.read_exact(&mut body).await.is_ok() {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+        }
+    })
+    .await;
+    let mut cfg = support::config(app);
+    cfg.inbound.timeouts.idle = tandem::config::Human::new(Duration::from_millis(300));
+    let proxy = support::proxy(cfg).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: pod\r\nContent-Length: 100\r\n\r\n0123456789").await.expect("write");
+    let r = read_response(&mut s, &mut Vec::new(), false).await;
+    assert_eq!(r.status(), 408, "{r:?}");
+    assert_eq!(r.header("x-tandem-error"), Some("DPE"));
+    assert_eq!(r.header("connection"), Some("close"));
+
+    // Broken chunked framing right behind the head: the head goes out, then the connection is cut.
+    let app = support::raw_app(|mut s| async move {
+        support::read_head(&mut s).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n").await;
+        let mut sink = [0u8; 64];
+        let _ = s.read(&mut sink).await;
+    })
+    .await;
+    let proxy = support::proxy(support::config(app)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: pod\r\n\r\n").await.expect("write");
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await.expect("the proxy cuts it");
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200 OK\r\n"));
+    uc_counted_once(&proxy).await;
+}
+
+#[tokio::test]
+async fn an_answers_length_survives_its_connection_header_and_close_is_a_real_line() {
+    let (app, conns, _heads) =
+        scripted_app(b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nX-Note: keep-connection: close\r\nContent-Length: 2\r\n\r\nok")
+            .await;
+    let proxy = support::proxy(support::config(app)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: pod\r\n\r\n").await.expect("write");
+        let r = read_response(&mut s, &mut buf, false).await;
+        assert_eq!((r.header("content-length"), &r.body[..]), (Some("2"), &b"ok"[..]), "{r:?}");
+    }
+    s.write_all(b"GET / HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n").await.expect("write");
+    let r = read_response(&mut s, &mut buf, false).await;
+    assert!(r.head.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{r:?}");
+    assert!(closed_by_peer(&mut s).await);
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+
+    // h2c answers without a body free their app connection at once.
+    let (app, conns, _heads) = scripted_app(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+    let proxy = support::proxy(support::config(app)).await;
+    for _ in 0..3 {
+        assert_eq!(h2c_get(proxy.inbound_addr, "/").await.expect("answer").0, 204);
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
 }
