@@ -609,6 +609,9 @@ impl Conn<'_> {
             req.body_pending = false;
         }
         let mut received = if whole { req.body } else { 0 };
+        if let Some(r) = req.finish.record_mut() {
+            r.bytes_received = received;
+        }
 
         // Connect (or reuse), write, and read the response head, within timeouts.response
         // (the body upload aside, which the client paces).
@@ -648,14 +651,14 @@ impl Conn<'_> {
             }
             if !whole {
                 // The rest of the body, as the client sends it.
-                match self.upload(io, &mut up, &mut req, &mut received, timer.as_mut()).await {
+                let uploaded = self.upload(io, &mut up, &mut req, &mut received, timer.as_mut()).await;
+                // Every way the request ends from here reports what the client sent.
+                if let Some(r) = req.finish.record_mut() {
+                    r.bytes_received = received;
+                }
+                match uploaded {
                     Upload::Done => {}
-                    Upload::ClientGone => {
-                        if let Some(r) = req.finish.record_mut() {
-                            r.bytes_received = received;
-                        }
-                        return false;
-                    }
+                    Upload::ClientGone => return false,
                     Upload::AppGone => {
                         let err = ProxyError::UpstreamClosed { upstream: p.app.to_string() };
                         return self.answer_error(io, req, err).await;

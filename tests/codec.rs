@@ -566,6 +566,13 @@ async fn a_stalled_upload_is_408_and_a_stalled_or_broken_answer_is_cut() {
     assert_eq!(r.status(), 408, "{r:?}");
     assert_eq!(r.header("x-tandem-error"), Some("DPE"));
     assert_eq!(r.header("connection"), Some("close"));
+    // The 10 bytes the client did send are counted (and logged) for the failed request.
+    support::wait_for("the request bytes counted", Duration::from_secs(5), || {
+        let m = support::metrics(&proxy);
+        let v = support::metric_value(&m, &["tandem_http_request_bytes_total{", "direction=\"inbound\""]);
+        async move { (v == Some(10.0)).then_some(()) }
+    })
+    .await;
 
     // Broken chunked framing right behind the head: the head goes out, then the connection is cut.
     let app = support::raw_app(|mut s| async move {
