@@ -61,7 +61,7 @@ pub struct Http1Pool {
     max_idle: usize,
     max_buf_size: usize,
     idle: Mutex<Vec<(http1::SendRequest<CountingBody>, Instant)>>,
-    reaper: std::sync::atomic::AtomicBool,
+    reaper: Reaper,
 }
 
 /// Why a request through [`Http1Pool`] failed.
@@ -96,7 +96,7 @@ impl Http1Pool {
             max_idle: limits.max_idle_per_upstream,
             max_buf_size: 1024 * 1024,
             idle: Mutex::new(Vec::new()),
-            reaper: std::sync::atomic::AtomicBool::new(false),
+            reaper: Reaper::default(),
         })
     }
 
@@ -190,26 +190,39 @@ impl Http1Pool {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
-        self.start_reaper();
+        self.reaper.start(self, self.idle_timeout, |pool| {
+            let timeout = pool.idle_timeout;
+            pool.lock().retain(|(tx, since)| !tx.is_closed() && since.elapsed() < timeout);
+        });
         Ok(tx)
     }
+}
 
-    /// Closes connections idle longer than `idle_timeout`; one task per pool, started with the
-    /// first connection, ending with the pool.
-    fn start_reaper(self: &Arc<Self>) {
-        if self.idle_timeout.is_zero() || self.reaper.swap(true, std::sync::atomic::Ordering::AcqRel) {
+/// A pool's idle-connection reaper: one task per pool, started with its first connection,
+/// ending with the pool.
+#[derive(Default)]
+pub(crate) struct Reaper(std::sync::atomic::AtomicBool);
+
+impl Reaper {
+    /// Starts the task once (not at all for an `idle_timeout` of 0): every half `idle_timeout`,
+    /// at least every 100 ms, `sweep` closes what the pool no longer wants.
+    pub(crate) fn start<P: Send + Sync + 'static>(&self, pool: &Arc<P>, idle_timeout: Duration, sweep: fn(&P)) {
+        if idle_timeout.is_zero() || self.0.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
-        let pool: Weak<Self> = Arc::downgrade(self);
-        let every = (self.idle_timeout / 2).max(Duration::from_millis(100));
-        tokio::spawn(async move {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.0.store(false, std::sync::atomic::Ordering::Release);
+            return;
+        };
+        let pool: Weak<P> = Arc::downgrade(pool);
+        let every = (idle_timeout / 2).max(Duration::from_millis(100));
+        rt.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
                 tick.tick().await;
                 let Some(pool) = pool.upgrade() else { return };
-                let timeout = pool.idle_timeout;
-                pool.lock().retain(|(tx, since)| !tx.is_closed() && since.elapsed() < timeout);
+                sweep(&pool);
             }
         });
     }

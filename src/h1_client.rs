@@ -15,7 +15,8 @@
 
 use crate::error::ProxyError;
 use crate::h1_proxy::{
-    AnswerHead, AppStreams, Chunk, ChunkScan, Framing, HEAD_TOO_LARGE, MAX_FIELDS, MAX_RESPONSE_HEAD, READ_SIZE,
+    final_answer, AnswerHead, AppStreams, Chunk, ChunkScan, Framing, HEAD_TOO_LARGE, MAX_FIELDS, MAX_RESPONSE_HEAD,
+    READ_SIZE,
 };
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
@@ -114,60 +115,43 @@ pub async fn send(
 /// off `buf` and shared by the header values.
 #[allow(clippy::type_complexity)]
 fn answer(buf: &mut BytesMut, head_only: bool) -> Result<Option<(Response<()>, State, bool)>, String> {
-    loop {
-        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
-        let mut resp = httparse::Response::new(&mut []);
-        let len =
-            match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut fields) {
-                Ok(httparse::Status::Complete(n)) if n > MAX_RESPONSE_HEAD => return Err(HEAD_TOO_LARGE.to_owned()),
-                Ok(httparse::Status::Complete(n)) => n,
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(e) => return Err(format!("invalid response head: {e}")),
-            };
-        let (Some(code), Some(version)) = (resp.code, resp.version) else {
-            return Err("invalid response head".to_owned());
-        };
-        if code == 101 {
-            return Err("101 Switching Protocols to a request that asked for no upgrade".to_owned());
-        }
-        if (100..200).contains(&code) {
-            buf.advance(len);
+    let framing = final_answer(buf, head_only, |resp, answer| {
+        let status = StatusCode::from_u16(resp.code.unwrap_or_default()).map_err(|e| format!("invalid status: {e}"))?;
+        Ok((status, answer.body, answer.reusable))
+    })?;
+    let Some(((status, body, reusable), len)) = framing else { return Ok(None) };
+    let state = match body {
+        Framing::Length(0) => State::Done,
+        Framing::Length(n) => State::Length(n),
+        Framing::Chunked => State::Chunked(ChunkScan::decoder()),
+        Framing::UntilClose => State::UntilClose,
+    };
+
+    // The head again, now from bytes of its own that the header values can share (only which
+    // fields stay behind is read from it this time).
+    let head = buf.split_to(len).freeze();
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut resp = httparse::Response::new(&mut []);
+    let _ = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, &head, &mut fields);
+    let answer = AnswerHead::read(resp.headers, status.as_u16(), resp.version.unwrap_or(1), head_only)?;
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        if answer.drops(h.name.as_bytes()) {
             continue;
         }
-        let status = StatusCode::from_u16(code).map_err(|e| format!("invalid status: {e}"))?;
-
-        // The head again, now from bytes of its own that the header values can share.
-        let head = buf.split_to(len).freeze();
-        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
-        let mut resp = httparse::Response::new(&mut []);
-        let _ = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, &head, &mut fields);
-        let answer = AnswerHead::read(resp.headers, code, version, head_only)?;
-        let state = match answer.body {
-            Framing::Length(0) => State::Done,
-            Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::Chunked(ChunkScan::decoder()),
-            Framing::UntilClose => State::UntilClose,
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return Err(format!("invalid header name {:?}", h.name));
         };
-        let reusable = answer.reusable;
-        let mut headers = HeaderMap::with_capacity(resp.headers.len());
-        for h in resp.headers.iter() {
-            if answer.drops(h.name.as_bytes()) {
-                continue;
-            }
-            let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-                return Err(format!("invalid header name {:?}", h.name));
-            };
-            let at = h.value.as_ptr() as usize - head.as_ptr() as usize;
-            let Ok(value) = HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len())) else {
-                return Err(format!("invalid value in {name}"));
-            };
-            headers.append(name, value);
-        }
-        let mut out = Response::new(());
-        *out.status_mut() = status;
-        *out.headers_mut() = headers;
-        return Ok(Some((out, state, reusable)));
+        let at = h.value.as_ptr() as usize - head.as_ptr() as usize;
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len())) else {
+            return Err(format!("invalid value in {name}"));
+        };
+        headers.append(name, value);
     }
+    let mut out = Response::new(());
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    Ok(Some((out, state, reusable)))
 }
 
 /// How the rest of an answer's body is framed.

@@ -65,8 +65,8 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -853,35 +853,12 @@ impl Conn<'_> {
         }
     }
 
-    /// Parses the response head at the front of `ubuf`: `Ok(None)` if incomplete. Interim
-    /// (`1xx`) answers are consumed and skipped.
+    /// Parses the response head at the front of `ubuf` and rewrites it into `out` (see
+    /// [`final_answer`]); the head is consumed, its first body bytes stay in `ubuf`.
     fn parse_response(&mut self, req: &Request) -> Result<Option<Response>, String> {
-        loop {
-            let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
-            let mut resp = httparse::Response::new(&mut []);
-            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-                &mut resp,
-                &self.ubuf,
-                &mut fields,
-            );
-            let len = match parsed {
-                Ok(httparse::Status::Complete(n)) if n > MAX_RESPONSE_HEAD => return Err(HEAD_TOO_LARGE.to_owned()),
-                Ok(httparse::Status::Complete(n)) => n,
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(e) => return Err(format!("invalid response head: {e}")),
-            };
-            let (Some(status), Some(version)) = (resp.code, resp.version) else {
-                return Err("invalid response head".to_owned());
-            };
-            if status == 101 {
-                return Err("101 Switching Protocols to a request that asked for no upgrade".to_owned());
-            }
-            if (100..200).contains(&status) {
-                self.ubuf.advance(len);
-                continue;
-            }
-            let answer = AnswerHead::read(resp.headers, status, version, req.head_only)?;
-            let out = &mut self.out;
+        let out = &mut self.out;
+        let parsed = final_answer(&mut self.ubuf, req.head_only, |resp, answer| {
+            let status = resp.code.unwrap_or_default();
             out.clear();
             out.extend_from_slice(b"HTTP/1.1 ");
             push_decimal(out, u64::from(status));
@@ -897,10 +874,12 @@ impl Conn<'_> {
                 out.extend_from_slice(b"transfer-encoding: chunked\r\n");
             }
             out.extend_from_slice(b"\r\n");
-            let (body, reusable) = (answer.body, answer.reusable);
+            Ok(Response { status, body: answer.body, reusable: answer.reusable })
+        })?;
+        Ok(parsed.map(|(resp, len)| {
             self.ubuf.advance(len);
-            return Ok(Some(Response { status, body, reusable }));
-        }
+            resp
+        }))
     }
 
     /// Relays the body bytes that follow what was already in `ubuf`.
@@ -982,6 +961,41 @@ struct Response {
     body: Framing,
     /// The app's connection can carry another request once this body has ended.
     reusable: bool,
+}
+
+/// Parses the final answer head at the front of `buf` for both halves of the codec: interim
+/// (`1xx`) answers are consumed and skipped, a `101` (to a request that asked for no upgrade),
+/// a head over 1 MiB or one httparse refuses is an error, and `Ok(None)` means incomplete. `f`
+/// gets the parsed head and its framing; its result comes back with the head's length, the
+/// head itself left in `buf`.
+pub(crate) fn final_answer<R>(
+    buf: &mut BytesMut,
+    head_only: bool,
+    f: impl FnOnce(&httparse::Response<'_, '_>, AnswerHead<'_>) -> Result<R, String>,
+) -> Result<Option<(R, usize)>, String> {
+    loop {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len =
+            match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut fields) {
+                Ok(httparse::Status::Complete(n)) if n > MAX_RESPONSE_HEAD => return Err(HEAD_TOO_LARGE.to_owned()),
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(e) => return Err(format!("invalid response head: {e}")),
+            };
+        let (Some(status), Some(version)) = (resp.code, resp.version) else {
+            return Err("invalid response head".to_owned());
+        };
+        if status == 101 {
+            return Err("101 Switching Protocols to a request that asked for no upgrade".to_owned());
+        }
+        if (100..200).contains(&status) {
+            buf.advance(len);
+            continue;
+        }
+        let answer = AnswerHead::read(resp.headers, status, version, head_only)?;
+        return f(&resp, answer).map(|r| Some((r, len)));
+    }
 }
 
 /// What an answer's head says about its body and about the app's connection.
@@ -1278,7 +1292,7 @@ pub struct AppStreams {
     idle_timeout: Duration,
     max_idle: usize,
     idle: Mutex<Vec<(TcpStream, Instant)>>,
-    reaper: AtomicBool,
+    reaper: crate::forward::Reaper,
 }
 
 impl AppStreams {
@@ -1289,7 +1303,7 @@ impl AppStreams {
             idle_timeout: timeouts.upstream_idle.value,
             max_idle: limits.max_idle_per_upstream,
             idle: Mutex::new(Vec::new()),
-            reaper: AtomicBool::new(false),
+            reaper: crate::forward::Reaper::default(),
         })
     }
 
@@ -1319,7 +1333,10 @@ impl AppStreams {
             idle.push((s, Instant::now()));
         }
         drop(idle);
-        self.start_reaper();
+        self.reaper.start(self, self.idle_timeout, |pool| {
+            let timeout = pool.idle_timeout;
+            pool.lock().retain(|(s, since)| since.elapsed() < timeout && still_open(s));
+        });
     }
 
     /// A new connection, within `timeouts.connect`.
@@ -1332,27 +1349,6 @@ impl AppStreams {
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&s).set_tcp_keepalive(&keepalive);
         Ok(s)
-    }
-
-    /// Closes connections idle longer than `idle_timeout` or closed by the app; one task per
-    /// pool, started with the first returned connection, ending with the pool.
-    fn start_reaper(self: &Arc<Self>) {
-        if self.idle_timeout.is_zero() || self.reaper.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
-        let pool: Weak<Self> = Arc::downgrade(self);
-        let every = (self.idle_timeout / 2).max(Duration::from_millis(100));
-        rt.spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(pool) = pool.upgrade() else { return };
-                let timeout = pool.idle_timeout;
-                pool.lock().retain(|(s, since)| since.elapsed() < timeout && still_open(s));
-            }
-        });
     }
 }
 

@@ -93,14 +93,25 @@ async fn closed_by_peer(s: &mut TcpStream) -> bool {
     }
 }
 
-/// Waits until the metrics count one request with `response_flags="UC"`.
-async fn uc_counted_once(proxy: &tandem::app::Running) {
-    support::wait_for("the UC count", Duration::from_secs(5), || {
+/// Waits until the metrics count one request with `response_flags` `flag`.
+async fn counted_once(proxy: &tandem::app::Running, flag: &str) {
+    let want = format!("response_flags=\"{flag}\"");
+    support::wait_for(&format!("the {flag} count"), Duration::from_secs(5), || {
         let m = support::metrics(proxy);
-        let v = support::metric_value(&m, &["tandem_http_requests_total{", "response_flags=\"UC\""]);
+        let v = support::metric_value(&m, &["tandem_http_requests_total{", &want]);
         async move { (v == Some(1.0)).then_some(()) }
     })
     .await;
+}
+
+/// Reads (and drops) whatever the peer sends until it closes: an app that takes a body.
+async fn read_until_closed(s: &mut TcpStream) {
+    let mut sink = [0u8; 4096];
+    while let Ok(n) = s.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 /// A raw app that answers every request head it reads with `answer`, counting its connections;
@@ -287,12 +298,7 @@ async fn an_app_answering_before_the_upload_ends_is_relayed_and_the_connection_c
         support::read_head(&mut s).await;
         let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!").await;
         // Keep the connection open (unread body and all) until the proxy closes it.
-        let mut sink = [0u8; 4096];
-        while let Ok(n) = s.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
+        read_until_closed(&mut s).await;
     })
     .await;
     let proxy = support::proxy(support::config(app)).await;
@@ -320,7 +326,7 @@ async fn a_body_cut_short_by_the_app_closes_the_clients_connection_and_counts_uc
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await.expect("the proxy closes");
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("only ten!!"), "{text}");
-    uc_counted_once(&proxy).await;
+    counted_once(&proxy, "UC").await;
 }
 
 #[tokio::test]
@@ -425,7 +431,7 @@ async fn an_h2c_answer_cut_short_fails_the_stream_and_counts_uc() {
     let proxy = support::proxy(support::config(app)).await;
     let got = h2c_get(proxy.inbound_addr, "/").await;
     assert!(got.is_err(), "a body cut short must not look complete: {got:?}");
-    uc_counted_once(&proxy).await;
+    counted_once(&proxy, "UC").await;
 
     // Refused, closed before an answer, garbage: the same reasons as the HTTP/1.1 paths.
     let proxy = support::proxy(support::config(support::dead_addr())).await;
@@ -477,12 +483,7 @@ async fn after_an_early_answer_the_apps_connection_is_not_used_again() {
             if head.starts_with("POST") {
                 let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!").await;
                 // Waits for the rest of the body it was promised, swallowing whatever comes.
-                let mut sink = [0u8; 4096];
-                while let Ok(k) = s.read(&mut sink).await {
-                    if k == 0 {
-                        break;
-                    }
-                }
+                read_until_closed(&mut s).await;
             } else {
                 let body = format!("conn {n}");
                 let _ = s
@@ -588,7 +589,7 @@ async fn a_stalled_upload_is_408_and_a_stalled_or_broken_answer_is_cut() {
     let mut got = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await.expect("the proxy cuts it");
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200 OK\r\n"));
-    uc_counted_once(&proxy).await;
+    counted_once(&proxy, "UC").await;
 }
 
 #[tokio::test]
@@ -617,4 +618,36 @@ async fn an_answers_length_survives_its_connection_header_and_close_is_a_real_li
         assert_eq!(h2c_get(proxy.inbound_addr, "/").await.expect("answer").0, 204);
     }
     assert_eq!(conns.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_upload_cut_by_either_side_is_dc_or_502_uc() {
+    // The app reads the head, then the body until the client's side ends.
+    let app = support::raw_app(|mut s| async move {
+        support::read_head(&mut s).await;
+        read_until_closed(&mut s).await;
+    })
+    .await;
+    let proxy = support::proxy(support::config(app)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: pod\r\nContent-Length: 100000\r\n\r\n").await.expect("write");
+    s.write_all(&[b'x'; 10_000]).await.expect("write part of the body");
+    drop(s);
+    counted_once(&proxy, "DC").await;
+
+    // The app closes while the body is still coming: 502 UC, and the client's connection closes.
+    let app = support::raw_app(|mut s| async move {
+        support::read_head(&mut s).await;
+        drop(s);
+    })
+    .await;
+    let proxy = support::proxy(support::config(app)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: pod\r\nContent-Length: 100000\r\n\r\n").await.expect("write");
+    s.write_all(&[b'x'; 10_000]).await.expect("write part of the body");
+    let r = read_response(&mut s, &mut Vec::new(), false).await;
+    assert_eq!(r.status(), 502, "{r:?}");
+    assert_eq!(r.header("x-tandem-error"), Some("UC"));
+    assert_eq!(r.header("connection"), Some("close"), "the unread body cannot be taken for a request");
+    counted_once(&proxy, "UC").await;
 }
