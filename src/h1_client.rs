@@ -15,14 +15,12 @@
 
 use crate::error::ProxyError;
 use crate::h1_proxy::{
-    final_answer, AnswerHead, AppStreams, Chunk, ChunkScan, Framing, HEAD_TOO_LARGE, MAX_FIELDS, MAX_RESPONSE_HEAD,
-    READ_SIZE,
+    final_answer, AppStreams, Chunk, ChunkScan, Framing, HEAD_TOO_LARGE, MAX_RESPONSE_HEAD, READ_SIZE,
 };
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -36,6 +34,11 @@ type Polled = Poll<Option<Result<Frame<Bytes>, io::Error>>>;
 /// Most bytes of a chunked body's trailer section.
 const MAX_TRAILERS: usize = 64 * 1024;
 
+/// The buffer an answer's head is read into (most answers to a bodiless request arrive whole
+/// in it): 4 KiB, kept with the app's connection while it idles and reused for its next
+/// request once the bytes of the last answer have been sent on.
+const FIRST_READ: usize = 4096;
+
 /// Sends a request without a body (`parts`: origin-form URI, headers already rewritten for the
 /// app) and returns the app's answer, its body still on the connection.
 pub async fn send(
@@ -44,38 +47,34 @@ pub async fn send(
     app: SocketAddr,
     connect_timeout_ms: u64,
 ) -> Result<Response<AppBody>, ProxyError> {
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(parts.method.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
     let closed = || ProxyError::UpstreamClosed { upstream: app.to_string() };
     let head_only = parts.method == http::Method::HEAD;
     // Sent again after a pooled connection ended without an answer only if idempotent (RFC 9110
     // section 9.2.2): the app may have acted on it.
     let idempotent = parts.method.is_idempotent();
     'attempt: loop {
-        let (mut up, reused) = match streams.take() {
-            Some(s) => (s, true),
-            None => match streams.connect().await {
-                Ok(s) => (s, false),
+        let (mut up, mut buf, reused) = match streams.take_with_buf() {
+            Some((s, b)) => (s, b, true),
+            // Boxed: a new connection is the rare case, and its future would otherwise make
+            // every request's future larger.
+            None => match Box::pin(streams.connect()).await {
+                Ok(s) => (s, BytesMut::new(), false),
                 Err(e) => return Err(ProxyError::from_connect(&e, app, connect_timeout_ms)),
             },
         };
-        if up.write_all(&head).await.is_err() {
+        // The request head goes out from the buffer its answer is then read into.
+        buf.clear();
+        if !buf.try_reclaim(FIRST_READ) {
+            buf = BytesMut::with_capacity(FIRST_READ);
+        }
+        write_head(&mut buf, parts);
+        if up.write_all(&buf).await.is_err() {
             if reused {
                 continue 'attempt;
             }
             return Err(closed());
         }
-        let mut buf = BytesMut::with_capacity(4096);
+        buf.clear();
         loop {
             match up.read_buf(&mut buf).await {
                 Ok(0) | Err(_) if buf.is_empty() && reused && idempotent => continue 'attempt,
@@ -110,40 +109,54 @@ pub async fn send(
     }
 }
 
+/// The HTTP/1.1 request head for `parts`, appended to `buf`.
+fn write_head(buf: &mut BytesMut, parts: &http::request::Parts) {
+    buf.extend_from_slice(parts.method.as_str().as_bytes());
+    buf.extend_from_slice(b" ");
+    buf.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+}
+
 /// Parses the answer head at the front of `buf` (skipping interim `1xx` answers) into a
 /// response without hop-by-hop fields; `Ok(None)` if incomplete. The head's bytes are split
 /// off `buf` and shared by the header values.
 #[allow(clippy::type_complexity)]
 fn answer(buf: &mut BytesMut, head_only: bool) -> Result<Option<(Response<()>, State, bool)>, String> {
-    let framing = final_answer(buf, head_only, |resp, answer| {
+    // One parse: the fields that stay are noted by name and by where their value lies in the
+    // head, whose bytes do not move when they are split off below.
+    let framing = final_answer(buf, head_only, |resp, answer, head| {
         let status = StatusCode::from_u16(resp.code.unwrap_or_default()).map_err(|e| format!("invalid status: {e}"))?;
-        Ok((status, answer.body, answer.reusable))
+        let base = head.as_ptr() as usize;
+        let mut kept = Vec::with_capacity(resp.headers.len());
+        for h in resp.headers.iter() {
+            if answer.drops(h.name.as_bytes()) {
+                continue;
+            }
+            let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+                return Err(format!("invalid header name {:?}", h.name));
+            };
+            kept.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+        }
+        Ok((status, answer.body, answer.reusable, kept))
     })?;
-    let Some(((status, body, reusable), len)) = framing else { return Ok(None) };
+    let Some(((status, body, reusable, kept), len)) = framing else { return Ok(None) };
     let state = match body {
         Framing::Length(0) => State::Done,
         Framing::Length(n) => State::Length(n),
         Framing::Chunked => State::Chunked(ChunkScan::decoder()),
         Framing::UntilClose => State::UntilClose,
     };
-
-    // The head again, now from bytes of its own that the header values can share (only which
-    // fields stay behind is read from it this time).
     let head = buf.split_to(len).freeze();
-    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
-    let mut resp = httparse::Response::new(&mut []);
-    let _ = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, &head, &mut fields);
-    let answer = AnswerHead::read(resp.headers, status.as_u16(), resp.version.unwrap_or(1), head_only)?;
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
-        if answer.drops(h.name.as_bytes()) {
-            continue;
-        }
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-            return Err(format!("invalid header name {:?}", h.name));
-        };
-        let at = h.value.as_ptr() as usize - head.as_ptr() as usize;
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len())) else {
+    let mut headers = HeaderMap::with_capacity(kept.len());
+    for (name, at, n) in kept {
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(at..at + n)) else {
             return Err(format!("invalid value in {name}"));
         };
         headers.append(name, value);
@@ -180,7 +193,11 @@ impl AppBody {
         self.state = State::Done;
         if let Some(s) = self.stream.take() {
             if self.reusable && self.buf.is_empty() {
-                self.pool.put(s);
+                // The buffer goes along for the connection's next answer, unless a long body
+                // grew it.
+                let buf = std::mem::take(&mut self.buf);
+                let buf = if buf.capacity() <= FIRST_READ { buf } else { BytesMut::new() };
+                self.pool.put_with_buf(s, buf);
             }
         }
         self.buf = BytesMut::new();

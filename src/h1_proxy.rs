@@ -857,7 +857,7 @@ impl Conn<'_> {
     /// [`final_answer`]); the head is consumed, its first body bytes stay in `ubuf`.
     fn parse_response(&mut self, req: &Request) -> Result<Option<Response>, String> {
         let out = &mut self.out;
-        let parsed = final_answer(&mut self.ubuf, req.head_only, |resp, answer| {
+        let parsed = final_answer(&mut self.ubuf, req.head_only, |resp, answer, _head| {
             let status = resp.code.unwrap_or_default();
             out.clear();
             out.extend_from_slice(b"HTTP/1.1 ");
@@ -966,12 +966,12 @@ struct Response {
 /// Parses the final answer head at the front of `buf` for both halves of the codec: interim
 /// (`1xx`) answers are consumed and skipped, a `101` (to a request that asked for no upgrade),
 /// a head over 1 MiB or one httparse refuses is an error, and `Ok(None)` means incomplete. `f`
-/// gets the parsed head and its framing; its result comes back with the head's length, the
-/// head itself left in `buf`.
+/// gets the parsed head, its framing and the head's bytes (which the parsed fields borrow);
+/// its result comes back with the head's length, the head itself left in `buf`.
 pub(crate) fn final_answer<R>(
     buf: &mut BytesMut,
     head_only: bool,
-    f: impl FnOnce(&httparse::Response<'_, '_>, AnswerHead<'_>) -> Result<R, String>,
+    f: impl FnOnce(&httparse::Response<'_, '_>, AnswerHead<'_>, &[u8]) -> Result<R, String>,
 ) -> Result<Option<(R, usize)>, String> {
     loop {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
@@ -994,7 +994,7 @@ pub(crate) fn final_answer<R>(
             continue;
         }
         let answer = AnswerHead::read(resp.headers, status, version, head_only)?;
-        return f(&resp, answer).map(|r| Some((r, len)));
+        return f(&resp, answer, &buf[..len]).map(|r| Some((r, len)));
     }
 }
 
@@ -1291,8 +1291,17 @@ pub struct AppStreams {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    idle: Mutex<Vec<IdleStream>>,
     reaper: crate::forward::Reaper,
+}
+
+/// An idle connection in [`AppStreams`], with the read buffer the codec's client half last
+/// used on it (empty for the codec's own connections, which keep their buffers per client
+/// connection).
+struct IdleStream {
+    stream: TcpStream,
+    since: Instant,
+    buf: BytesMut,
 }
 
 impl AppStreams {
@@ -1312,30 +1321,42 @@ impl AppStreams {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(TcpStream, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<IdleStream>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The most recently used idle connection that is still open.
     pub(crate) fn take(&self) -> Option<TcpStream> {
+        self.take_with_buf().map(|(s, _)| s)
+    }
+
+    /// [`AppStreams::take`], with the buffer that came back with the connection (its capacity
+    /// reclaimable once the bytes of the last answer have been sent on and dropped).
+    pub(crate) fn take_with_buf(&self) -> Option<(TcpStream, BytesMut)> {
         let mut idle = self.lock();
-        while let Some((s, _)) = idle.pop() {
-            if still_open(&s) {
-                return Some(s);
+        while let Some(i) = idle.pop() {
+            if still_open(&i.stream) {
+                return Some((i.stream, i.buf));
             }
         }
         None
     }
 
     pub(crate) fn put(self: &Arc<Self>, s: TcpStream) {
+        self.put_with_buf(s, BytesMut::new());
+    }
+
+    /// Returns a connection to the pool with a buffer for its next answer (see
+    /// [`AppStreams::take_with_buf`]).
+    pub(crate) fn put_with_buf(self: &Arc<Self>, stream: TcpStream, buf: BytesMut) {
         let mut idle = self.lock();
         if idle.len() < self.max_idle {
-            idle.push((s, Instant::now()));
+            idle.push(IdleStream { stream, since: Instant::now(), buf });
         }
         drop(idle);
         self.reaper.start(self, self.idle_timeout, |pool| {
             let timeout = pool.idle_timeout;
-            pool.lock().retain(|(s, since)| since.elapsed() < timeout && still_open(s));
+            pool.lock().retain(|i| i.since.elapsed() < timeout && still_open(&i.stream));
         });
     }
 

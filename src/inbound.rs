@@ -301,7 +301,9 @@ impl InboundProxy {
         let Forwarding { req, mut finish, downstream_upgrade, h1_trailers } = fwd;
         let sent_at = Instant::now();
         let upgrade = downstream_upgrade.is_some();
-        let result = tokio::time::timeout(self.response_timeout, self.send(req, upgrade)).await;
+        // One clock reading for both the service time and the deadline.
+        let deadline = tokio::time::Instant::from_std(sent_at) + self.response_timeout;
+        let result = tokio::time::timeout_at(deadline, self.send(req, upgrade)).await;
         let sent = match result {
             Err(_) => {
                 return self.fail(
@@ -353,11 +355,13 @@ impl InboundProxy {
                 let resp = crate::h1_client::send(streams, &parts, self.app, self.connect_timeout_ms).await?;
                 Ok(Sent::Codec(resp))
             }
-            AppClient::Http1(pool, _) => match pool.send(req).await {
+            // hyper's futures are boxed: they are the less common paths here, and inline they
+            // would make every request's future several times larger.
+            AppClient::Http1(pool, _) => match Box::pin(pool.send(req)).await {
                 Ok((resp, checkin)) => Ok(Sent::Hyper(resp, Some(checkin))),
                 Err(e) => Err(ProxyError::from_pool(&e, self.app, self.connect_timeout_ms)),
             },
-            AppClient::Http2(client) => match client.request(req).await {
+            AppClient::Http2(client) => match Box::pin(client.request(req)).await {
                 Ok(resp) => Ok(Sent::Hyper(resp, None)),
                 Err(e) => Err(ProxyError::from_client(&e, self.app, self.connect_timeout_ms)),
             },

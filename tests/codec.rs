@@ -651,3 +651,31 @@ async fn an_upload_cut_by_either_side_is_dc_or_502_uc() {
     assert_eq!(r.header("connection"), Some("close"), "the unread body cannot be taken for a request");
     counted_once(&proxy, "UC").await;
 }
+
+#[tokio::test]
+async fn h2c_answers_on_one_app_connection_keep_their_bytes_while_its_buffer_is_reused() {
+    // The codec's client half writes each request head from, and reads each answer into, the
+    // buffer that came back with the pooled connection. Every earlier body is held while later
+    // answers arrive, so a buffer reused before its bytes were free would show up as a changed
+    // body; every head must reach the app whole.
+    let echo = support::echo().await;
+    let proxy = support::proxy(support::config(echo.addr)).await;
+    let mut held = Vec::new();
+    for i in 0..24usize {
+        // Small echoes (one read), larger bodies (several reads that grow the buffer), in turn.
+        let path = if i % 3 == 2 { format!("/big/{i}?size={}", 5000 + i * 997) } else { format!("/echo/{i}?n={i}") };
+        let (status, body, _) = h2c_get(proxy.inbound_addr, &path).await.expect("answer");
+        assert_eq!(status, 200, "request {i}");
+        held.push((i, path, body));
+    }
+    for (i, path, body) in &held {
+        if i % 3 == 2 {
+            assert_eq!(body.len(), 5000 + i * 997, "request {i}");
+        } else {
+            let echoed: serde_json::Value = serde_json::from_slice(body).expect("json echo");
+            assert_eq!(echoed["path"], path.split('?').next().expect("path"), "request {i}: {echoed}");
+            assert_eq!(echoed["method"], "GET", "request {i}");
+        }
+    }
+    assert_eq!(proxy.app_idle_connections(), vec![1], "every request went over the one app connection");
+}
