@@ -8,6 +8,7 @@ Every process it starts is stopped by PID.
 
   cargo build --profile profiling
   python3 benches/profile.py --out /tmp/prof [--load h1|h2c|h1-16k] [--access-log] [--seconds 15]
+      [--call-graph]   (then: perf report -i DATA --no-children -S SYMBOL -G for its callers)
 """
 
 import argparse
@@ -28,6 +29,8 @@ def main():
     ap.add_argument("--load", default="h1", choices=["h1", "h1-16k", "h2c"])
     ap.add_argument("--access-log", action="store_true", help="profile the operator setup (access log to a file)")
     ap.add_argument("--seconds", type=int, default=15)
+    ap.add_argument("--call-graph", action="store_true",
+                    help="record call chains (perf --call-graph dwarf): who calls memmove, malloc")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -39,8 +42,9 @@ def main():
         proxy = compare.start_proxy(name, out, 1, "0", args.tandem)
         port = compare.PORTS[name][0]
         data = out / f"perf-{name}-{args.load}.data"
+        graph = ["--call-graph", "dwarf,16384"] if args.call_graph else []
         perf = subprocess.Popen(
-            ["perf", "record", "-e", "cpu-clock", "-F", "4999", "-p", str(proxy.pid), "-o", str(data)],
+            ["perf", "record", "-e", "cpu-clock", "-F", "4999", *graph, "-p", str(proxy.pid), "-o", str(data)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

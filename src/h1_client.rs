@@ -39,19 +39,19 @@ const MAX_TRAILERS: usize = 64 * 1024;
 /// request once the bytes of the last answer have been sent on.
 const FIRST_READ: usize = 4096;
 
-/// Sends a request without a body (`parts`: origin-form URI, headers already rewritten for the
-/// app) and returns the app's answer, its body still on the connection.
-pub async fn send(
+/// Sends a request without a body (`req`: origin-form URI, headers already rewritten for the
+/// app; its body is not read) and returns the app's answer, its body still on the connection.
+pub async fn send<B>(
     streams: &Arc<AppStreams>,
-    parts: &http::request::Parts,
+    req: &http::Request<B>,
     app: SocketAddr,
     connect_timeout_ms: u64,
 ) -> Result<Response<AppBody>, ProxyError> {
     let closed = || ProxyError::UpstreamClosed { upstream: app.to_string() };
-    let head_only = parts.method == http::Method::HEAD;
+    let head_only = req.method() == http::Method::HEAD;
     // Sent again after a pooled connection ended without an answer only if idempotent (RFC 9110
     // section 9.2.2): the app may have acted on it.
-    let idempotent = parts.method.is_idempotent();
+    let idempotent = req.method().is_idempotent();
     'attempt: loop {
         let (mut up, mut buf, reused) = match streams.take_with_buf() {
             Some((s, b)) => (s, b, true),
@@ -67,7 +67,7 @@ pub async fn send(
         if !buf.try_reclaim(FIRST_READ) {
             buf = BytesMut::with_capacity(FIRST_READ);
         }
-        write_head(&mut buf, parts);
+        write_head(&mut buf, req);
         if up.write_all(&buf).await.is_err() {
             if reused {
                 continue 'attempt;
@@ -109,13 +109,13 @@ pub async fn send(
     }
 }
 
-/// The HTTP/1.1 request head for `parts`, appended to `buf`.
-fn write_head(buf: &mut BytesMut, parts: &http::request::Parts) {
-    buf.extend_from_slice(parts.method.as_str().as_bytes());
+/// The HTTP/1.1 request head for `req`, appended to `buf`.
+fn write_head<B>(buf: &mut BytesMut, req: &http::Request<B>) {
+    buf.extend_from_slice(req.method().as_str().as_bytes());
     buf.extend_from_slice(b" ");
-    buf.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    buf.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in req.headers() {
         buf.extend_from_slice(name.as_str().as_bytes());
         buf.extend_from_slice(b": ");
         buf.extend_from_slice(value.as_bytes());
