@@ -620,6 +620,8 @@ impl Conn<'_> {
         timer.as_mut().reset(deadline);
         // A pooled connection that fails before any answer is replaced while the whole request
         // is at hand; each attempt uses up a pooled connection, and a fresh one is not retried.
+        // Body bytes still to send when the app answered early (sent while its answer is relayed).
+        let mut upload_left = 0u64;
         let (mut up, resp) = loop {
             let (mut up, reused) = match self.streams.take() {
                 Some(s) => (s, true),
@@ -658,6 +660,7 @@ impl Conn<'_> {
                 }
                 match uploaded {
                     Upload::Done => {}
+                    Upload::Early(left) => upload_left = left,
                     Upload::ClientGone => return false,
                     Upload::AppGone => {
                         let err = ProxyError::UpstreamClosed { upstream: p.app.to_string() };
@@ -697,7 +700,7 @@ impl Conn<'_> {
         if close {
             add_close(&mut self.out);
         }
-        let mut relay = Relay { framing: resp.body, sent: 0, chunked: ChunkScan::default() };
+        let mut relay = Relay { framing: resp.body, sent: 0, chunked: ChunkScan::default(), ended: false };
         let buffered = relay.feed_buffered(&mut self.ubuf, &mut self.out);
         if io.write_all(&self.out).await.is_err() {
             req.finish.finish(0, true);
@@ -705,6 +708,17 @@ impl Conn<'_> {
         }
         let result = match buffered {
             Ok(true) => Ok(()),
+            Ok(false) if upload_left > 0 => {
+                let r =
+                    self.relay_duplex(io, &mut up, &mut relay, &mut upload_left, &mut received, timer.as_mut()).await;
+                if upload_left == 0 {
+                    req.body_pending = false;
+                }
+                if let Some(r) = req.finish.record_mut() {
+                    r.bytes_received = received;
+                }
+                r
+            }
             Ok(false) => self.relay_body(io, &mut up, &mut relay, timer.as_mut()).await,
             Err(_) => Err(BodyError::AppGone),
         };
@@ -731,11 +745,14 @@ impl Conn<'_> {
     }
 
     /// Streams the rest of a request body from the client to the app. An app that answers
-    /// before the body is complete ends the upload (its answer is read next).
+    /// before the body is complete pauses the upload ([`Upload::Early`] with the bytes still to
+    /// come): its answer head is read next, and the rest of the body goes to the app while its
+    /// answer is relayed ([`Conn::relay_duplex`]), as a streaming app (an echo, a transcoder)
+    /// needs.
     ///
-    /// An early answer leaves `body_pending` set: neither the client's connection (its unsent
-    /// body would be read as a request) nor the app's (it may still wait for the body) is used
-    /// again. Each step, reading from the client or writing to the app, gets `timeouts.idle`.
+    /// An early answer sets `close`: the client's connection ends after the answer, and
+    /// `body_pending` stays set (neither connection is used again) unless the whole body went
+    /// through. Each step, reading from the client or writing to the app, gets `timeouts.idle`.
     async fn upload<IO: AsyncRead + Unpin>(
         &mut self,
         io: &mut IO,
@@ -753,25 +770,26 @@ impl Conn<'_> {
             let n = (self.rbuf.len() as u64).min(left) as usize;
             if n > 0 {
                 let (up_read, mut up_write) = up.split();
-                tokio::select! {
+                // One write at a time, not write_all: a write that loses the race to the app's
+                // answer has sent nothing, so what the app got is exactly what was counted.
+                let wrote = tokio::select! {
                     biased;
-                    r = up_write.write_all(&self.rbuf[..n]) => {
-                        if r.is_err() {
-                            return Upload::AppGone;
-                        }
-                    }
+                    r = up_write.write(&self.rbuf[..n]) => match r {
+                        Ok(0) | Err(_) => return Upload::AppGone,
+                        Ok(w) => w,
+                    },
                     r = up_read.readable() => {
                         if r.is_err() {
                             return Upload::AppGone;
                         }
                         req.close = true;
-                        return Upload::Done;
+                        return Upload::Early(left);
                     }
                     _ = timer.as_mut(), if !idle.is_zero() => return Upload::Stalled,
-                }
-                self.rbuf.advance(n);
-                left -= n as u64;
-                *received += n as u64;
+                };
+                self.rbuf.advance(wrote);
+                left -= wrote as u64;
+                *received += wrote as u64;
                 continue;
             }
             if left == 0 {
@@ -785,9 +803,9 @@ impl Conn<'_> {
                     if r.is_err() {
                         return Upload::AppGone;
                     }
-                    // An early answer: the rest of the body is not sent.
+                    // An early answer: the rest of the body goes with its relay.
                     req.close = true;
-                    return Upload::Done;
+                    return Upload::Early(left);
                 }
                 r = io.read_buf(&mut self.rbuf) => match r {
                     Ok(0) | Err(_) => return Upload::ClientGone,
@@ -921,6 +939,103 @@ impl Conn<'_> {
         }
     }
 
+    /// [`Conn::relay_body`] for an answer that began before its request body was all sent: the
+    /// app's body goes to the client and the client's remaining `left` bytes go to the app, each
+    /// direction as fast as its reader takes it, so that neither waits on the other (a client
+    /// that reads nothing until it has sent its body, an app that echoes what it reads). The
+    /// relay ends with the answer, whatever is left of the upload; an app that stops reading
+    /// the body ends the upload, not the answer. Any progress restarts `timeouts.idle`.
+    async fn relay_duplex<IO: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        up: &mut TcpStream,
+        relay: &mut Relay,
+        left: &mut u64,
+        received: &mut u64,
+        mut timer: Pin<&mut tokio::time::Sleep>,
+    ) -> Result<(), BodyError> {
+        let idle = self.rules.idle;
+        let (mut client_read, mut client_write) = tokio::io::split(io);
+        let (mut app_read, mut app_write) = up.split();
+        let (ubuf, rbuf) = (&mut self.ubuf, &mut self.rbuf);
+        ubuf.clear();
+        // Answer bytes read and scanned, not yet written to the client.
+        let mut to_client = 0usize;
+        let mut uploading = true;
+        loop {
+            if !idle.is_zero() {
+                timer.as_mut().reset(tokio::time::Instant::now() + idle);
+            }
+            if to_client == 0 {
+                ubuf.clear();
+                ubuf.reserve(READ_SIZE);
+            }
+            let up_n = if uploading { (rbuf.len() as u64).min(*left) as usize } else { 0 };
+            let want_body = uploading && *left > 0 && up_n == 0;
+            if want_body {
+                rbuf.reserve(READ_SIZE);
+            }
+            // One future per direction, each writing what it holds or else reading more.
+            let down = async {
+                if to_client > 0 {
+                    Duplex::ToClient(client_write.write(&ubuf[..to_client]).await)
+                } else {
+                    Duplex::FromApp(app_read.read_buf(&mut *ubuf).await)
+                }
+            };
+            let upward = async {
+                if up_n > 0 {
+                    Duplex::ToApp(app_write.write(&rbuf[..up_n]).await)
+                } else if want_body {
+                    Duplex::FromClient(client_read.read_buf(&mut *rbuf).await)
+                } else {
+                    std::future::pending().await
+                }
+            };
+            let step = tokio::select! {
+                biased;
+                d = down => d,
+                u = upward => u,
+                _ = timer.as_mut(), if !idle.is_zero() => Duplex::Stalled,
+            };
+            match step {
+                Duplex::ToClient(Ok(0) | Err(_)) => return Err(BodyError::ClientGone),
+                Duplex::ToClient(Ok(w)) => {
+                    ubuf.advance(w);
+                    to_client -= w;
+                    if to_client == 0 && relay.ended {
+                        return Ok(());
+                    }
+                }
+                Duplex::FromApp(Ok(0) | Err(_)) => {
+                    return if relay.framing == Framing::UntilClose { Ok(()) } else { Err(BodyError::AppGone) };
+                }
+                Duplex::FromApp(Ok(_)) => {
+                    // Bytes behind the body's end stay in `ubuf` (the caller then does not
+                    // pool the app's connection).
+                    let (take, ended) = relay.scan(ubuf).map_err(|_| BodyError::AppGone)?;
+                    to_client = take;
+                    relay.ended = ended;
+                    if ended && take == 0 {
+                        return Ok(());
+                    }
+                }
+                // The app no longer reads the body: its answer goes on.
+                Duplex::ToApp(Ok(0) | Err(_)) => uploading = false,
+                Duplex::ToApp(Ok(w)) => {
+                    rbuf.advance(w);
+                    *left -= w as u64;
+                    *received += w as u64;
+                }
+                Duplex::FromClient(Ok(0) | Err(_)) => return Err(BodyError::ClientGone),
+                Duplex::FromClient(Ok(_)) => {}
+                Duplex::Stalled => {
+                    return Err(if to_client > 0 { BodyError::ClientGone } else { BodyError::AppGone });
+                }
+            }
+        }
+    }
+
     /// Answers a request that could not be forwarded; true if the connection stays open.
     async fn answer_error<IO: AsyncWrite + Unpin>(&mut self, io: &mut IO, mut req: Request, err: ProxyError) -> bool {
         self.proxy.fail_record(&err, &mut req.finish);
@@ -937,9 +1052,20 @@ impl Conn<'_> {
 
 enum Upload {
     Done,
+    /// The app began to answer with this many body bytes still to send.
+    Early(u64),
     ClientGone,
     AppGone,
     /// The client or the app moved nothing for `timeouts.idle`.
+    Stalled,
+}
+
+/// What one step of [`Conn::relay_duplex`] did.
+enum Duplex {
+    ToClient(io::Result<usize>),
+    FromApp(io::Result<usize>),
+    ToApp(io::Result<usize>),
+    FromClient(io::Result<usize>),
     Stalled,
 }
 
@@ -1074,6 +1200,8 @@ struct Relay {
     /// Body bytes (chunk data only, for chunked bodies) sent to the client.
     sent: u64,
     chunked: ChunkScan,
+    /// The body's last byte has been scanned ([`Conn::relay_duplex`]).
+    ended: bool,
 }
 
 impl Relay {

@@ -312,6 +312,85 @@ async fn an_app_answering_before_the_upload_ends_is_relayed_and_the_connection_c
     assert!(closed_by_peer(&mut s).await);
 }
 
+/// An app that answers a request head at once and then echoes its body as the body arrives.
+async fn streaming_echo_app() -> SocketAddr {
+    support::raw_app(|mut s| async move {
+        let head = support::read_head(&mut s).await;
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: ").or_else(|| l.strip_prefix("content-length: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a Content-Length");
+        if s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").as_bytes()).await.is_err() {
+            return;
+        }
+        let mut left = len;
+        let mut chunk = vec![0u8; 8192];
+        while left > 0 {
+            let n = match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n.min(left),
+            };
+            if s.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+            left -= n;
+        }
+        read_until_closed(&mut s).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_app_that_answers_at_once_and_echoes_the_upload_streams_both_ways() {
+    // The app answers before any body byte; each piece of the body is echoed before the
+    // client sends the next, so only a relay that goes on sending the body while it relays
+    // the answer gets to the end (one that stops the upload at the answer waits for the idle
+    // timeout, and one that buffers either body waits for ever).
+    let proxy = support::proxy(support::config(streaming_echo_app().await)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    const PIECES: usize = 6;
+    const PIECE: usize = 10_000;
+    s.write_all(format!("POST /echo HTTP/1.1\r\nHost: pod\r\nContent-Length: {}\r\n\r\n", PIECES * PIECE).as_bytes())
+        .await
+        .expect("write the head");
+    let mut buf = Vec::new();
+    let head = loop {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await.expect("a head").expect("read");
+        assert!(n > 0, "closed before the answer's head");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..at]).into_owned();
+            buf.drain(..at + 4);
+            break head;
+        }
+    };
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("connection: close"), "the answer came before the body: {head}");
+    for i in 0..PIECES {
+        let piece = vec![b'a' + i as u8; PIECE];
+        s.write_all(&piece).await.expect("write a piece of the body");
+        while buf.len() < PIECE {
+            let mut chunk = [0u8; 16384];
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| panic!("piece {i} echoed in time"))
+                .expect("read");
+            assert!(n > 0, "closed at piece {i}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        assert!(buf.drain(..PIECE).eq(piece.into_iter()), "piece {i} came back whole");
+    }
+    assert!(buf.is_empty(), "nothing behind the answer");
+    assert!(closed_by_peer(&mut s).await, "the client's connection ends after an early answer");
+    counted_once(&proxy, "-").await;
+    let m = support::metrics(&proxy);
+    let sum = |name: &str| support::metric_value(&m, &[&format!("{name}{{"), "direction=\"inbound\""]);
+    assert_eq!(sum("tandem_http_request_bytes_total"), Some((PIECES * PIECE) as f64));
+    assert_eq!(sum("tandem_http_response_bytes_total"), Some((PIECES * PIECE) as f64));
+}
+
 #[tokio::test]
 async fn a_body_cut_short_by_the_app_closes_the_clients_connection_and_counts_uc() {
     let app = support::raw_app(|mut s| async move {
