@@ -22,6 +22,7 @@ import argparse
 import bisect
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -285,7 +286,8 @@ def symbols_by_cost(costs, base, sections):
 
 
 def generate(args):
-    with tempfile.TemporaryDirectory(prefix="tandem-order-") as tmp:
+    tmp = tempfile.mkdtemp(prefix="tandem-order-")
+    try:
         work = Path(tmp)
         if args.binary and args.map:
             map_path, binary = Path(args.map), Path(args.binary)
@@ -299,6 +301,11 @@ def generate(args):
         first = symbols_by_cost(startup, base, sections)
         seen = set(first)
         then = [s for s in symbols_by_cost(rest, base, sections) if s not in seen]
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     out = Path(args.out)
     with open(out, "w") as f:
         f.write("# The order of tandem's functions in the release binary (build.rs; build/README.md).\n")
@@ -344,6 +351,7 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate")
     g.add_argument("--out", default=str(DEFAULT_OUT))
+    g.add_argument("--keep", action="store_true", help="keep the working directory (logs, profiles)")
     g.add_argument("--binary", help="profile this binary instead of building one (needs --map)")
     g.add_argument("--map", help="the linker map written with --binary's link (TANDEM_LINK_MAP)")
     c = sub.add_parser("check")
