@@ -351,21 +351,8 @@ async fn an_app_that_answers_at_once_and_echoes_the_upload_streams_both_ways() {
     let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
     const PIECES: usize = 6;
     const PIECE: usize = 10_000;
-    s.write_all(format!("POST /echo HTTP/1.1\r\nHost: pod\r\nContent-Length: {}\r\n\r\n", PIECES * PIECE).as_bytes())
-        .await
-        .expect("write the head");
-    let mut buf = Vec::new();
-    let head = loop {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await.expect("a head").expect("read");
-        assert!(n > 0, "closed before the answer's head");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..at]).into_owned();
-            buf.drain(..at + 4);
-            break head;
-        }
-    };
+    let head = format!("POST /echo HTTP/1.1\r\nHost: pod\r\nContent-Length: {}\r\n\r\n", PIECES * PIECE);
+    let (head, mut buf) = head_then_answer_head(&mut s, &head).await;
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert!(head.to_ascii_lowercase().contains("connection: close"), "the answer came before the body: {head}");
     for i in 0..PIECES {
@@ -389,6 +376,87 @@ async fn an_app_that_answers_at_once_and_echoes_the_upload_streams_both_ways() {
     let sum = |name: &str| support::metric_value(&m, &[&format!("{name}{{"), "direction=\"inbound\""]);
     assert_eq!(sum("tandem_http_request_bytes_total"), Some((PIECES * PIECE) as f64));
     assert_eq!(sum("tandem_http_response_bytes_total"), Some((PIECES * PIECE) as f64));
+}
+
+/// Writes a request head alone and reads the answer's head (what follows it is returned).
+async fn head_then_answer_head(s: &mut TcpStream, head: &str) -> (String, Vec<u8>) {
+    s.write_all(head.as_bytes()).await.expect("write the head");
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await.expect("a head").expect("read");
+        assert!(n > 0, "closed before the answer's head");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..at]).into_owned();
+            buf.drain(..at + 4);
+            return (head, buf);
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_early_answer_that_stops_reading_the_upload_ends_with_its_body_and_both_connections() {
+    // The app answers at once, finishes its body once the upload has begun, and reads no more:
+    // the answer is relayed whole while the upload is still open, then the client's connection
+    // closes and the app's is not used again.
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    let app = support::raw_app(move |mut s| {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let head = support::read_head(&mut s).await;
+            if !head.starts_with("POST") {
+                let body = format!("conn {n}");
+                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                let _ = s.write_all(answer.as_bytes()).await;
+                return;
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n").await;
+            let mut b = [0u8; 1];
+            let _ = s.read(&mut b).await;
+            let _ = s.write_all(b"done!").await;
+            // Holds the connection, reading nothing more, for as long as the test runs.
+            std::future::pending::<()>().await;
+            drop(s);
+        }
+    })
+    .await;
+    let proxy = support::proxy(support::config(app)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    let (head, mut buf) =
+        head_then_answer_head(&mut s, "POST /up HTTP/1.1\r\nHost: pod\r\nContent-Length: 1000000\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    s.write_all(&[b'x'; 1000]).await.expect("write part of the body");
+    while buf.len() < 5 {
+        let mut chunk = [0u8; 64];
+        let n =
+            tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await.expect("the body").expect("read");
+        assert!(n > 0, "closed before the answer's body: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(buf, b"done!");
+    assert!(closed_by_peer(&mut s).await, "the unsent body cannot be taken for a request");
+    counted_once(&proxy, "-").await;
+    let (status, _, body) = support::get(&format!("http://{}/after", proxy.inbound_addr)).await;
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"conn 1"[..]), "the next request got a fresh app connection");
+}
+
+#[tokio::test]
+async fn a_client_gone_while_an_early_answer_waits_for_its_upload_counts_dc() {
+    // The app answers at once and echoes what it reads; the client sends part of its body and
+    // leaves.
+    let proxy = support::proxy(support::config(streaming_echo_app().await)).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    let (head, _) =
+        head_then_answer_head(&mut s, "POST /up HTTP/1.1\r\nHost: pod\r\nContent-Length: 100000\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    s.write_all(&[b'x'; 100]).await.expect("write part of the body");
+    drop(s);
+    counted_once(&proxy, "DC").await;
+    let m = support::metrics(&proxy);
+    let sent = support::metric_value(&m, &["tandem_http_request_bytes_total{", "direction=\"inbound\""]);
+    assert_eq!(sent, Some(100.0), "what the client sent before it left is counted");
 }
 
 #[tokio::test]
