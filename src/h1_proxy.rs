@@ -156,12 +156,46 @@ pub struct Rules {
     pub max_head: usize,
 }
 
+/// A connection's one timer. Moving its deadline later, as every request and every relayed
+/// read does, only notes the new deadline: the timer fires at the one it has and re-arms itself
+/// for the noted one (nginx keeps its timers the same lazy way), so a busy connection does not
+/// go back to tokio's timer wheel at every step. Moving it earlier re-arms it at once.
+struct Deadline<'a> {
+    sleep: Pin<&'a mut tokio::time::Sleep>,
+    /// The deadline last set (the timer may be armed earlier).
+    due: tokio::time::Instant,
+}
+
+impl Deadline<'_> {
+    fn set(&mut self, at: tokio::time::Instant) {
+        // A timer that already fired is re-armed by `expired` when it is next waited on.
+        if at < self.sleep.deadline() {
+            self.sleep.as_mut().reset(at);
+        }
+        self.due = at;
+    }
+
+    /// Resolves once the deadline last set has passed.
+    async fn expired(&mut self) {
+        loop {
+            self.sleep.as_mut().await;
+            if self.sleep.deadline() >= self.due {
+                return;
+            }
+            let due = self.due;
+            self.sleep.as_mut().reset(due);
+        }
+    }
+}
+
 impl Conn<'_> {
     /// Requests, one after the other, until the connection ends or one needs hyper.
     async fn run<IO: AsyncRead + AsyncWrite + ReadReady + Unpin>(mut self, io: &mut IO) -> Outcome {
         let conn = &mut self;
-        let timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(timer);
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
+        let due = sleep.deadline();
+        let timer = &mut Deadline { sleep, due };
         loop {
             // 1. A complete request head.
             let parsed = loop {
@@ -175,7 +209,7 @@ impl Conn<'_> {
                         done => break done,
                     }
                 }
-                match conn.wait_for_head(io, timer.as_mut()).await {
+                match conn.wait_for_head(io, timer).await {
                     Ok(true) => {}
                     Ok(false) | Err(_) => return Outcome::Closed,
                 }
@@ -187,7 +221,7 @@ impl Conn<'_> {
                     conn.rbuf.advance(head_len);
                     conn.answer_refusal(io, finish, close).await
                 }
-                Parsed::Forward(req) => conn.forward(io, req, timer.as_mut()).await,
+                Parsed::Forward(req) => conn.forward(io, req, timer).await,
                 Parsed::Partial | Parsed::HandOff => false,
             };
             if !keep {
@@ -337,7 +371,7 @@ impl Conn<'_> {
     async fn wait_for_head<IO: AsyncRead + ReadReady + Unpin>(
         &mut self,
         io: &mut IO,
-        mut timer: Pin<&mut tokio::time::Sleep>,
+        timer: &mut Deadline<'_>,
     ) -> io::Result<bool> {
         let between = self.rbuf.is_empty();
         let now = tokio::time::Instant::now();
@@ -366,7 +400,7 @@ impl Conn<'_> {
             (l, r) => l.or(r),
         };
         if let Some(at) = wake(limit, release) {
-            timer.as_mut().reset(at);
+            timer.set(at);
         }
         if !between && self.rbuf.capacity() - self.rbuf.len() < 1024 {
             self.rbuf.reserve(HEAD_READ);
@@ -383,13 +417,11 @@ impl Conn<'_> {
             tokio::select! {
                 biased;
                 r = read => {
-                    let n = r?;
-                    if n > 0 && between {
-                        self.head_deadline = Some(tokio::time::Instant::now() + rules.header_read);
-                    }
-                    return Ok(n > 0);
+                    // A head still partial after this read gets its deadline from the next
+                    // wait, which follows at once.
+                    return Ok(r? > 0);
                 }
-                _ = timer.as_mut(), if limit.is_some() || release.is_some() => {
+                _ = timer.expired(), if limit.is_some() || release.is_some() => {
                     let now = tokio::time::Instant::now();
                     if limit.is_some_and(|l| l <= now) {
                         return Ok(false);
@@ -401,14 +433,14 @@ impl Conn<'_> {
                         self.out = Vec::new();
                     }
                     if let Some(at) = wake(limit, release) {
-                        timer.as_mut().reset(at);
+                        timer.set(at);
                     }
                 }
                 _ = self.drain.wait(), if !self.draining => {
                     self.draining = true;
                     limit = deadline(true);
                     if let Some(at) = wake(limit, release) {
-                        timer.as_mut().reset(at);
+                        timer.set(at);
                     }
                 }
             }
@@ -594,7 +626,7 @@ impl Conn<'_> {
         &mut self,
         io: &mut IO,
         mut req: Request,
-        mut timer: Pin<&mut tokio::time::Sleep>,
+        timer: &mut Deadline<'_>,
     ) -> bool {
         let p = self.proxy;
         self.rbuf.advance(req.head_len);
@@ -615,9 +647,8 @@ impl Conn<'_> {
 
         // Connect (or reuse), write, and read the response head, within timeouts.response
         // (the body upload aside, which the client paces).
-        let sent_at = Instant::now();
-        let deadline = tokio::time::Instant::now() + p.response_timeout;
-        timer.as_mut().reset(deadline);
+        let sent_at = tokio::time::Instant::now();
+        timer.set(sent_at + p.response_timeout);
         // A pooled connection that fails before any answer is replaced while the whole request
         // is at hand; each attempt uses up a pooled connection, and a fresh one is not retried.
         // Body bytes still to send when the app answered early (sent while its answer is relayed).
@@ -629,7 +660,7 @@ impl Conn<'_> {
                     let connected = tokio::select! {
                         biased;
                         c = self.streams.connect() => Some(c),
-                        _ = timer.as_mut() => None,
+                        _ = timer.expired() => None,
                     };
                     match connected {
                         Some(Ok(s)) => (s, false),
@@ -653,7 +684,7 @@ impl Conn<'_> {
             }
             if !whole {
                 // The rest of the body, as the client sends it.
-                let uploaded = self.upload(io, &mut up, &mut req, &mut received, timer.as_mut()).await;
+                let uploaded = self.upload(io, &mut up, &mut req, &mut received, timer).await;
                 // Every way the request ends from here reports what the client sent.
                 if let Some(r) = req.finish.record_mut() {
                     r.bytes_received = received;
@@ -675,9 +706,9 @@ impl Conn<'_> {
                         return self.answer_error(io, req, ProxyError::RequestTimeout { what }).await;
                     }
                 }
-                timer.as_mut().reset(tokio::time::Instant::now() + p.response_timeout);
+                timer.set(tokio::time::Instant::now() + p.response_timeout);
             }
-            match self.read_response_head(io, &mut up, &req, timer.as_mut()).await {
+            match self.read_response_head(io, &mut up, &req, timer).await {
                 Ok(resp) => break (up, resp),
                 Err(HeadError::Replay) if reused && whole && req.idempotent => self.ubuf.clear(),
                 Err(HeadError::Replay) => {
@@ -709,8 +740,7 @@ impl Conn<'_> {
         let result = match buffered {
             Ok(true) => Ok(()),
             Ok(false) if upload_left > 0 => {
-                let r =
-                    self.relay_duplex(io, &mut up, &mut relay, &mut upload_left, &mut received, timer.as_mut()).await;
+                let r = self.relay_duplex(io, &mut up, &mut relay, &mut upload_left, &mut received, timer).await;
                 if upload_left == 0 {
                     req.body_pending = false;
                 }
@@ -719,7 +749,7 @@ impl Conn<'_> {
                 }
                 r
             }
-            Ok(false) => self.relay_body(io, &mut up, &mut relay, timer.as_mut()).await,
+            Ok(false) => self.relay_body(io, &mut up, &mut relay, timer).await,
             Err(_) => Err(BodyError::AppGone),
         };
         let flushed = io.flush().await.is_ok();
@@ -759,13 +789,13 @@ impl Conn<'_> {
         up: &mut TcpStream,
         req: &mut Request,
         received: &mut u64,
-        mut timer: Pin<&mut tokio::time::Sleep>,
+        timer: &mut Deadline<'_>,
     ) -> Upload {
         let mut left = req.body;
         let idle = self.rules.idle;
         loop {
             if !idle.is_zero() {
-                timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                timer.set(tokio::time::Instant::now() + idle);
             }
             let n = (self.rbuf.len() as u64).min(left) as usize;
             if n > 0 {
@@ -785,7 +815,7 @@ impl Conn<'_> {
                         req.close = true;
                         return Upload::Early(left);
                     }
-                    _ = timer.as_mut(), if !idle.is_zero() => return Upload::Stalled,
+                    _ = timer.expired(), if !idle.is_zero() => return Upload::Stalled,
                 };
                 self.rbuf.advance(wrote);
                 left -= wrote as u64;
@@ -811,7 +841,7 @@ impl Conn<'_> {
                     Ok(0) | Err(_) => return Upload::ClientGone,
                     Ok(_) => {}
                 },
-                _ = timer.as_mut(), if !idle.is_zero() => return Upload::Stalled,
+                _ = timer.expired(), if !idle.is_zero() => return Upload::Stalled,
             }
         }
     }
@@ -823,7 +853,7 @@ impl Conn<'_> {
         io: &mut IO,
         up: &mut TcpStream,
         req: &Request,
-        mut timer: Pin<&mut tokio::time::Sleep>,
+        timer: &mut Deadline<'_>,
     ) -> Result<Response, HeadError> {
         let app = self.proxy.app;
         let upstream = move || app.to_string();
@@ -859,7 +889,7 @@ impl Conn<'_> {
                     Ok(0) | Err(_) => return Err(HeadError::Proxy(ProxyError::UpstreamClosed { upstream: upstream() })),
                     Ok(_) => {}
                 },
-                _ = timer.as_mut() => {
+                _ = timer.expired() => {
                     let timeout_ms = self.proxy.response_timeout.as_millis() as u64;
                     return Err(HeadError::Proxy(ProxyError::UpstreamTimeout { upstream: upstream(), timeout_ms }));
                 }
@@ -908,19 +938,19 @@ impl Conn<'_> {
         io: &mut IO,
         up: &mut TcpStream,
         relay: &mut Relay,
-        mut timer: Pin<&mut tokio::time::Sleep>,
+        timer: &mut Deadline<'_>,
     ) -> Result<(), BodyError> {
         let idle = self.rules.idle;
         loop {
             self.ubuf.clear();
             self.ubuf.reserve(READ_SIZE);
             if !idle.is_zero() {
-                timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                timer.set(tokio::time::Instant::now() + idle);
             }
             let read = tokio::select! {
                 biased;
                 r = up.read_buf(&mut self.ubuf) => r,
-                _ = timer.as_mut(), if !idle.is_zero() => return Err(BodyError::AppGone),
+                _ = timer.expired(), if !idle.is_zero() => return Err(BodyError::AppGone),
             };
             let n = read.map_err(|_| BodyError::AppGone)?;
             if n == 0 {
@@ -930,7 +960,7 @@ impl Conn<'_> {
             tokio::select! {
                 biased;
                 r = io.write_all(&self.ubuf[..take]) => r.map_err(|_| BodyError::ClientGone)?,
-                _ = timer.as_mut(), if !idle.is_zero() => return Err(BodyError::ClientGone),
+                _ = timer.expired(), if !idle.is_zero() => return Err(BodyError::ClientGone),
             }
             self.ubuf.advance(take);
             if ended {
@@ -952,7 +982,7 @@ impl Conn<'_> {
         relay: &mut Relay,
         left: &mut u64,
         received: &mut u64,
-        mut timer: Pin<&mut tokio::time::Sleep>,
+        timer: &mut Deadline<'_>,
     ) -> Result<(), BodyError> {
         let idle = self.rules.idle;
         let (mut client_read, mut client_write) = tokio::io::split(io);
@@ -964,7 +994,7 @@ impl Conn<'_> {
         let mut uploading = true;
         loop {
             if !idle.is_zero() {
-                timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                timer.set(tokio::time::Instant::now() + idle);
             }
             if to_client == 0 {
                 ubuf.clear();
@@ -996,7 +1026,7 @@ impl Conn<'_> {
                 biased;
                 d = down => d,
                 u = upward => u,
-                _ = timer.as_mut(), if !idle.is_zero() => Duplex::Stalled,
+                _ = timer.expired(), if !idle.is_zero() => Duplex::Stalled,
             };
             match step {
                 Duplex::ToClient(Ok(0) | Err(_)) => return Err(BodyError::ClientGone),

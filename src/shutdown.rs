@@ -19,84 +19,159 @@ use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 /// An HTTP/1.1 connection that moves no bytes for this long after a stop began is closed.
 pub const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(200);
 
+/// A flag that is raised once and that many tasks wait on. A waiter registers its task's waker
+/// the first time it waits and keeps the registration until it is dropped, so a connection that
+/// waits for the stop between every two requests pays an atomic load per wait, not a lock
+/// (tokio's `watch` and `Notify` lock their waiter list to add and remove a waiter on every wait).
+#[derive(Default)]
+struct Signal {
+    raised: AtomicBool,
+    waiters: Mutex<Waiters>,
+}
+
+/// The registered wakers: a slot per waiter, reused once its waiter is dropped.
+#[derive(Default)]
+struct Waiters {
+    slots: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+impl Signal {
+    fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+
+    fn waiters(&self) -> MutexGuard<'_, Waiters> {
+        // A waker that panicked while the list was held leaves it consistent (slots are
+        // replaced whole), so a poisoned lock is used as it is.
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Raises the flag and wakes every waiter; true the first time.
+    fn raise(&self) -> bool {
+        if self.raised.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let woken: Vec<Waker> = self.waiters().slots.iter_mut().filter_map(Option::take).collect();
+        woken.into_iter().for_each(Waker::wake);
+        true
+    }
+}
+
+/// One task's place in a [`Signal`]'s waiter list.
+struct Waiter {
+    signal: Arc<Signal>,
+    /// The slot and the waker stored in it.
+    slot: Option<(usize, Waker)>,
+}
+
+impl Waiter {
+    fn new(signal: Arc<Signal>) -> Self {
+        Self { signal, slot: None }
+    }
+
+    fn poll_raised(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.signal.is_raised() {
+            return Poll::Ready(());
+        }
+        if matches!(&self.slot, Some((_, w)) if w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        let waker = cx.waker().clone();
+        {
+            let mut list = self.signal.waiters();
+            let at = match &self.slot {
+                Some((at, _)) => *at,
+                None => list.free.pop().unwrap_or_else(|| {
+                    list.slots.push(None);
+                    list.slots.len() - 1
+                }),
+            };
+            list.slots[at] = Some(waker.clone());
+            self.slot = Some((at, waker));
+        }
+        // Raised between the first check and the registration: the raise may have missed it.
+        if self.signal.is_raised() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let Some((at, _)) = self.slot.take() {
+            let mut list = self.signal.waiters();
+            list.slots[at] = None;
+            list.free.push(at);
+        }
+    }
+}
+
 /// The owner side: starts the drain.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Shutdown {
-    tx: Arc<watch::Sender<bool>>,
+    signal: Arc<Signal>,
 }
 
-/// A watcher: resolves once a stop has begun.
-#[derive(Clone)]
+/// A watcher: resolves once a stop has begun. Each clone waits on its own; a watcher keeps its
+/// registration from one wait to the next (one per connection, not one per request).
 pub struct Drain {
-    rx: watch::Receiver<bool>,
+    waiter: Waiter,
 }
 
-impl Default for Shutdown {
-    fn default() -> Self {
-        Self::new()
+impl Clone for Drain {
+    fn clone(&self) -> Self {
+        Self { waiter: Waiter::new(self.waiter.signal.clone()) }
     }
 }
 
 impl Shutdown {
     pub fn new() -> Self {
-        let (tx, _) = watch::channel(false);
-        Self { tx: Arc::new(tx) }
+        Self::default()
     }
 
     /// Begins the stop; idempotent. Returns true the first time.
     pub fn trigger(&self) -> bool {
-        let mut first = false;
-        self.tx.send_if_modified(|draining| {
-            first = !*draining;
-            *draining = true;
-            first
-        });
-        first
+        self.signal.raise()
     }
 
     pub fn is_draining(&self) -> bool {
-        *self.tx.borrow()
+        self.signal.is_raised()
     }
 
     pub fn drain(&self) -> Drain {
-        Drain { rx: self.tx.subscribe() }
+        Drain { waiter: Waiter::new(self.signal.clone()) }
     }
 }
 
 impl Drain {
-    /// Waits until a stop begins.
+    /// Waits until a stop begins (forever if none ever does).
     pub async fn wait(&mut self) {
-        if self.rx.wait_for(|d| *d).await.is_err() {
-            // Every trigger is gone: no stop can begin any more.
-            std::future::pending::<()>().await;
-        }
+        std::future::poll_fn(|cx| self.waiter.poll_raised(cx)).await
     }
 
     pub fn is_draining(&self) -> bool {
-        *self.rx.borrow()
+        self.waiter.signal.is_raised()
     }
 }
 
 /// Counts open connections (or tunnels) so a drain can finish as soon as the count reaches zero,
 /// and closes whatever is left when the drain deadline passes.
+#[derive(Default)]
 pub struct Tracker {
     open: AtomicUsize,
     idle: Notify,
-    force: watch::Sender<bool>,
-}
-
-impl Default for Tracker {
-    fn default() -> Self {
-        Self { open: AtomicUsize::new(0), idle: Notify::new(), force: watch::channel(false).0 }
-    }
+    force: Arc<Signal>,
 }
 
 /// Held while one connection is open.
@@ -131,17 +206,16 @@ impl Tracker {
 
     /// Tells every open connection to close now, whatever it is doing (the drain deadline).
     pub fn close_all(&self) {
-        self.force.send_replace(true);
+        self.force.raise();
     }
 }
 
 impl TrackerGuard {
-    /// Resolves when [`Tracker::close_all`] is called: the holder drops its connection.
+    /// Resolves when [`Tracker::close_all`] is called: the holder drops its connection. The
+    /// future registers once, however often it is polled.
     pub async fn closed_by_force(&self) {
-        let mut rx = self.tracker.force.subscribe();
-        if rx.wait_for(|f| *f).await.is_err() {
-            std::future::pending::<()>().await;
-        }
+        let mut waiter = Waiter::new(self.tracker.force.clone());
+        std::future::poll_fn(|cx| waiter.poll_raised(cx)).await
     }
 }
 
@@ -274,6 +348,68 @@ mod tests {
         let resp = svc.call(request(Version::HTTP_2)).await.expect("response");
         assert!(resp.headers().get(header::CONNECTION).is_none());
         assert!(info.is_h2());
+    }
+
+    /// A waker that counts its wakes.
+    struct Count(AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Arc<Count>, Waker) {
+        let c = Arc::new(Count(AtomicUsize::new(0)));
+        (c.clone(), Waker::from(c))
+    }
+
+    #[test]
+    fn a_drain_registers_once_wakes_its_latest_waker_and_frees_its_slot() {
+        let stop = Shutdown::new();
+        let mut a = stop.drain();
+        let mut b = a.clone();
+        let (first, w1) = counting();
+        let (second, w2) = counting();
+        let (other, w3) = counting();
+        assert!(a.waiter.poll_raised(&mut Context::from_waker(&w1)).is_pending());
+        assert!(a.waiter.poll_raised(&mut Context::from_waker(&w1)).is_pending());
+        assert_eq!(stop.signal.waiters().slots.len(), 1, "a second wait with the same waker registers nothing");
+        // The task's waker changed: the slot is updated, not added to.
+        assert!(a.waiter.poll_raised(&mut Context::from_waker(&w2)).is_pending());
+        assert!(b.waiter.poll_raised(&mut Context::from_waker(&w3)).is_pending());
+        assert_eq!(stop.signal.waiters().slots.len(), 2);
+        // A dropped waiter's slot goes to the next one.
+        drop(b);
+        let mut c = stop.drain();
+        assert!(c.waiter.poll_raised(&mut Context::from_waker(&w3)).is_pending());
+        assert_eq!(stop.signal.waiters().slots.len(), 2, "the freed slot was reused");
+        assert!(stop.trigger());
+        assert_eq!(first.0.load(Ordering::SeqCst), 0, "the replaced waker is not woken");
+        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+        assert_eq!(other.0.load(Ordering::SeqCst), 1, "the reused slot's waiter is woken");
+        assert!(a.waiter.poll_raised(&mut Context::from_waker(&w2)).is_ready());
+        assert!(c.is_draining());
+        // A watcher made after the stop is ready at once, and nothing is woken twice.
+        let mut late = stop.drain();
+        assert!(late.waiter.poll_raised(&mut Context::from_waker(&w1)).is_ready());
+        assert!(!stop.trigger());
+        assert_eq!(second.0.load(Ordering::SeqCst) + other.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_drain_waited_on_again_and_again_resolves_once_the_stop_begins() {
+        let stop = Shutdown::new();
+        let mut drain = stop.drain();
+        for _ in 0..3 {
+            // Each wait is cut short, as a connection's wait for its next request is.
+            let waited = tokio::time::timeout(Duration::from_millis(1), drain.wait()).await;
+            assert!(waited.is_err(), "no stop yet");
+        }
+        let waiting = tokio::spawn(async move { drain.wait().await });
+        tokio::task::yield_now().await;
+        stop.trigger();
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken by the stop").expect("task");
     }
 
     #[tokio::test]

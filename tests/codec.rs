@@ -826,3 +826,50 @@ async fn h2c_answers_on_one_app_connection_keep_their_bytes_while_its_buffer_is_
     }
     assert_eq!(proxy.app_idle_connections(), vec![1], "every request went over the one app connection");
 }
+
+#[tokio::test]
+async fn a_busy_connections_timeouts_hold_after_each_request_moved_them_later() {
+    // Every request moves the connection's deadlines later (the timer is re-armed lazily, when
+    // it fires early): after several requests the response timeout and the idle timeout must
+    // still end a stalled answer and an idle connection, and neither before its time.
+    let app = support::raw_app(|mut s| async move {
+        loop {
+            let head = support::read_head(&mut s).await;
+            if head.is_empty() {
+                return;
+            }
+            if head.starts_with("GET /hang") {
+                std::future::pending::<()>().await;
+            }
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let mut cfg = support::config(app);
+    cfg.inbound.timeouts.response = tandem::config::Human::new(Duration::from_millis(300));
+    cfg.inbound.timeouts.idle = tandem::config::Human::new(Duration::from_millis(400));
+    let proxy = support::proxy(cfg).await;
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for _ in 0..5 {
+        s.write_all(b"GET /ok HTTP/1.1\r\nHost: pod\r\n\r\n").await.expect("write");
+        assert_eq!(read_response(&mut s, &mut buf, false).await.status(), 200);
+    }
+    let asked = std::time::Instant::now();
+    s.write_all(b"GET /hang HTTP/1.1\r\nHost: pod\r\n\r\n").await.expect("write");
+    let r = read_response(&mut s, &mut buf, false).await;
+    assert_eq!((r.status(), r.header("x-tandem-error")), (504, Some("UT")), "{r:?}");
+    assert!(asked.elapsed() >= Duration::from_millis(300), "answered 504 after {:?}", asked.elapsed());
+
+    let mut s = TcpStream::connect(proxy.inbound_addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for _ in 0..5 {
+        s.write_all(b"GET /ok HTTP/1.1\r\nHost: pod\r\n\r\n").await.expect("write");
+        assert_eq!(read_response(&mut s, &mut buf, false).await.status(), 200);
+    }
+    let idle_from = std::time::Instant::now();
+    assert!(closed_by_peer(&mut s).await, "an idle connection is closed after timeouts.idle");
+    assert!(idle_from.elapsed() >= Duration::from_millis(400), "closed after {:?}", idle_from.elapsed());
+}
