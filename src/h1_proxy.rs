@@ -668,11 +668,7 @@ impl Conn<'_> {
                             let err = ProxyError::from_connect(&e, p.app, p.connect_timeout_ms);
                             return self.answer_error(io, req, err).await;
                         }
-                        None => {
-                            let timeout_ms = p.response_timeout.as_millis() as u64;
-                            let err = ProxyError::UpstreamTimeout { upstream: p.app.to_string(), timeout_ms };
-                            return self.answer_error(io, req, err).await;
-                        }
+                        None => return self.answer_error(io, req, p.response_timed_out()).await,
                     }
                 }
             };
@@ -889,10 +885,7 @@ impl Conn<'_> {
                     Ok(0) | Err(_) => return Err(HeadError::Proxy(ProxyError::UpstreamClosed { upstream: upstream() })),
                     Ok(_) => {}
                 },
-                _ = timer.expired() => {
-                    let timeout_ms = self.proxy.response_timeout.as_millis() as u64;
-                    return Err(HeadError::Proxy(ProxyError::UpstreamTimeout { upstream: upstream(), timeout_ms }));
-                }
+                _ = timer.expired() => return Err(HeadError::Proxy(self.proxy.response_timed_out())),
                 r = io.read_buf(&mut self.rbuf), if watch => match r {
                     Ok(0) | Err(_) => return Err(HeadError::ClientGone),
                     Ok(_) => {}

@@ -319,36 +319,28 @@ impl InboundProxy {
                 AppClient::Http1(_, streams) if !upgrade && http_body::Body::is_end_stream(req.body()) => {
                     let send = crate::h1_client::send(streams, &req, self.app, self.connect_timeout_ms);
                     match tokio::time::timeout_at(deadline, send).await {
-                        Ok(Ok(resp)) => Ok(Sent::Codec(resp)),
-                        Ok(Err(e)) => Err(Some(e)),
-                        Err(_) => Err(None),
+                        Ok(sent) => sent.map(Sent::Codec),
+                        Err(_) => Err(self.response_timed_out()),
                     }
                 }
                 // hyper's futures are boxed: they are the less common paths here, and inline
                 // they would make every request's future several times larger.
                 AppClient::Http1(pool, _) => match tokio::time::timeout_at(deadline, Box::pin(pool.send(req))).await {
                     Ok(Ok((resp, checkin))) => Ok(Sent::Hyper(resp, Some(checkin))),
-                    Ok(Err(e)) => Err(Some(ProxyError::from_pool(&e, self.app, self.connect_timeout_ms))),
-                    Err(_) => Err(None),
+                    Ok(Err(e)) => Err(ProxyError::from_pool(&e, self.app, self.connect_timeout_ms)),
+                    Err(_) => Err(self.response_timed_out()),
                 },
                 AppClient::Http2(client) => {
                     match tokio::time::timeout_at(deadline, Box::pin(client.request(req))).await {
                         Ok(Ok(resp)) => Ok(Sent::Hyper(resp, None)),
-                        Ok(Err(e)) => Err(Some(ProxyError::from_client(&e, self.app, self.connect_timeout_ms))),
-                        Err(_) => Err(None),
+                        Ok(Err(e)) => Err(ProxyError::from_client(&e, self.app, self.connect_timeout_ms)),
+                        Err(_) => Err(self.response_timed_out()),
                     }
                 }
             };
             let sent = match sent {
                 Ok(sent) => sent,
-                Err(Some(e)) => return self.fail(e, finish),
-                Err(None) => {
-                    let err = ProxyError::UpstreamTimeout {
-                        upstream: self.app.to_string(),
-                        timeout_ms: self.response_timeout.as_millis() as u64,
-                    };
-                    return self.fail(err, finish);
-                }
+                Err(e) => return self.fail(e, finish),
             };
             let (mut parts, body, upgraded) = match sent {
                 Sent::Hyper(mut resp, checkin) => {
@@ -380,6 +372,14 @@ impl InboundProxy {
     }
 
     /// Answers with tandem's own error response, logging upstream failures (rate-limited).
+    /// The error for an app that did not answer within `timeouts.response` (`UT`).
+    pub(crate) fn response_timed_out(&self) -> ProxyError {
+        ProxyError::UpstreamTimeout {
+            upstream: self.app.to_string(),
+            timeout_ms: self.response_timeout.as_millis() as u64,
+        }
+    }
+
     fn fail(&self, err: ProxyError, mut finish: Finish) -> Response<ProxyBody> {
         let resp: Response<ProxyBody> = error_response(&err);
         self.fail_record(&err, &mut finish);

@@ -407,6 +407,9 @@ mod tests {
             assert!(waited.is_err(), "no stop yet");
         }
         let waiting = tokio::spawn(async move { drain.wait().await });
+        // On this current-thread runtime the spawned wait runs here and registers its own task's
+        // waker (a different one from the waits above), so the trigger has a waker to wake; the
+        // wait resolves whichever runs first.
         tokio::task::yield_now().await;
         stop.trigger();
         tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken by the stop").expect("task");

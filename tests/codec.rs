@@ -395,31 +395,46 @@ async fn head_then_answer_head(s: &mut TcpStream, head: &str) -> (String, Vec<u8
     }
 }
 
+/// An app that answers every request but a POST with `conn N` (N counts its connections from
+/// 0) and hands the connection of a POST, its head read, to `on_post`; returns its address and
+/// the count of connections it took.
+async fn numbering_app<F, Fut>(on_post: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    let on_post = Arc::new(on_post);
+    let app = support::raw_app(move |mut s| {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        let on_post = on_post.clone();
+        async move {
+            let head = support::read_head(&mut s).await;
+            if head.starts_with("POST") {
+                return on_post(s).await;
+            }
+            let body = format!("conn {n}");
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            let _ = s.write_all(answer.as_bytes()).await;
+        }
+    })
+    .await;
+    (app, conns)
+}
+
 #[tokio::test]
 async fn an_early_answer_that_stops_reading_the_upload_ends_with_its_body_and_both_connections() {
     // The app answers at once, finishes its body once the upload has begun, and reads no more:
     // the answer is relayed whole while the upload is still open, then the client's connection
     // closes and the app's is not used again.
-    let conns = Arc::new(AtomicUsize::new(0));
-    let counted = conns.clone();
-    let app = support::raw_app(move |mut s| {
-        let n = counted.fetch_add(1, Ordering::SeqCst);
-        async move {
-            let head = support::read_head(&mut s).await;
-            if !head.starts_with("POST") {
-                let body = format!("conn {n}");
-                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-                let _ = s.write_all(answer.as_bytes()).await;
-                return;
-            }
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n").await;
-            let mut b = [0u8; 1];
-            let _ = s.read(&mut b).await;
-            let _ = s.write_all(b"done!").await;
-            // Holds the connection, reading nothing more, for as long as the test runs.
-            std::future::pending::<()>().await;
-            drop(s);
-        }
+    let (app, conns) = numbering_app(|mut s| async move {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n").await;
+        let mut b = [0u8; 1];
+        let _ = s.read(&mut b).await;
+        let _ = s.write_all(b"done!").await;
+        // Holds the connection, reading nothing more, for as long as the test runs.
+        std::future::pending::<()>().await;
     })
     .await;
     let proxy = support::proxy(support::config(app)).await;
@@ -439,7 +454,9 @@ async fn an_early_answer_that_stops_reading_the_upload_ends_with_its_body_and_bo
     assert!(closed_by_peer(&mut s).await, "the unsent body cannot be taken for a request");
     counted_once(&proxy, "-").await;
     let (status, _, body) = support::get(&format!("http://{}/after", proxy.inbound_addr)).await;
-    assert_eq!((status.as_u16(), &body[..]), (200, &b"conn 1"[..]), "the next request got a fresh app connection");
+    assert_eq!(status, 200);
+    assert_eq!(body, "conn 1", "the next request got a fresh app connection");
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
@@ -621,23 +638,10 @@ async fn a_connection_header_naming_content_length_cannot_smuggle_a_request() {
 
 #[tokio::test]
 async fn after_an_early_answer_the_apps_connection_is_not_used_again() {
-    let conns = Arc::new(AtomicUsize::new(0));
-    let counted = conns.clone();
-    let app = support::raw_app(move |mut s| {
-        let n = counted.fetch_add(1, Ordering::SeqCst);
-        async move {
-            let head = support::read_head(&mut s).await;
-            if head.starts_with("POST") {
-                let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!").await;
-                // Waits for the rest of the body it was promised, swallowing whatever comes.
-                read_until_closed(&mut s).await;
-            } else {
-                let body = format!("conn {n}");
-                let _ = s
-                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes())
-                    .await;
-            }
-        }
+    let (app, conns) = numbering_app(|mut s| async move {
+        let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!").await;
+        // Waits for the rest of the body it was promised, swallowing whatever comes.
+        read_until_closed(&mut s).await;
     })
     .await;
     let proxy = support::proxy(support::config(app)).await;
