@@ -116,7 +116,10 @@ pub struct ConnMeta {
 }
 
 /// Serves `listener` until `drain` fires, then stops accepting and asks every open connection to
-/// close gracefully. Returns once the accept loop has stopped; `tracker` counts the connections
+/// close gracefully. Stopping refuses new handshakes at once ([`refuse_new_handshakes`]), takes
+/// the connections that still complete for [`HANDSHAKE_GRACE`], and then closes the listener, so
+/// no client is reset on a connection it believes open; `tracker` counts one entry for the
+/// listener meanwhile. Returns once the accept loop has stopped; `tracker` counts the connections
 /// still open so the caller can wait for them (with its deadline). With `tls`, every connection
 /// is a TLS handshake first (ALPN picks HTTP/2 or HTTP/1.1). With `codec`, HTTP/1.1
 /// connections are served by [`crate::h1_proxy`] until a request needs hyper, which then takes
@@ -166,21 +169,28 @@ pub async fn serve<F, S, B>(
         max_head: max_buf_size,
     };
     let mut accept_errors = 0u32;
-    let mut stopping = false;
+    // Set once the stop has begun: what keeps the drain waiting while the listener takes its last
+    // connections, and when it closes.
+    let mut closing: Option<(crate::shutdown::TrackerGuard, tokio::time::Instant)> = None;
     loop {
-        let accepted = if stopping {
-            // The stop has begun. Connections the kernel already completed sit in the backlog, and
-            // their clients may have sent a request: closing the listener would reset them. Take
-            // them (they are served in drain mode), then close the listener.
-            match accept_queued(&listener) {
-                Some(a) => a,
-                None => break,
+        let accepted = if let Some((accepting, until)) = &closing {
+            // The stop has begun and new handshakes are refused (see `refuse_new_handshakes`).
+            // Connections the kernel completed, and handshakes under way when the stop began, are
+            // taken (they are served in drain mode) until the grace ends; then the listener closes.
+            tokio::select! {
+                biased;
+                a = listener.accept() => a,
+                _ = tokio::time::sleep_until(*until) => break,
+                _ = accepting.closed_by_force() => break,
             }
         } else {
             tokio::select! {
                 biased;
                 _ = drain.wait() => {
-                    stopping = true;
+                    if let Err(e) = refuse_new_handshakes(&listener) {
+                        tracing::warn!(error = %e, direction = direction.as_str(), "could not stop new handshakes on the listener");
+                    }
+                    closing = Some((tracker.open(), tokio::time::Instant::now() + HANDSHAKE_GRACE));
                     continue;
                 }
                 a = listener.accept() => a,
@@ -470,11 +480,39 @@ impl Refusals {
     }
 }
 
-/// Accepts a connection already queued on `listener` without waiting; `None` once the queue is empty.
-fn accept_queued(listener: &TcpListener) -> Option<io::Result<(TcpStream, SocketAddr)>> {
-    let (socket, addr) = socket2::SockRef::from(listener).accept().ok()?;
-    let peer = addr.as_socket()?;
-    Some(socket.set_nonblocking(true).and_then(|()| TcpStream::from_std(socket.into())).map(|s| (s, peer)))
+/// How long a stopping listener keeps taking connections after it stopped answering new
+/// handshakes: a handshake under way then (the client's SYN answered, its ACK not yet in) completes
+/// within one round trip, and its client may send a request at once. Closing the listener earlier
+/// would reset such a connection; a client whose ACK takes longer than this is reset.
+pub const HANDSHAKE_GRACE: Duration = Duration::from_millis(100);
+
+/// The socket filter a stopping listener gets: it drops a TCP segment that opens a connection
+/// (SYN without ACK) and keeps every other. The filter runs on the TCP header, so byte 13 holds the
+/// flags.
+const REFUSE_SYN: [libc::sock_filter; 5] = [
+    // A = the flags byte
+    bpf(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 13),
+    // A &= SYN | ACK
+    bpf(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, 0, 0, 0x12),
+    // SYN alone: drop; otherwise keep
+    bpf(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 1, 0, 0x02),
+    bpf(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX),
+    bpf(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
+];
+
+const fn bpf(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    // Every classic BPF opcode fits in 16 bits.
+    libc::sock_filter { code: code as u16, jt, jf, k }
+}
+
+/// Stops `listener` from starting new connections while it stays open: a client's SYN is dropped
+/// (its kernel retries it after a second, and by then the closed port refuses it: the client knows
+/// nothing was sent). Handshakes already answered complete and queue as before, so the accept loop
+/// can take every connection whose client may have written a request, then close the listener
+/// without resetting one. Closing with connections still arriving would reset those that complete
+/// between the last `accept` and the close.
+pub fn refuse_new_handshakes(listener: &TcpListener) -> io::Result<()> {
+    socket2::SockRef::from(listener).attach_filter(&REFUSE_SYN)
 }
 
 /// A TCP stream that counts the bytes it moves, for the idle timeout.

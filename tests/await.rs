@@ -4,7 +4,7 @@
 
 mod procs;
 
-use procs::{bin, echo, free_port, tandem, Proc};
+use procs::{bin, echo, free_port, refusing_port, tandem, Proc};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,7 +44,9 @@ async fn not_ready_admin() -> (SocketAddr, Arc<AtomicUsize>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gives_up_at_the_timeout_with_a_clear_message() {
-    let mut p = await_proc(free_port(), &["--timeout", "500ms"]);
+    // A port that stays refusing: a free one could be taken by another test's proxy meanwhile.
+    let (_held, refusing) = refusing_port();
+    let mut p = await_proc(refusing, &["--timeout", "500ms"]);
     assert_eq!(p.exit(LIMIT).await.code(), Some(1));
     let err = p.stderr();
     assert!(err.contains("is not ready after 500ms") && err.contains("Connection refused"), "{err}");

@@ -6,7 +6,7 @@
 mod procs;
 
 use bytes::Bytes;
-use procs::{echo, free_port, get, inbound_in_flight, poll_metric, poll_status, request, tandem, Proc};
+use procs::{echo, free_port, get, inbound_in_flight, poll_metric, poll_status, refusing_port, request, tandem, Proc};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -295,7 +295,7 @@ async fn while_the_app_is_down_requests_get_502_uf_at_once_and_the_log_says_so_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_readiness_checks_http_file_and_none() {
     let (_echo, app) = echo().await;
-    let dead = free_port();
+    let (_held, dead) = refusing_port();
 
     let t = tandem(app, &[], &[("TANDEM_READINESS_APP", "http:/health")]).await;
     assert_eq!(get(t.admin, "/ready/app").await.expect("answer").0, 200);

@@ -31,6 +31,15 @@ pub fn free_port() -> SocketAddr {
     a
 }
 
+/// A port that refuses connections for as long as the returned socket lives: bound, never
+/// listening. Unlike [`free_port`], nothing else (another test's server) can take it meanwhile.
+pub fn refusing_port() -> (socket2::Socket, SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+    let a = s.local_addr().expect("addr").as_socket().expect("inet");
+    (s, a)
+}
+
 /// A process this test started; killed (by its PID) when dropped if still running.
 pub struct Proc {
     pub child: tokio::process::Child,
