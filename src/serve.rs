@@ -487,8 +487,9 @@ impl Refusals {
 pub const HANDSHAKE_GRACE: Duration = Duration::from_millis(100);
 
 /// The socket filter a stopping listener gets: it drops a TCP segment that opens a connection
-/// (SYN without ACK) and keeps every other. The filter runs on the TCP header, so byte 13 holds the
-/// flags.
+/// (SYN without ACK) and keeps every other. The filter runs on the TCP header (IPv4 and IPv6 alike),
+/// so byte 13 holds the flags.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 const REFUSE_SYN: [libc::sock_filter; 5] = [
     // A = the flags byte
     bpf(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 13),
@@ -500,6 +501,7 @@ const REFUSE_SYN: [libc::sock_filter; 5] = [
     bpf(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
 ];
 
+#[cfg(any(target_os = "linux", target_os = "android"))]
 const fn bpf(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
     // Every classic BPF opcode fits in 16 bits.
     libc::sock_filter { code: code as u16, jt, jf, k }
@@ -511,8 +513,17 @@ const fn bpf(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
 /// can take every connection whose client may have written a request, then close the listener
 /// without resetting one. Closing with connections still arriving would reset those that complete
 /// between the last `accept` and the close.
+///
+/// Socket filters are Linux's: elsewhere this fails, the listener takes connections until the grace
+/// ends, and one completing between the last accept and the close is reset.
 pub fn refuse_new_handshakes(listener: &TcpListener) -> io::Result<()> {
-    socket2::SockRef::from(listener).attach_filter(&REFUSE_SYN)
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return socket2::SockRef::from(listener).attach_filter(&REFUSE_SYN);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = listener;
+        Err(io::Error::new(io::ErrorKind::Unsupported, "socket filters are Linux's"))
+    }
 }
 
 /// A TCP stream that counts the bytes it moves, for the idle timeout.

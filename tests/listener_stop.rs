@@ -30,7 +30,21 @@ async fn try_connect(addr: SocketAddr, wait: Duration) -> std::io::Result<bool> 
 
 #[tokio::test]
 async fn a_listener_refusing_new_handshakes_drops_syns_and_keeps_its_queue_and_connections() {
-    let listener = serve::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    refuses_new_handshakes_on("127.0.0.1:0".parse().expect("addr")).await;
+}
+
+#[tokio::test]
+async fn the_same_on_ipv6() {
+    let addr: SocketAddr = "[::1]:0".parse().expect("addr");
+    if std::net::TcpListener::bind(addr).is_err() {
+        println!("skipped: this machine has no IPv6 loopback (::1)");
+        return;
+    }
+    refuses_new_handshakes_on(addr).await;
+}
+
+async fn refuses_new_handshakes_on(bind: SocketAddr) {
+    let listener = serve::bind(bind).expect("bind");
     let addr = listener.local_addr().expect("addr");
     // One connection accepted before, one completed and queued before: neither is touched.
     let mut before = std::net::TcpStream::connect(addr).expect("connect");
