@@ -65,7 +65,6 @@ async fn blocks_until_the_proxy_is_ready() {
     let admin = free_port();
     let mut waiting = await_proc(admin, &["--timeout", "30s"]);
     // Start the proxy only now, on the admin port the waiter is asking.
-    let inbound = free_port().to_string();
     let mut t = Proc::spawn(
         "tandem",
         bin(),
@@ -74,7 +73,7 @@ async fn blocks_until_the_proxy_is_ready() {
             "--app",
             &app.to_string(),
             "--inbound",
-            &inbound,
+            "127.0.0.1:0",
             "--admin",
             &admin.to_string(),
             "--outbound",

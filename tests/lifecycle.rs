@@ -403,8 +403,6 @@ async fn workers_follow_a_real_cgroup_cpu_limit() {
     let procs_file = cg.0.join("cgroup.procs");
     let script = format!("echo $$ > {} && exec \"$0\" \"$@\"", procs_file.display());
     let (_echo, app) = echo().await;
-    let admin = free_port().to_string();
-    let inbound = free_port().to_string();
     let mut p = Proc::spawn(
         "tandem",
         "sh",
@@ -416,9 +414,9 @@ async fn workers_follow_a_real_cgroup_cpu_limit() {
             "--app",
             &app.to_string(),
             "--inbound",
-            &inbound,
+            "127.0.0.1:0",
             "--admin",
-            &admin,
+            "127.0.0.1:0",
             "--outbound",
             "127.0.0.1:0",
             "--access-log",
@@ -428,7 +426,7 @@ async fn workers_follow_a_real_cgroup_cpu_limit() {
         ],
         &[],
     );
-    poll_status(admin.parse().expect("addr"), "/ready", 200).await;
+    procs::wait_logged(&mut p, "tandem is ready").await;
     p.signal(libc::SIGTERM);
     assert_eq!(p.exit(EXIT_LIMIT).await.code(), Some(0));
     let line = p.stderr().lines().find(|l| l.contains("runtime workers")).map(str::to_owned).expect("logged");

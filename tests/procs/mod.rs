@@ -1,6 +1,8 @@
-//! Test support for tests that drive the built `tandem` binary as a process: free ports (bound on
-//! 127.0.0.1:0, read, closed), spawned processes that are killed by PID when dropped, stderr
-//! captured to a file, readiness polled rather than slept for, and signals.
+//! Test support for tests that drive the built `tandem` binary as a process: `tandem run` and
+//! `tandem echo` on ports the kernel picks (127.0.0.1:0, the addresses read from their log), a
+//! free port for the few tests that must name one before the process starts, a port that stays
+//! refusing, spawned processes that are killed by PID when dropped, stderr captured to a file,
+//! readiness polled rather than slept for, and signals.
 #![allow(dead_code)]
 
 use bytes::Bytes;
@@ -158,34 +160,44 @@ pub fn inbound_in_flight(n: usize) -> String {
     format!("tandem_http_requests_in_flight{{direction=\"inbound\"}} {n}")
 }
 
-/// Polls `GET path` on `addr` until it answers 200 while `proc` runs: false if `proc` exited first
-/// (a port found free was taken again before it could bind: the caller retries on new ports).
-async fn poll_ready_while_running(proc: &mut Proc, addr: SocketAddr, path: &str) -> bool {
+/// The address `key` names in the process's log line containing `line`, in either log format
+/// (`key=ADDR` or `"key":"ADDR"`).
+fn logged_addr(stderr: &str, line: &str, key: &str) -> Option<SocketAddr> {
+    let l = stderr.lines().find(|l| l.contains(line))?;
+    let text = format!("{key}=");
+    let json = format!("\"{key}\":\"");
+    let rest = match (l.find(&text), l.find(&json)) {
+        (Some(i), _) => &l[i + text.len()..],
+        (None, Some(i)) => &l[i + json.len()..],
+        (None, None) => return None,
+    };
+    let end = rest.find([' ', '"']).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Waits, at most 30 s, until `proc` logs a line containing `line`, and returns its stderr then.
+/// Panics with the stderr if the process exits first.
+pub async fn wait_logged(proc: &mut Proc, line: &str) -> String {
     let start = Instant::now();
     loop {
-        if let Ok((s, _, _)) = get(addr, path).await {
-            if s == 200 {
-                return true;
-            }
+        let stderr = proc.stderr();
+        if stderr.contains(line) {
+            return stderr;
         }
-        if proc.child.try_wait().ok().flatten().is_some() {
-            return false;
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!("{} exited ({status}) before logging {line:?}; stderr:\n{stderr}", proc.name);
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "{path} on {addr} never answered 200:\n{}", proc.stderr());
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(start.elapsed() < Duration::from_secs(30), "{} never logged {line:?}; stderr:\n{stderr}", proc.name);
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-/// `tandem echo` on a free port, polled until it answers.
+/// `tandem echo` on a port the kernel picks (read from its log), answering.
 pub async fn echo() -> (Proc, SocketAddr) {
-    for _ in 0..5 {
-        let addr = free_port();
-        let mut p = Proc::spawn("echo", bin(), &["echo", "--listen", &addr.to_string(), "--workers", "1"], &[]);
-        if poll_ready_while_running(&mut p, addr, "/health").await {
-            return (p, addr);
-        }
-    }
-    panic!("the echo app could not bind a free port five times");
+    let mut p = Proc::spawn("echo", bin(), &["echo", "--listen", "127.0.0.1:0", "--workers", "1"], &[]);
+    let stderr = wait_logged(&mut p, "echo app listening").await;
+    let addr = logged_addr(&stderr, "echo app listening", "listen").expect("the echo app logs its address");
+    (p, addr)
 }
 
 /// A running `tandem run`: its process and addresses.
@@ -195,27 +207,24 @@ pub struct Tandem {
     pub admin: SocketAddr,
 }
 
-/// `tandem run` in front of `app` on free ports with `extra` flags, polled until `/ready` is 200.
+/// `tandem run` in front of `app` with `extra` flags, every listener on a port the kernel picks;
+/// returns once it has logged that it is ready, with the addresses it logged.
 pub async fn tandem(app: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -> Tandem {
-    let mut last = String::new();
-    for _ in 0..5 {
-        let inbound = free_port();
-        let admin = free_port();
-        let outbound = free_port();
-        let (i, a, o, p) = (inbound.to_string(), admin.to_string(), outbound.to_string(), app.to_string());
-        let mut args = vec!["run", "--app", &p, "--inbound", &i, "--admin", &a, "--outbound", &o];
-        if !extra.contains(&"--access-log") {
-            args.extend_from_slice(&["--access-log", "off"]);
-        }
-        if !extra.contains(&"--workers") {
-            args.extend_from_slice(&["--workers", "2"]);
-        }
-        args.extend_from_slice(extra);
-        let mut proc = Proc::spawn("tandem", bin(), &args, env);
-        if poll_ready_while_running(&mut proc, admin, "/ready").await {
-            return Tandem { proc, inbound, admin };
-        }
-        last = proc.stderr();
+    let p = app.to_string();
+    let any = "127.0.0.1:0";
+    let mut args = vec!["run", "--app", &p, "--inbound", any, "--admin", any, "--outbound", any];
+    if !extra.contains(&"--access-log") {
+        args.extend_from_slice(&["--access-log", "off"]);
     }
-    panic!("tandem did not start five times; last stderr:\n{last}");
+    if !extra.contains(&"--workers") {
+        args.extend_from_slice(&["--workers", "2"]);
+    }
+    args.extend_from_slice(extra);
+    let mut proc = Proc::spawn("tandem", bin(), &args, env);
+    let stderr = wait_logged(&mut proc, "tandem is ready").await;
+    let addr = |key| {
+        logged_addr(&stderr, "tandem is ready", key).unwrap_or_else(|| panic!("no {key} address logged:\n{stderr}"))
+    };
+    let (inbound, admin) = (addr("inbound"), addr("admin"));
+    Tandem { proc, inbound, admin }
 }
