@@ -60,7 +60,8 @@ const IN_FLIGHT_POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopPolicy {
     /// Stops accepting when the stop begins; its connections are told to close (HTTP/1.1
-    /// `Connection: close`, HTTP/2 GOAWAY). The drain waits until every connection has closed.
+    /// `Connection: close`, HTTP/2 GOAWAY). The drain waits until the listener and every
+    /// connection have closed.
     /// The inbound listener: the Service is sending traffic elsewhere now.
     AtStop,
     /// Keeps accepting through the drain and stops only when tandem exits. The drain waits until

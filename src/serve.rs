@@ -118,14 +118,15 @@ pub struct ConnMeta {
 /// Serves `listener` until `drain` fires, then stops accepting and asks every open connection to
 /// close gracefully. Stopping refuses new handshakes at once ([`refuse_new_handshakes`]), takes
 /// the connections that still complete for [`HANDSHAKE_GRACE`], and then closes the listener, so
-/// no client is reset on a connection it believes open; `tracker` counts one entry for the
-/// listener meanwhile. Returns once the accept loop has stopped; `tracker` counts the connections
-/// still open so the caller can wait for them (with its deadline). With `tls`, every connection
+/// no client is reset on a connection it believes open. `tracker` counts the listener from this
+/// call (not from the loop's first poll: a stop that comes before it still waits for it) until it
+/// closes, and every connection until it closes, so the caller can wait for them (with its
+/// deadline). The future ends once the accept loop has stopped. With `tls`, every connection
 /// is a TLS handshake first (ALPN picks HTTP/2 or HTTP/1.1). With `codec`, HTTP/1.1
 /// connections are served by [`crate::h1_proxy`] until a request needs hyper, which then takes
 /// the connection over.
 #[allow(clippy::too_many_arguments)]
-pub async fn serve<F, S, B>(
+pub fn serve<F, S, B>(
     listener: TcpListener,
     settings: ConnSettings,
     direction: Direction,
@@ -135,7 +136,8 @@ pub async fn serve<F, S, B>(
     tls: Option<Arc<TlsServer>>,
     codec: Option<Codec>,
     make_service: F,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     F: Fn(ConnMeta) -> S + Send + Sync + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -143,219 +145,224 @@ pub async fn serve<F, S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    // hyper's HTTP/1 read buffer: a head that does not fit is refused with 431. The guard keeps
-    // back no more than this.
-    let max_buf_size = (settings.max_header_bytes * 2).max(16 * 1024);
-    let refused = telemetry.as_ref().and_then(|t| Refusals::register(t.metrics.registry(), direction));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(max_buf_size)
-        .max_headers(parser_max_headers(settings.max_headers));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(settings.max_header_bytes * 2).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let builder = Arc::new(builder);
-    let make_service = Arc::new(make_service);
-    let codec = codec.map(Arc::new);
-    let rules = crate::h1_proxy::Rules {
-        header_read: settings.header_read_timeout,
-        idle: settings.idle_timeout,
-        max_head: max_buf_size,
-    };
-    let mut accept_errors = 0u32;
-    // Set once the stop has begun: what keeps the drain waiting while the listener takes its last
-    // connections, and when it closes.
-    let mut closing: Option<(crate::shutdown::TrackerGuard, tokio::time::Instant)> = None;
-    loop {
-        let accepted = if let Some((accepting, until)) = &closing {
-            // The stop has begun and new handshakes are refused (see `refuse_new_handshakes`).
-            // Connections the kernel completed, and handshakes under way when the stop began, are
-            // taken (they are served in drain mode) until the grace ends; then the listener closes.
-            tokio::select! {
-                biased;
-                a = listener.accept() => a,
-                _ = tokio::time::sleep_until(*until) => break,
-                _ = accepting.closed_by_force() => break,
-            }
-        } else {
-            tokio::select! {
-                biased;
-                _ = drain.wait() => {
-                    if let Err(e) = refuse_new_handshakes(&listener) {
-                        tracing::warn!(error = %e, direction = direction.as_str(), "could not stop new handshakes on the listener");
+    let listening = tracker.listening();
+    async move {
+        // hyper's HTTP/1 read buffer: a head that does not fit is refused with 431. The guard keeps
+        // back no more than this.
+        let max_buf_size = (settings.max_header_bytes * 2).max(16 * 1024);
+        let refused = telemetry.as_ref().and_then(|t| Refusals::register(t.metrics.registry(), direction));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(max_buf_size)
+            .max_headers(parser_max_headers(settings.max_headers));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(settings.max_header_bytes * 2).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let builder = Arc::new(builder);
+        let make_service = Arc::new(make_service);
+        let codec = codec.map(Arc::new);
+        let rules = crate::h1_proxy::Rules {
+            header_read: settings.header_read_timeout,
+            idle: settings.idle_timeout,
+            max_head: max_buf_size,
+        };
+        let mut accept_errors = 0u32;
+        // Set once the stop has begun: when the listener closes.
+        let mut closing: Option<tokio::time::Instant> = None;
+        loop {
+            let accepted = if let Some(until) = closing {
+                // The stop has begun and new handshakes are refused (see `refuse_new_handshakes`).
+                // Connections the kernel completed, and handshakes under way when the stop began, are
+                // taken (they are served in drain mode) until the grace ends; then the listener closes.
+                tokio::select! {
+                    biased;
+                    a = listener.accept() => a,
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = listening.closed_by_force() => break,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = drain.wait() => {
+                        if let Err(e) = refuse_new_handshakes(&listener) {
+                            tracing::warn!(error = %e, direction = direction.as_str(), "could not stop new handshakes on the listener");
+                        }
+                        closing = Some(tokio::time::Instant::now() + HANDSHAKE_GRACE);
+                        continue;
                     }
-                    closing = Some((tracker.open(), tokio::time::Instant::now() + HANDSHAKE_GRACE));
+                    a = listener.accept() => a,
+                }
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => {
+                    accept_errors = 0;
+                    a
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOMEM: back off instead of spinning on a listener that stays
+                    // readable; the pending connection waits in the backlog.
+                    accept_errors = accept_errors.saturating_add(1);
+                    if accept_errors == 1 || accept_errors % 100 == 0 {
+                        tracing::warn!(error = %e, direction = direction.as_str(), "accept failed; backing off");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
-                a = listener.accept() => a,
-            }
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => {
-                accept_errors = 0;
-                a
-            }
-            Err(e) => {
-                // EMFILE/ENFILE/ENOMEM: back off instead of spinning on a listener that stays
-                // readable; the pending connection waits in the backlog.
-                accept_errors = accept_errors.saturating_add(1);
-                if accept_errors == 1 || accept_errors % 100 == 0 {
-                    tracing::warn!(error = %e, direction = direction.as_str(), "accept failed; backing off");
+            };
+            if tracker.count() >= settings.max_connections {
+                if let Some(t) = &telemetry {
+                    t.metrics.connection_rejected(direction);
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                drop(stream);
                 continue;
             }
-        };
-        if tracker.count() >= settings.max_connections {
-            if let Some(t) = &telemetry {
-                t.metrics.connection_rejected(direction);
-            }
-            drop(stream);
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        let guard = tracker.open();
-        let make_service = make_service.clone();
-        let tls = tls.clone();
-        let info = Arc::new(ConnInfo::default());
-        let service_drain = drain.clone();
-        let builder = builder.clone();
-        let telemetry = telemetry.clone();
-        let mut conn_drain = drain.clone();
-        let idle = settings.idle_timeout;
-        let guard_h1 = settings.h1_guard;
-        let refused = refused.clone();
-        let codec = codec.clone();
-        let mut codec_drain = drain.clone();
-        tokio::spawn(async move {
-            let forced = guard.closed_by_force();
-            let mut forced = pin!(forced);
-            if let Some(t) = &telemetry {
-                t.metrics.connection_opened(direction);
-            }
-            let activity = Arc::new(AtomicU64::new(0));
-            let counted = |inner| Counted { inner, activity: activity.clone() };
-            let (mut io, meta) = match &tls {
-                None => (Transport::Plain(counted(stream)), ConnMeta { peer, tls: None }),
-                Some(tls) => match tls.accept(stream, counted).await {
-                    Some((s, info)) => (Transport::Tls(Box::new(s)), ConnMeta { peer, tls: Some(Arc::new(info)) }),
-                    None => {
-                        if let Some(t) = &telemetry {
-                            t.metrics.connection_closed(direction);
+            let _ = stream.set_nodelay(true);
+            let guard = tracker.open();
+            let make_service = make_service.clone();
+            let tls = tls.clone();
+            let info = Arc::new(ConnInfo::default());
+            let service_drain = drain.clone();
+            let builder = builder.clone();
+            let telemetry = telemetry.clone();
+            let mut conn_drain = drain.clone();
+            let idle = settings.idle_timeout;
+            let guard_h1 = settings.h1_guard;
+            let refused = refused.clone();
+            let codec = codec.clone();
+            let mut codec_drain = drain.clone();
+            tokio::spawn(async move {
+                let forced = guard.closed_by_force();
+                let mut forced = pin!(forced);
+                if let Some(t) = &telemetry {
+                    t.metrics.connection_opened(direction);
+                }
+                let activity = Arc::new(AtomicU64::new(0));
+                let counted = |inner| Counted { inner, activity: activity.clone() };
+                let (mut io, meta) = match &tls {
+                    None => (Transport::Plain(counted(stream)), ConnMeta { peer, tls: None }),
+                    Some(tls) => match tls.accept(stream, counted).await {
+                        Some((s, info)) => (Transport::Tls(Box::new(s)), ConnMeta { peer, tls: Some(Arc::new(info)) }),
+                        None => {
+                            if let Some(t) = &telemetry {
+                                t.metrics.connection_closed(direction);
+                            }
+                            return;
                         }
-                        return;
-                    }
-                },
-            };
-            // HTTP/1.1 goes to the codec first (h2 by ALPN goes straight to hyper).
-            let mut handed = bytes::BytesMut::new();
-            let h2_alpn = meta.tls.as_ref().is_some_and(|t| t.alpn == Some("h2"));
-            if let Some(codec) = codec.as_ref().filter(|_| !h2_alpn) {
-                let peer_ip = crate::forward::peer_ip_value(peer);
-                let served = codec.serve(&mut io, &meta, peer_ip.as_ref(), &mut codec_drain, rules);
-                let outcome = tokio::select! {
-                    o = served => o,
-                    _ = forced.as_mut() => {
-                        tracing::debug!(%peer, "drain deadline: closing the connection");
-                        Outcome::Closed
-                    }
+                    },
                 };
-                match outcome {
-                    Outcome::HandOff(rest) => handed = rest,
-                    Outcome::Closed => {
-                        if let Some(t) = &telemetry {
-                            t.metrics.connection_closed(direction);
+                // HTTP/1.1 goes to the codec first (h2 by ALPN goes straight to hyper).
+                let mut handed = bytes::BytesMut::new();
+                let h2_alpn = meta.tls.as_ref().is_some_and(|t| t.alpn == Some("h2"));
+                if let Some(codec) = codec.as_ref().filter(|_| !h2_alpn) {
+                    let peer_ip = crate::forward::peer_ip_value(peer);
+                    let served = codec.serve(&mut io, &meta, peer_ip.as_ref(), &mut codec_drain, rules);
+                    let outcome = tokio::select! {
+                        o = served => o,
+                        _ = forced.as_mut() => {
+                            tracing::debug!(%peer, "drain deadline: closing the connection");
+                            Outcome::Closed
                         }
-                        return;
+                    };
+                    match outcome {
+                        Outcome::HandOff(rest) => handed = rest,
+                        Outcome::Closed => {
+                            if let Some(t) = &telemetry {
+                                t.metrics.connection_closed(direction);
+                            }
+                            return;
+                        }
                     }
                 }
-            }
-            let io = Prefixed::new(handed, io);
-            let service = DrainAware::new(make_service(meta), service_drain, info.clone());
-            let io = TokioIo::new(if guard_h1 { H1Guard::new(io, max_buf_size) } else { H1Guard::passthrough(io) });
-            // Boxed: hyper's connection state is several KiB, and a connection the codec serves
-            // never needs it (the task stays small while it idles).
-            let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, service));
-            let mut closing = false;
-            let mut draining = false;
-            let mut last_seen = 0u64;
-            let mut idle_tick = tokio::time::interval_at(
-                tokio::time::Instant::now() + idle.max(Duration::from_millis(1)),
-                idle.max(Duration::from_millis(1)),
-            );
-            // The drain rules are in crate::shutdown: HTTP/2 gets GOAWAY at once; HTTP/1.1 answers
-            // with `Connection: close` and is closed once it has been quiet for DRAIN_IDLE_GRACE.
-            let mut drain_tick = tokio::time::interval(DRAIN_IDLE_GRACE);
-            let mut drain_seen = 0u64;
-            loop {
-                tokio::select! {
-                    res = conn.as_mut() => {
-                        if let Err(e) = res {
-                            match refusal(e.as_ref()) {
-                                Some(reason) => {
-                                    tracing::debug!(
-                                        error = %e,
-                                        %peer,
-                                        reason,
-                                        direction = direction.as_str(),
-                                        "request refused by the HTTP/1 parser before reaching the service"
-                                    );
-                                    if let Some(r) = &refused {
-                                        r.count(reason);
+                let io = Prefixed::new(handed, io);
+                let service = DrainAware::new(make_service(meta), service_drain, info.clone());
+                let io = TokioIo::new(if guard_h1 { H1Guard::new(io, max_buf_size) } else { H1Guard::passthrough(io) });
+                // Boxed: hyper's connection state is several KiB, and a connection the codec serves
+                // never needs it (the task stays small while it idles).
+                let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, service));
+                let mut closing = false;
+                let mut draining = false;
+                let mut last_seen = 0u64;
+                let mut idle_tick = tokio::time::interval_at(
+                    tokio::time::Instant::now() + idle.max(Duration::from_millis(1)),
+                    idle.max(Duration::from_millis(1)),
+                );
+                // The drain rules are in crate::shutdown: HTTP/2 gets GOAWAY at once; HTTP/1.1 answers
+                // with `Connection: close` and is closed once it has been quiet for DRAIN_IDLE_GRACE.
+                let mut drain_tick = tokio::time::interval(DRAIN_IDLE_GRACE);
+                let mut drain_seen = 0u64;
+                loop {
+                    tokio::select! {
+                        res = conn.as_mut() => {
+                            if let Err(e) = res {
+                                match refusal(e.as_ref()) {
+                                    Some(reason) => {
+                                        tracing::debug!(
+                                            error = %e,
+                                            %peer,
+                                            reason,
+                                            direction = direction.as_str(),
+                                            "request refused by the HTTP/1 parser before reaching the service"
+                                        );
+                                        if let Some(r) = &refused {
+                                            r.count(reason);
+                                        }
+                                        // One access-log line and one request count, like every
+                                        // other refusal.
+                                        if let Some(t) = &telemetry {
+                                            t.connection_error(direction, peer, e.as_ref());
+                                        }
                                     }
-                                    // One access-log line and one request count, like every
-                                    // other refusal.
-                                    if let Some(t) = &telemetry {
-                                        t.connection_error(direction, peer, e.as_ref());
-                                    }
+                                    None => tracing::debug!(error = %e, %peer, "connection ended with an error"),
                                 }
-                                None => tracing::debug!(error = %e, %peer, "connection ended with an error"),
+                            }
+                            break;
+                        }
+                        _ = forced.as_mut() => {
+                            tracing::debug!(%peer, "drain deadline: closing the connection");
+                            break;
+                        }
+                        _ = conn_drain.wait(), if !draining && !closing => {
+                            draining = true;
+                            if info.is_h2() {
+                                closing = true;
+                                conn.as_mut().graceful_shutdown();
+                            } else {
+                                drain_seen = activity.load(Ordering::Relaxed);
+                                drain_tick.reset();
                             }
                         }
-                        break;
-                    }
-                    _ = forced.as_mut() => {
-                        tracing::debug!(%peer, "drain deadline: closing the connection");
-                        break;
-                    }
-                    _ = conn_drain.wait(), if !draining && !closing => {
-                        draining = true;
-                        if info.is_h2() {
-                            closing = true;
-                            conn.as_mut().graceful_shutdown();
-                        } else {
-                            drain_seen = activity.load(Ordering::Relaxed);
-                            drain_tick.reset();
+                        _ = drain_tick.tick(), if draining && !closing => {
+                            let seen = activity.load(Ordering::Relaxed);
+                            if info.is_h2() || seen == drain_seen {
+                                closing = true;
+                                conn.as_mut().graceful_shutdown();
+                            }
+                            drain_seen = seen;
                         }
-                    }
-                    _ = drain_tick.tick(), if draining && !closing => {
-                        let seen = activity.load(Ordering::Relaxed);
-                        if info.is_h2() || seen == drain_seen {
-                            closing = true;
-                            conn.as_mut().graceful_shutdown();
+                        _ = idle_tick.tick(), if !closing && !idle.is_zero() => {
+                            let seen = activity.load(Ordering::Relaxed);
+                            if seen == last_seen {
+                                closing = true;
+                                conn.as_mut().graceful_shutdown();
+                            }
+                            last_seen = seen;
                         }
-                        drain_seen = seen;
-                    }
-                    _ = idle_tick.tick(), if !closing && !idle.is_zero() => {
-                        let seen = activity.load(Ordering::Relaxed);
-                        if seen == last_seen {
-                            closing = true;
-                            conn.as_mut().graceful_shutdown();
-                        }
-                        last_seen = seen;
                     }
                 }
-            }
-            if let Some(t) = &telemetry {
-                t.metrics.connection_closed(direction);
-            }
-        });
+                if let Some(t) = &telemetry {
+                    t.metrics.connection_closed(direction);
+                }
+            });
+        }
+        // The listener closes before the drain can see it gone.
+        drop(listener);
+        drop(listening);
     }
 }
 

@@ -166,17 +166,21 @@ impl Drain {
 }
 
 /// Counts open connections (or tunnels) so a drain can finish as soon as the count reaches zero,
-/// and closes whatever is left when the drain deadline passes.
+/// and closes whatever is left when the drain deadline passes. A listener still accepting counts
+/// too ([`Tracker::listening`]): the drain is not over while a connection can still arrive.
 #[derive(Default)]
 pub struct Tracker {
+    /// Connections and listeners.
     open: AtomicUsize,
+    listeners: AtomicUsize,
     idle: Notify,
     force: Arc<Signal>,
 }
 
-/// Held while one connection is open.
+/// Held while one connection is open, or one listener accepts.
 pub struct TrackerGuard {
     tracker: Arc<Tracker>,
+    listener: bool,
 }
 
 impl Tracker {
@@ -184,20 +188,35 @@ impl Tracker {
         Arc::new(Self::default())
     }
 
+    /// One connection, open until the guard drops.
     pub fn open(self: &Arc<Self>) -> TrackerGuard {
         self.open.fetch_add(1, Ordering::AcqRel);
-        TrackerGuard { tracker: self.clone() }
+        TrackerGuard { tracker: self.clone(), listener: false }
     }
 
+    /// One listener, accepting until the guard drops: take it before the accept loop is spawned,
+    /// so a stop that comes before the loop first runs still waits for it.
+    pub fn listening(self: &Arc<Self>) -> TrackerGuard {
+        self.listeners.fetch_add(1, Ordering::AcqRel);
+        self.open.fetch_add(1, Ordering::AcqRel);
+        TrackerGuard { tracker: self.clone(), listener: true }
+    }
+
+    /// Connections open (listeners not counted).
     pub fn count(&self) -> usize {
-        self.open.load(Ordering::Acquire)
+        self.open.load(Ordering::Acquire).saturating_sub(self.listeners.load(Ordering::Acquire))
     }
 
-    /// Waits until nothing is open.
+    /// True when no connection is open and no listener accepts.
+    pub fn is_idle(&self) -> bool {
+        self.open.load(Ordering::Acquire) == 0
+    }
+
+    /// Waits until no connection is open and no listener accepts.
     pub async fn wait_idle(&self) {
         loop {
             let notified = self.idle.notified();
-            if self.count() == 0 {
+            if self.is_idle() {
                 return;
             }
             notified.await;
@@ -221,6 +240,9 @@ impl TrackerGuard {
 
 impl Drop for TrackerGuard {
     fn drop(&mut self) {
+        if self.listener {
+            self.tracker.listeners.fetch_sub(1, Ordering::AcqRel);
+        }
         if self.tracker.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.tracker.idle.notify_waiters();
         }
@@ -428,5 +450,28 @@ mod tests {
         drop(b);
         t.wait_idle().await;
         assert_eq!(t.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_listener_keeps_the_tracker_busy_without_counting_as_a_connection() {
+        let t = Tracker::new();
+        let listening = t.listening();
+        let conn = t.open();
+        assert_eq!(t.count(), 1);
+        drop(conn);
+        assert_eq!(t.count(), 0);
+        assert!(!t.is_idle());
+        let waiting = tokio::spawn({
+            let t = t.clone();
+            async move { t.wait_idle().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "idle while a listener still accepts");
+        drop(listening);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("idle once the listener closes")
+            .expect("task");
+        assert!(t.is_idle());
     }
 }
