@@ -93,15 +93,19 @@ fn start(
     ))
 }
 
+/// A listener on 127.0.0.1, its address, and the stop and tracker its accept loop will get.
+fn loopback() -> (tokio::net::TcpListener, SocketAddr, Shutdown, Arc<Tracker>) {
+    let listener = serve::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    (listener, addr, Shutdown::new(), Tracker::new())
+}
+
 // Both below run on one thread: the accept loop first runs at the test's first await, after the
 // stop has begun.
 
 #[tokio::test]
 async fn a_stopping_listener_holds_the_drain_through_its_grace_completes_no_new_connection_then_refuses() {
-    let listener = serve::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shutdown = Shutdown::new();
-    let tracker = Tracker::new();
+    let (listener, addr, shutdown, tracker) = loopback();
     let task = start(listener, &shutdown, &tracker);
     // Counted from the call, before the loop first runs: a stop that came now would still wait.
     assert!(!tracker.is_idle(), "the drain would see nothing to wait for before the accept loop first runs");
@@ -120,10 +124,7 @@ async fn a_stopping_listener_holds_the_drain_through_its_grace_completes_no_new_
 
 #[tokio::test]
 async fn a_connection_queued_with_its_request_when_the_stop_begins_is_answered_with_connection_close() {
-    let listener = serve::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shutdown = Shutdown::new();
-    let tracker = Tracker::new();
+    let (listener, addr, shutdown, tracker) = loopback();
     // Completed by the kernel and carrying a request before the accept loop ever runs.
     let queued = std::net::TcpStream::connect(addr).expect("connect");
     queued.set_nonblocking(true).expect("nonblocking");
