@@ -111,6 +111,12 @@ impl Codec {
         Some(Self { proxy: proxy.clone(), streams })
     }
 
+    /// The worker's inbound proxy (for [`crate::h2_server`], which serves this listener's
+    /// HTTP/2 connections).
+    pub fn proxy(&self) -> &Arc<InboundProxy> {
+        &self.proxy
+    }
+
     /// Serves HTTP/1.1 requests on `io` until the connection ends or a request needs hyper.
     pub async fn serve<IO>(
         &self,

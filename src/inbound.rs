@@ -22,7 +22,7 @@ use crate::error::{error_response, ProxyError};
 use crate::forward::{self, Checkin, Http1Pool, UpstreamClient};
 use crate::h1_guard::CL_TE_MARK;
 use crate::h1_proxy::AppStreams;
-use crate::record::{CountingBody, Direction, Finish, InFlight, RequestRecord};
+use crate::record::{CountingBody, Direction, Finish, InFlight, RequestBody, RequestRecord};
 use crate::serve::ConnMeta;
 use crate::shutdown::Tracker;
 use crate::telemetry::Telemetry;
@@ -161,11 +161,24 @@ impl hyper::service::Service<Request<Incoming>> for InboundService {
     type Future = InboundFuture;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        // Everything up to the upstream send is synchronous; only forwarding is a future, and
-        // a small one (hyper keeps the returned future in a per-connection slot, so a request
-        // answered here allocates nothing for it).
-        match self.proxy.head(req, &self.meta, self.peer_ip.as_ref()) {
-            Ok(fwd) => InboundFuture::Forward(Box::pin(self.proxy.clone().forward(fwd))),
+        self.proxy.call(req.map(RequestBody::Hyper), &self.meta, self.peer_ip.as_ref())
+    }
+}
+
+impl InboundProxy {
+    /// One request, from whichever server read it (hyper's, or [`crate::h2_server`]).
+    ///
+    /// Everything up to the upstream send is synchronous; only forwarding is a future, and a
+    /// small one (the server keeps the returned future in a per-connection or per-stream slot,
+    /// so a request answered here allocates nothing for it).
+    pub(crate) fn call(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+        meta: &ConnMeta,
+        peer_ip: Option<&HeaderValue>,
+    ) -> InboundFuture {
+        match self.head(req, meta, peer_ip) {
+            Ok(fwd) => InboundFuture::Forward(Box::pin(self.clone().forward(fwd))),
             Err(resp) => InboundFuture::Ready(Some(resp)),
         }
     }
@@ -209,7 +222,7 @@ impl InboundProxy {
     #[allow(clippy::result_large_err)]
     fn head(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         meta: &ConnMeta,
         peer_ip: Option<&HeaderValue>,
     ) -> Result<Forwarding, Response<ProxyBody>> {
@@ -290,7 +303,7 @@ impl InboundProxy {
         parts.version = http::Version::HTTP_11;
         parts.extensions.clear();
 
-        let received = (!body.is_end_stream_hint()).then(|| Arc::new(AtomicU64::new(0)));
+        let received = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicU64::new(0)));
         let body = CountingBody::new(body, received.clone());
         finish.set_received(received);
         Ok(Forwarding { req: Request::from_parts(parts, body), finish, downstream_upgrade, h1_trailers })
@@ -450,15 +463,4 @@ async fn tunnel(
         }
     }
     telemetry.metrics.connection_closed(Direction::Inbound);
-}
-
-/// Whether a request body is known to be empty before it is read.
-trait EndHint {
-    fn is_end_stream_hint(&self) -> bool;
-}
-
-impl EndHint for Incoming {
-    fn is_end_stream_hint(&self) -> bool {
-        http_body::Body::is_end_stream(self)
-    }
 }

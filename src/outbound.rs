@@ -218,7 +218,7 @@ impl OutboundProxy {
         }
         parts.version = http::Version::HTTP_11;
         parts.extensions.clear();
-        let upstream_req = Request::from_parts(parts, CountingBody::new(body, received));
+        let upstream_req = Request::from_parts(parts, CountingBody::new(body.into(), received));
 
         let sent_at = Instant::now();
         let result = tokio::time::timeout(self.response_timeout, self.client.request(upstream_req)).await;

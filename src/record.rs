@@ -302,24 +302,67 @@ impl Drop for Finish {
     }
 }
 
+/// A request's body as the server that read the request has it: hyper's, tandem's own HTTP/2
+/// server's ([`crate::h2_server::RecvBody`]), or none.
+pub enum RequestBody {
+    Hyper(Incoming),
+    H2(crate::h2_server::RecvBody),
+    Empty,
+}
+
+impl From<Incoming> for RequestBody {
+    fn from(b: Incoming) -> Self {
+        RequestBody::Hyper(b)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::H2(b) => b.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::H2(b) => b.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// The request body on its way upstream, counting the bytes it carries.
 pub struct CountingBody {
-    inner: Incoming,
+    inner: RequestBody,
     count: Option<Arc<AtomicU64>>,
 }
 
 impl CountingBody {
     /// Wraps a request body; `count` is `None` for bodies known to be empty.
-    pub fn new(inner: Incoming, count: Option<Arc<AtomicU64>>) -> Self {
+    pub fn new(inner: RequestBody, count: Option<Arc<AtomicU64>>) -> Self {
         Self { inner, count }
     }
 }
 
 impl Body for CountingBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::body::BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let (Poll::Ready(Some(Ok(f))), Some(count)) = (&polled, &self.count) {
             if let Some(d) = f.data_ref() {

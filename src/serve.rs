@@ -161,12 +161,14 @@ where
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(settings.max_header_bytes * 2).unwrap_or(u32::MAX))
+            .max_header_list_size(u32::try_from(settings.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10));
         let builder = Arc::new(builder);
         let make_service = Arc::new(make_service);
         let codec = codec.map(Arc::new);
+        // SETTINGS_MAX_HEADER_LIST_SIZE on HTTP/2 (hyper's and tandem's own server alike).
+        let h2_max_list = settings.max_header_bytes.saturating_mul(2);
         let rules = crate::h1_proxy::Rules {
             header_read: settings.header_read_timeout,
             idle: settings.idle_timeout,
@@ -259,24 +261,55 @@ where
                 // HTTP/1.1 goes to the codec first (h2 by ALPN goes straight to hyper).
                 let mut handed = bytes::BytesMut::new();
                 let h2_alpn = meta.tls.as_ref().is_some_and(|t| t.alpn == Some("h2"));
-                if let Some(codec) = codec.as_ref().filter(|_| !h2_alpn) {
+                if let Some(codec) = codec.as_ref() {
                     let peer_ip = crate::forward::peer_ip_value(peer);
-                    let served = codec.serve(&mut io, &meta, peer_ip.as_ref(), &mut codec_drain, rules);
-                    let outcome = tokio::select! {
-                        o = served => o,
-                        _ = forced.as_mut() => {
-                            tracing::debug!(%peer, "drain deadline: closing the connection");
-                            Outcome::Closed
-                        }
-                    };
-                    match outcome {
-                        Outcome::HandOff(rest) => handed = rest,
-                        Outcome::Closed => {
-                            if let Some(t) = &telemetry {
-                                t.metrics.connection_closed(direction);
+                    let mut h2 = h2_alpn;
+                    if !h2_alpn {
+                        let served = codec.serve(&mut io, &meta, peer_ip.as_ref(), &mut codec_drain, rules);
+                        let outcome = tokio::select! {
+                            o = served => o,
+                            _ = forced.as_mut() => {
+                                tracing::debug!(%peer, "drain deadline: closing the connection");
+                                Outcome::Closed
                             }
-                            return;
+                        };
+                        match outcome {
+                            // h2c with prior knowledge: the codec stopped at the preface.
+                            Outcome::HandOff(rest) if rest.starts_with(b"PRI * HTTP/2.0\r\n") => {
+                                handed = rest;
+                                h2 = true;
+                            }
+                            Outcome::HandOff(rest) => handed = rest,
+                            Outcome::Closed => {
+                                if let Some(t) = &telemetry {
+                                    t.metrics.connection_closed(direction);
+                                }
+                                return;
+                            }
                         }
+                    }
+                    if h2 {
+                        // HTTP/2 to an HTTP/1.1 app: tandem's own server (crate::h2_server).
+                        let h2_rules = crate::h2_server::H2Rules { idle, max_list: h2_max_list };
+                        let served = crate::h2_server::serve(
+                            &mut io,
+                            std::mem::take(&mut handed),
+                            codec.proxy(),
+                            &meta,
+                            peer_ip.as_ref(),
+                            &mut codec_drain,
+                            h2_rules,
+                        );
+                        tokio::select! {
+                            () = served => {}
+                            _ = forced.as_mut() => {
+                                tracing::debug!(%peer, "drain deadline: closing the connection");
+                            }
+                        }
+                        if let Some(t) = &telemetry {
+                            t.metrics.connection_closed(direction);
+                        }
+                        return;
                     }
                 }
                 let io = Prefixed::new(handed, io);

@@ -64,6 +64,14 @@ impl Telemetry {
         err: &(dyn std::error::Error + 'static),
     ) -> bool {
         let Some(status) = codec_refusal(err) else { return false };
+        self.refused(direction, peer, status);
+        true
+    }
+
+    /// Logs and counts a request refused before tandem's stack saw it (by hyper's HTTP/1.1
+    /// parser, or by [`crate::h2_server`] for a malformed HTTP/2 request): one access-log line
+    /// with method `-`, `status` and `DPE`, and one count in the metrics.
+    pub fn refused(&self, direction: Direction, peer: SocketAddr, status: u16) {
         let record = RequestRecord {
             method: http::Method::from_bytes(b"-").unwrap_or_default(),
             response_code: status,
@@ -77,7 +85,6 @@ impl Telemetry {
         self.request_started(direction);
         self.request_finished(&record);
         self.log(Box::new(record));
-        true
     }
 
     /// Everything in the Prometheus text format, gathered off the runtime (the process collector
