@@ -408,6 +408,8 @@ struct Conn<'a> {
     peer_ip: Option<&'a HeaderValue>,
     rules: H2Rules,
     rbuf: BytesMut,
+    /// `rbuf` holds bytes not yet parsed (what was read before this server took over).
+    unparsed: bool,
     preface_seen: bool,
     settings_seen: bool,
     /// Frames being composed, then queued in `out`.
@@ -460,6 +462,7 @@ impl<'a> Conn<'a> {
             meta,
             peer_ip,
             rules,
+            unparsed: !read.is_empty(),
             rbuf: read,
             preface_seen: false,
             settings_seen: false,
@@ -530,7 +533,9 @@ impl<'a> Conn<'a> {
             let mut progress = false;
             // Read while there is room to answer.
             if !self.read_closed && !self.failed && self.pending_out() < WRITE_HIGH {
-                match self.read(io, cx) {
+                // Bytes read before this server took the connection come first.
+                let read = if std::mem::take(&mut self.unparsed) { Poll::Ready(Ok(1)) } else { self.read(io, cx) };
+                match read {
                     Poll::Ready(Ok(0)) => {
                         self.read_closed = true;
                         progress = true;
@@ -1019,7 +1024,7 @@ impl<'a> Conn<'a> {
     /// refusal.
     fn refuse(&self, err: ProxyError) -> InboundFuture {
         let status = err.status().as_u16();
-        self.proxy.telemetry.refused(Direction::Inbound, self.meta.peer, status);
+        self.proxy.telemetry.refused(Direction::Inbound, self.meta.peer, status, Version::HTTP_2);
         InboundFuture::Ready(Some(error_response(&err)))
     }
 

@@ -64,14 +64,15 @@ impl Telemetry {
         err: &(dyn std::error::Error + 'static),
     ) -> bool {
         let Some(status) = codec_refusal(err) else { return false };
-        self.refused(direction, peer, status);
+        self.refused(direction, peer, status, http::Version::HTTP_11);
         true
     }
 
     /// Logs and counts a request refused before tandem's stack saw it (by hyper's HTTP/1.1
     /// parser, or by [`crate::h2_server`] for a malformed HTTP/2 request): one access-log line
-    /// with method `-`, `status` and `DPE`, and one count in the metrics.
-    pub fn refused(&self, direction: Direction, peer: SocketAddr, status: u16) {
+    /// with method `-`, `status`, `DPE` and the connection's protocol, and one count in the
+    /// metrics.
+    pub fn refused(&self, direction: Direction, peer: SocketAddr, status: u16, protocol: http::Version) {
         let record = RequestRecord {
             method: http::Method::from_bytes(b"-").unwrap_or_default(),
             response_code: status,
@@ -80,6 +81,7 @@ impl Telemetry {
                 Direction::Inbound => INBOUND_UPSTREAM,
                 Direction::Outbound => "-",
             },
+            protocol,
             ..RequestRecord::empty(direction, peer)
         };
         self.request_started(direction);
