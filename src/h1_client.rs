@@ -1,8 +1,9 @@
-//! The codec's client half, for requests hyper's server parsed (h2 and h2c clients, and the
-//! HTTP/1.1 requests [`crate::h1_proxy`] handed over): a request without a body is written to one
-//! of the codec's connections to the app ([`AppStreams`]), and the answer comes back as an
-//! `http::Response` whose body ([`AppBody`]) is read from that connection, de-chunked, as hyper's
-//! server polls it; the connection goes back to the pool when the body has ended.
+//! The codec's client half, for requests the codec did not parse itself (HTTP/2 requests from
+//! [`crate::h2_server`], and the HTTP/1.1 requests [`crate::h1_proxy`] handed over to hyper): a
+//! request without a body is written to one of the codec's connections to the app
+//! ([`AppStreams`]), and the answer comes back as an `http::Response` whose body ([`AppBody`]) is
+//! read from that connection, de-chunked, as the server polls it; the connection goes back to the
+//! pool when the body has ended.
 //!
 //! Requests with a body, and upgrades, stay on hyper's client ([`crate::forward::Http1Pool`]),
 //! which streams a request body while the answer is already arriving.
@@ -11,7 +12,7 @@
 //! before a full answer (a pooled one that fails before any answer byte is replaced when the
 //! request could not have reached the app or its method is idempotent), `UPE` for a head that
 //! is not HTTP/1.1 or is over 1 MiB. A body cut short
-//! ends with an error, which hyper's server turns into a reset stream (h2) or a cut connection.
+//! ends with an error, which the server turns into a reset stream (h2) or a cut connection.
 
 use crate::error::ProxyError;
 use crate::h1_proxy::{

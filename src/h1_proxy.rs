@@ -10,7 +10,8 @@
 //! It serves `HTTP/1.1` requests in origin form whose body, if any, is framed by one
 //! `Content-Length`, on plaintext connections and on TLS connections that did not negotiate h2.
 //! At the first request that is anything else it hands the connection, with every byte it has
-//! read and not consumed, to hyper's server (the [`crate::serve`] path, with the request-framing
+//! read and not consumed, to hyper's server (or, for the HTTP/2 preface, to
+//! [`crate::h2_server`]) (the [`crate::serve`] path, with the request-framing
 //! guard) for the rest of the connection: HTTP/1.0, `Transfer-Encoding`, `Upgrade` (WebSocket,
 //! h2c upgrade), `Expect`, `CONNECT`, absolute-form or `*` targets, the HTTP/2 preface (h2c prior
 //! knowledge), more than [`MAX_FIELDS`] header fields, a `Connection` header naming more than

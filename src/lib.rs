@@ -20,7 +20,7 @@
 //! | [`h1_proxy`] | the inbound HTTP/1.1 codec: plain requests parsed, rewritten and relayed to the app without hyper; the rest handed to hyper |
 //! | [`h2_server`] | tandem's own HTTP/2 server for the inbound proxy to an HTTP/1.1 app: frames, streams, flow control, the stop's GOAWAY |
 //! | [`hpack`] | HPACK header compression for [`h2_server`]: the decoder with its dynamic table and Huffman strings, and the encoder |
-//! | [`h1_client`] | the codec's client half: bodiless requests hyper's server parsed (h2, handed-over HTTP/1.1) sent on the codec's connections to the app |
+//! | [`h1_client`] | the codec's client half: bodiless requests from [`h2_server`] and hyper's server (handed-over HTTP/1.1) sent on the codec's connections to the app |
 //! | [`h1_guard`] | HTTP/1 request framing on the downstream stream: marks `Content-Length` + `Transfer-Encoding` |
 //! | [`forward`] | the pooled upstream client and the header rewriting rules |
 //! | [`error`] | the error enum and the one error → response function |
