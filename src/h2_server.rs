@@ -108,6 +108,8 @@ const WRITE_HIGH: usize = 64 * 1024;
 const COPY_DATA: usize = 1024;
 /// Window credit given back once this much has been taken.
 const CREDIT_AT: u32 = 64 * 1024;
+/// Passes over a connection's work before it lets the worker's other tasks run.
+const MAX_PASSES: usize = 32;
 /// Streams a client may reset ahead of the ones it lets finish.
 const RESET_BUDGET: u32 = 200;
 const KEEPALIVE: Duration = Duration::from_secs(30);
@@ -279,6 +281,12 @@ struct Stream {
     /// Declared `content-length` of the request, and DATA received so far.
     expect_len: Option<u64>,
     received: u64,
+    /// The request went to the app (not refused here).
+    forwarded: bool,
+    /// Already in `blocked` (waiting for the connection window), and in `deferred` (waiting
+    /// for write room): a stream is listed once however often it is woken.
+    in_blocked: bool,
+    in_deferred: bool,
 }
 
 /// A request body's state, shared by the connection (writer) and the app's connection (reader).
@@ -289,7 +297,11 @@ struct RecvShared {
 
 #[derive(Default)]
 struct RecvState {
+    /// Parts kept as they arrived (large ones, which fill most of their frame).
     chunks: VecDeque<Bytes>,
+    /// Small parts, copied together: a client cannot make a byte of window hold a frame's
+    /// buffer, or a queue entry, by sending its body in tiny or heavily padded frames.
+    tail: BytesMut,
     trailers: Option<HeaderMap>,
     end: bool,
     /// The stream was reset or the connection lost: the body fails.
@@ -306,6 +318,43 @@ struct RecvState {
 impl RecvShared {
     fn lock(&self) -> MutexGuard<'_, RecvState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Parts at least this long that fill at least half their frame are kept without a copy.
+const KEEP_PART: usize = 4096;
+
+impl RecvState {
+    /// Queues a part of the body that arrived in a DATA frame of `frame_len` bytes.
+    fn push(&mut self, data: Bytes, frame_len: usize) {
+        if data.len() >= KEEP_PART && data.len() * 2 >= frame_len {
+            if !self.tail.is_empty() {
+                let t = self.tail.split().freeze();
+                self.chunks.push_back(t);
+            }
+            self.chunks.push_back(data);
+        } else {
+            self.tail.extend_from_slice(&data);
+            if self.tail.len() >= KEEP_PART {
+                let t = self.tail.split().freeze();
+                self.chunks.push_back(t);
+            }
+        }
+    }
+
+    /// The next part for the reader.
+    fn pop(&mut self) -> Option<Bytes> {
+        self.chunks.pop_front().or_else(|| (!self.tail.is_empty()).then(|| self.tail.split().freeze()))
+    }
+
+    /// Bytes queued and not yet taken.
+    fn queued(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum::<usize>() + self.tail.len()
+    }
+
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.tail.clear();
     }
 }
 
@@ -333,7 +382,7 @@ impl Body for RecvBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, RecvError>>> {
         let mut s = self.shared.lock();
-        if let Some(chunk) = s.chunks.pop_front() {
+        if let Some(chunk) = s.pop() {
             s.taken = s.taken.saturating_add(chunk.len() as u32);
             let conn = s.conn.clone();
             drop(s);
@@ -359,7 +408,7 @@ impl Body for RecvBody {
 
     fn is_end_stream(&self) -> bool {
         let s = self.shared.lock();
-        s.end && s.chunks.is_empty() && s.trailers.is_none() && s.failed.is_none()
+        s.end && s.chunks.is_empty() && s.tail.is_empty() && s.trailers.is_none() && s.failed.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -374,8 +423,8 @@ impl Drop for RecvBody {
             s.dropped = true;
             s.reader = None;
             // Still attached to its stream: the connection gives back what was never taken.
-            let left: usize = s.chunks.iter().map(Bytes::len).sum();
-            s.chunks.clear();
+            let left = s.queued();
+            s.clear();
             s.taken = s.taken.saturating_add(left as u32);
             s.conn.clone()
         };
@@ -433,13 +482,18 @@ struct Conn<'a> {
     blocked: Vec<usize>,
     /// Slots that had more to send when the write buffer filled.
     deferred: Vec<usize>,
+    /// The highest stream taken (what GOAWAY names).
     last_id: u32,
+    /// The highest stream the client opened, taken or not (frames above it are on idle streams).
+    max_seen: u32,
     pending: Option<PendingBlock>,
     stop: Stop,
     stopping: bool,
     peer_goaway: bool,
     /// A connection error: GOAWAY queued, close once written.
     failed: bool,
+    /// The client stopped answering (keep-alive): close at once.
+    dead: bool,
     read_closed: bool,
     reset_budget: u32,
     activity: u64,
@@ -485,11 +539,13 @@ impl<'a> Conn<'a> {
             blocked: Vec::new(),
             deferred: Vec::new(),
             last_id: 0,
+            max_seen: 0,
             pending: None,
             stop: Stop::Running,
             stopping: false,
             peer_goaway: false,
             failed: false,
+            dead: false,
             read_closed: false,
             reset_budget: RESET_BUDGET,
             activity: 0,
@@ -520,8 +576,8 @@ impl<'a> Conn<'a> {
         self.out_len + self.wbuf.len()
     }
 
-    /// One pass: read and handle frames, drive the streams that are ready, write. Ready when the
-    /// connection is finished.
+    /// Reads and handles frames, drives the streams that are ready, writes; again while any of
+    /// that made progress. Ready when the connection is finished.
     fn poll<IO: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<()> {
         {
             let mut q = self.queue.lock();
@@ -529,7 +585,10 @@ impl<'a> Conn<'a> {
                 q.task = Some(cx.waker().clone());
             }
         }
-        loop {
+        if self.dead {
+            return Poll::Ready(());
+        }
+        for _ in 0..MAX_PASSES {
             let mut progress = false;
             // Read while there is room to answer.
             if !self.read_closed && !self.failed && self.pending_out() < WRITE_HIGH {
@@ -558,6 +617,14 @@ impl<'a> Conn<'a> {
                 // The client is gone: nothing can be answered any more.
                 return Poll::Ready(());
             }
+            if self.failed {
+                // A connection error: the GOAWAY goes out if the socket takes it now (a client
+                // that does not read cannot hold the connection open), and the connection ends.
+                if let Poll::Ready(Ok(_)) = self.write(io, cx) {
+                    let _ = Pin::new(&mut *io).poll_shutdown(cx);
+                }
+                return Poll::Ready(());
+            }
             if self.drive_ready() {
                 progress = true;
             }
@@ -571,17 +638,27 @@ impl<'a> Conn<'a> {
                 _ => {}
             }
             if self.pending_out() == 0 && self.finished() {
-                return Poll::Ready(());
+                // Everything is written: flush (TLS may still hold records) and close our side.
+                if Pin::new(&mut *io).poll_flush(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                return match Pin::new(&mut *io).poll_shutdown(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(_) => Poll::Ready(()),
+                };
             }
             if !progress {
                 return Poll::Pending;
             }
         }
+        // Work on every pass: let the worker's other tasks run, then go on.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// Nothing more will happen on this connection.
     fn finished(&self) -> bool {
-        self.failed || ((matches!(self.stop, Stop::Final(_)) || self.peer_goaway) && self.open_streams() == 0)
+        (matches!(self.stop, Stop::Final(_)) || self.peer_goaway) && self.open_streams() == 0
     }
 
     fn read<IO: AsyncRead + Unpin>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
@@ -635,6 +712,9 @@ impl<'a> Conn<'a> {
                 return Err(conn_err(code::PROTOCOL_ERROR, "the first frame is not SETTINGS"));
             }
             self.frame(typ, flags, id, payload)?;
+            if self.reset_budget == 0 {
+                return Err(conn_err(code::ENHANCE_YOUR_CALM, "too many streams ended unanswered"));
+            }
         }
         Ok(())
     }
@@ -692,6 +772,7 @@ impl<'a> Conn<'a> {
             return Err(conn_err(code::FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6"));
         }
         self.settings_seen = true;
+        let mut initial_window = None;
         for s in payload.chunks_exact(6) {
             let key = u16::from_be_bytes([s[0], s[1]]);
             let value = u32::from_be_bytes([s[2], s[3], s[4], s[5]]);
@@ -702,19 +783,8 @@ impl<'a> Conn<'a> {
                     if value > 0x7fff_ffff {
                         return Err(conn_err(code::FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1"));
                     }
-                    let delta = i64::from(value) - self.peer_initial_window;
-                    self.peer_initial_window = i64::from(value);
-                    for slot in 0..self.streams.len() {
-                        if let Some(s) = self.streams[slot].as_mut() {
-                            s.send_window += delta;
-                            if s.send_window > 0x7fff_ffff {
-                                return Err(conn_err(code::FLOW_CONTROL_ERROR, "a stream window over 2^31-1"));
-                            }
-                            if delta > 0 {
-                                self.queue.push(slot);
-                            }
-                        }
-                    }
+                    // Applied once per frame, with the last value it carries.
+                    initial_window = Some(value);
                 }
                 0x5 => {
                     if !(16_384..=16_777_215).contains(&value) {
@@ -723,6 +793,21 @@ impl<'a> Conn<'a> {
                     self.peer_max_frame = value as usize;
                 }
                 _ => {}
+            }
+        }
+        if let Some(value) = initial_window {
+            let delta = i64::from(value) - self.peer_initial_window;
+            self.peer_initial_window = i64::from(value);
+            for slot in 0..self.streams.len() {
+                if let Some(s) = self.streams[slot].as_mut() {
+                    s.send_window += delta;
+                    if s.send_window > 0x7fff_ffff {
+                        return Err(conn_err(code::FLOW_CONTROL_ERROR, "a stream window over 2^31-1"));
+                    }
+                    if delta > 0 {
+                        self.queue.push(slot);
+                    }
+                }
             }
         }
         frame_head(&mut self.wbuf, 0, SETTINGS, ACK, 0);
@@ -763,12 +848,15 @@ impl<'a> Conn<'a> {
                 return Err(conn_err(code::FLOW_CONTROL_ERROR, "connection window over 2^31-1"));
             }
             for slot in std::mem::take(&mut self.blocked) {
+                if let Some(s) = self.streams[slot].as_mut() {
+                    s.in_blocked = false;
+                }
                 self.queue.push(slot);
             }
             return Ok(());
         }
         let Some(&slot) = self.by_id.get(&id) else {
-            if id > self.last_id {
+            if id > self.max_seen {
                 return Err(conn_err(code::PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream"));
             }
             return Ok(());
@@ -799,20 +887,11 @@ impl<'a> Conn<'a> {
         if payload.len() != 4 {
             return Err(conn_err(code::FRAME_SIZE_ERROR, "RST_STREAM not 4 bytes"));
         }
-        if id > self.last_id {
+        if id > self.max_seen {
             return Err(conn_err(code::PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
         }
         if let Some(slot) = self.by_id.remove(&id) {
-            // The rapid-reset attack: streams opened and reset at once cost the app work and
-            // the client nothing.
-            let answered = self.streams[slot].as_ref().is_some_and(|s| matches!(s.answer, Answer::Done));
-            if !answered {
-                self.reset_budget = self.reset_budget.saturating_sub(1);
-            }
             self.remove(slot, "the client reset the stream");
-            if self.reset_budget == 0 {
-                return Err(conn_err(code::ENHANCE_YOUR_CALM, "too many streams reset by the client"));
-            }
         }
         Ok(())
     }
@@ -832,7 +911,7 @@ impl<'a> Conn<'a> {
         let n = data.len() as u32;
         self.conn_credit += padding;
         let Some(&slot) = self.by_id.get(&id) else {
-            if id > self.last_id {
+            if id > self.max_seen {
                 return Err(conn_err(code::PROTOCOL_ERROR, "DATA on an idle stream"));
             }
             // A stream already closed here (answered, or reset): frames in flight are dropped.
@@ -870,18 +949,25 @@ impl<'a> Conn<'a> {
             }
             Ok(None) => self.conn_credit += n,
             Ok(Some(shared)) => {
-                let reader = {
+                let (reader, discarded) = {
                     let mut st = shared.lock();
-                    if st.dropped || st.failed.is_some() {
-                        self.conn_credit += n;
-                    } else if n > 0 {
-                        st.chunks.push_back(data);
+                    let discarded = st.dropped || st.failed.is_some();
+                    if !discarded && n > 0 {
+                        st.push(data, len as usize);
                     }
                     if end {
                         st.end = true;
                     }
-                    st.reader.take()
+                    (st.reader.take(), discarded)
                 };
+                if discarded {
+                    // Nobody reads it: its window comes back at once, the stream's too.
+                    self.conn_credit += n;
+                    if let Some(s) = self.streams[slot].as_mut() {
+                        s.credit += n;
+                    }
+                    self.queue.push(slot);
+                }
                 if let Some(r) = reader {
                     r.wake();
                 }
@@ -952,17 +1038,17 @@ impl<'a> Conn<'a> {
     }
 
     fn header_block(&mut self, id: u32, end_stream: bool, block: Bytes) -> Result<(), ConnError> {
-        if let Some(&slot) = self.by_id.get(&id) {
-            return self.trailers(slot, id, end_stream, block);
-        }
-        if id <= self.last_id {
-            // A stream closed here: keep HPACK in step and drop it.
-            return self.decode_and_drop(&block);
-        }
         if id % 2 == 0 {
             return Err(conn_err(code::PROTOCOL_ERROR, "a client stream with an even ID"));
         }
-        self.last_id = id;
+        if let Some(&slot) = self.by_id.get(&id) {
+            return self.trailers(slot, id, end_stream, block);
+        }
+        if id <= self.max_seen {
+            // A stream closed here: keep HPACK in step and drop it.
+            return self.decode_and_drop(&block);
+        }
+        self.max_seen = id;
         let mut head = RequestHead::default();
         let decoded = self.dec.decode(&block, self.rules.max_list, |n, v| head.field(n, v));
         let too_large = match decoded {
@@ -976,6 +1062,7 @@ impl<'a> Conn<'a> {
                 return Ok(());
             }
         }
+        self.last_id = id;
         if self.open_streams() >= MAX_CONCURRENT_STREAMS {
             self.send_rst(id, code::REFUSED_STREAM);
             return Ok(());
@@ -1007,6 +1094,9 @@ impl<'a> Conn<'a> {
                     if end_stream && expect_len.is_some_and(|n| n != 0) {
                         self.refuse(ProxyError::BadRequest { what: "content-length without a body".into() })
                     } else {
+                        if let Some(s) = self.streams[slot].as_mut() {
+                            s.forwarded = true;
+                        }
                         let req = Request::from_parts(parts, body);
                         self.proxy.call(req, self.meta, self.peer_ip)
                     }
@@ -1107,6 +1197,9 @@ impl<'a> Conn<'a> {
             send_window: self.peer_initial_window,
             expect_len: None,
             received: 0,
+            forwarded: false,
+            in_blocked: false,
+            in_deferred: false,
         });
         self.by_id.insert(id, slot);
         slot
@@ -1119,12 +1212,12 @@ impl<'a> Conn<'a> {
         let Some(shared) = self.streams[slot].as_mut().and_then(|s| s.recv.take()) else { return };
         let reader = {
             let mut st = shared.lock();
-            let left: usize = st.chunks.iter().map(Bytes::len).sum();
+            let left = st.queued();
             self.conn_credit = self.conn_credit.saturating_add(left as u32).saturating_add(st.taken);
             st.taken = 0;
             st.conn = None;
             if left > 0 || !st.end {
-                st.chunks.clear();
+                st.clear();
                 st.failed = Some(why);
             }
             st.reader.take()
@@ -1152,7 +1245,16 @@ impl<'a> Conn<'a> {
     fn remove(&mut self, slot: usize, why: &'static str) {
         self.fail_body(slot, why);
         if let Some(s) = self.streams[slot].take() {
-            self.reset_budget = (self.reset_budget + u32::from(matches!(s.answer, Answer::Done))).min(RESET_BUDGET);
+            // The rapid-reset attack (and its variant where the client provokes the resets):
+            // streams that end unanswered cost the app work and the client nothing. Each one
+            // spends the budget; only a request the app answered in full earns it back.
+            if matches!(s.answer, Answer::Done) {
+                if s.forwarded {
+                    self.reset_budget = (self.reset_budget + 1).min(RESET_BUDGET);
+                }
+            } else {
+                self.reset_budget = self.reset_budget.saturating_sub(1);
+            }
             drop(s);
             self.free.push(slot);
         }
@@ -1168,6 +1270,11 @@ impl<'a> Conn<'a> {
                 q.queued[s] = false;
             }
             if self.pending_out() < WRITE_HIGH && !self.deferred.is_empty() {
+                for &slot in &self.deferred {
+                    if let Some(s) = self.streams[slot].as_mut() {
+                        s.in_deferred = false;
+                    }
+                }
                 slots.append(&mut self.deferred);
             }
             slots
@@ -1206,7 +1313,10 @@ impl<'a> Conn<'a> {
         let mut cx = Context::from_waker(&waker);
         loop {
             if self.pending_out() >= WRITE_HIGH {
-                self.deferred.push(slot);
+                if let Some(s) = self.streams[slot].as_mut().filter(|s| !s.in_deferred) {
+                    s.in_deferred = true;
+                    self.deferred.push(slot);
+                }
                 return;
             }
             let Some(s) = self.streams[slot].as_mut() else { return };
@@ -1297,7 +1407,8 @@ impl<'a> Conn<'a> {
             let window = s.send_window.min(self.send_window);
             if window <= 0 {
                 s.held = Some((data, end));
-                if self.send_window <= 0 {
+                if self.send_window <= 0 && !s.in_blocked {
+                    s.in_blocked = true;
                     self.blocked.push(slot);
                 }
                 return false;
@@ -1441,7 +1552,7 @@ impl<'a> Conn<'a> {
         if let Some(sent) = self.ping_sent {
             if now.duration_since(sent) >= KEEPALIVE_TIMEOUT {
                 tracing::debug!(peer = %self.meta.peer, "h2 keep-alive PING not answered; closing");
-                self.failed = true;
+                self.dead = true;
                 self.queue_wake();
                 return;
             }
@@ -1564,6 +1675,14 @@ fn is_connection_specific(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
+/// A decimal number of ASCII digits only (no sign, no spaces), if it fits in a `u64`.
+fn digits(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))
+}
+
 /// A request's header list as it is decoded.
 #[derive(Default)]
 struct RequestHead {
@@ -1682,14 +1801,25 @@ impl RequestHead {
             }
         }
         let uri = Uri::from_parts(uri).map_err(|_| "a request target that does not parse")?;
-        let expect_len = match self.headers.get(header::CONTENT_LENGTH) {
+        // RFC 9113 section 8.1.1 and RFC 9110 section 8.6: digits only; repeated fields must agree,
+        // and the app gets one (it must never see two lengths to choose from).
+        let mut lens = self.headers.get_all(header::CONTENT_LENGTH).iter();
+        let expect_len = match lens.next() {
             None => None,
-            Some(v) => Some(
-                std::str::from_utf8(v.as_bytes())
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or("a bad content-length")?,
-            ),
+            Some(first) => {
+                let n = digits(first.as_bytes()).ok_or("a bad content-length")?;
+                let mut repeated = false;
+                for other in lens {
+                    if digits(other.as_bytes()) != Some(n) {
+                        return Err("content-length fields that differ");
+                    }
+                    repeated = true;
+                }
+                if repeated {
+                    self.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                }
+                Some(n)
+            }
         };
         let (mut parts, ()) = Request::new(()).into_parts();
         parts.method = method;
@@ -1746,6 +1876,16 @@ mod tests {
         assert_eq!(with(("x-a", " padded")), Some("a field value with leading or trailing white space"));
         assert_eq!(with((":status", "200")), Some("an unknown or response pseudo-header"));
         assert_eq!(with(("content-length", "x")), Some("a bad content-length"));
+        assert_eq!(with(("content-length", "+5")), Some("a bad content-length"));
+        assert_eq!(with(("content-length", "5, 5")), Some("a bad content-length"));
+        let mut f = GET.to_vec();
+        f.extend_from_slice(&[("content-length", "0"), ("content-length", "50")]);
+        assert_eq!(head(&f).err(), Some("content-length fields that differ"));
+        let mut f = GET.to_vec();
+        f.extend_from_slice(&[("content-length", "7"), ("content-length", "7")]);
+        let (parts, len) = head(&f).unwrap();
+        assert_eq!(len, Some(7));
+        assert_eq!(parts.headers.get_all("content-length").iter().count(), 1, "the app gets one length");
         assert_eq!(with(("x-a", "a\u{0}b")), Some("a field value with a control character"));
         // A pseudo-header after a regular field, a repeated one, missing ones.
         let mut f = vec![("accept", "*/*")];

@@ -178,7 +178,9 @@ impl Decoder {
                 self.entry(index)?
             } else if b & 0xc0 == 0x40 {
                 let (name, value) = self.literal(block, &mut pos, 6)?;
-                self.insert(name.clone(), value.clone());
+                // The table keeps copies: a slice would keep the whole header block alive for
+                // as long as the entry lives.
+                self.insert(Bytes::copy_from_slice(&name), Bytes::copy_from_slice(&value));
                 (name, value)
             } else if b & 0xe0 == 0x20 {
                 // RFC 7541 section 4.2: only before the first field of a block.

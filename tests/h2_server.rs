@@ -508,6 +508,55 @@ async fn streams_opened_and_reset_at_once_end_in_enhance_your_calm() {
 }
 
 #[tokio::test]
+async fn streams_the_server_is_made_to_reset_count_as_resets_too() {
+    // The "MadeYouReset" variant: the client never sends RST_STREAM, it provokes ours (here
+    // with a WINDOW_UPDATE of 0 on the stream, a stream error).
+    let echo = support::echo().await;
+    let proxy = support::proxy(support::config(echo.addr)).await;
+    let mut raw = Raw::connect(proxy.inbound_addr).await;
+    let mut id = 1;
+    for _ in 0..=200 {
+        raw.request(id, "/slow?delay=5s", &[], true).await;
+        raw.send(WINDOW_UPDATE, 0, id, &[0, 0, 0, 0]).await;
+        id += 2;
+    }
+    assert_eq!(raw.goaway().await.1, code::ENHANCE_YOUR_CALM);
+}
+
+#[tokio::test]
+async fn a_body_in_one_byte_padded_frames_arrives_whole() {
+    const N_FRAMES: u32 = 3000;
+    let echo = support::echo().await;
+    let proxy = support::proxy(support::config(echo.addr)).await;
+    let mut raw = Raw::connect(proxy.inbound_addr).await;
+    let block =
+        raw.block(&[(":method", "POST"), (":scheme", "http"), (":authority", "pod"), (":path", "/p?echo_body=1")]);
+    raw.send(HEADERS, END_HEADERS, 1, &block).await;
+    let mut want = Vec::new();
+    for i in 0..N_FRAMES {
+        let b = b'a' + (i % 26) as u8;
+        want.push(b);
+        // One byte of data behind 200 bytes of padding.
+        let mut p = vec![200u8, b];
+        p.extend_from_slice(&[0; 200]);
+        raw.send(DATA, PADDED, 1, &p).await;
+    }
+    raw.send(DATA, END_STREAM, 1, &[]).await;
+    let (status, _, body) = raw.response(1).await.expect("answered");
+    assert_eq!(status, 200);
+    assert_eq!(body, want);
+}
+
+#[tokio::test]
+async fn differing_content_lengths_are_refused_400() {
+    let echo = support::echo().await;
+    let proxy = support::proxy(support::config(echo.addr)).await;
+    let mut raw = Raw::connect(proxy.inbound_addr).await;
+    raw.request(1, "/", &[("content-length", "0"), ("content-length", "50")], true).await;
+    assert_eq!(raw.response(1).await.expect("answered").0, 400);
+}
+
+#[tokio::test]
 async fn streams_over_the_concurrency_limit_are_refused() {
     let echo = support::echo().await;
     let proxy = support::proxy(support::config(echo.addr)).await;
