@@ -304,6 +304,16 @@ impl InboundProxy {
         parts.extensions.clear();
 
         let received = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicU64::new(0)));
+        // hyper's HTTP/1.1 client sends a GET or HEAD whose body length is unknown (an HTTP/2
+        // request without content-length, a chunked one handed over) with no body at all unless
+        // the request says chunked: say it, or the body would be dropped.
+        if received.is_some()
+            && matches!(self.client, AppClient::Http1(..))
+            && (parts.method == http::Method::GET || parts.method == http::Method::HEAD)
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        {
+            parts.headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
         let body = CountingBody::new(body, received.clone());
         finish.set_received(received);
         Ok(Forwarding { req: Request::from_parts(parts, body), finish, downstream_upgrade, h1_trailers })

@@ -548,6 +548,19 @@ async fn a_body_in_one_byte_padded_frames_arrives_whole() {
 }
 
 #[tokio::test]
+async fn a_get_with_a_body_of_unknown_length_reaches_the_app_with_it() {
+    let echo = support::echo().await;
+    let proxy = support::proxy(support::config(echo.addr)).await;
+    let mut raw = Raw::connect(proxy.inbound_addr).await;
+    raw.request(1, "/g?echo_body=1", &[], false).await;
+    raw.send(DATA, 0, 1, b"query ").await;
+    raw.send(DATA, END_STREAM, 1, b"body").await;
+    let (status, _, body) = raw.response(1).await.expect("answered");
+    assert_eq!(status, 200);
+    assert_eq!(body, b"query body", "hyper's client drops a GET body of unknown length unless told it is chunked");
+}
+
+#[tokio::test]
 async fn differing_content_lengths_are_refused_400() {
     let echo = support::echo().await;
     let proxy = support::proxy(support::config(echo.addr)).await;
