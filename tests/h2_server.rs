@@ -115,13 +115,13 @@ impl Raw {
         }
     }
 
-    /// The next frame of type `typ` (others kept for later), or `None` at the close.
-    async fn next_of(&mut self, typ: u8) -> Option<Frame> {
-        if let Some(i) = self.stash.iter().position(|f| f.0 == typ) {
+    /// The next frame that `want` picks (the others are kept for later), or `None` at the close.
+    async fn next_where(&mut self, want: impl Fn(&Frame) -> bool) -> Option<Frame> {
+        if let Some(i) = self.stash.iter().position(&want) {
             return self.stash.remove(i);
         }
         while let Some(f) = self.frame().await {
-            if f.0 == typ {
+            if want(&f) {
                 return Some(f);
             }
             self.stash.push_back(f);
@@ -129,18 +129,9 @@ impl Raw {
         None
     }
 
-    /// The next frame on stream `id` (others kept for later).
-    async fn next_on(&mut self, id: u32) -> Option<Frame> {
-        if let Some(i) = self.stash.iter().position(|f| f.2 == id) {
-            return self.stash.remove(i);
-        }
-        while let Some(f) = self.frame().await {
-            if f.2 == id {
-                return Some(f);
-            }
-            self.stash.push_back(f);
-        }
-        None
+    /// The next frame of type `typ`.
+    async fn next_of(&mut self, typ: u8) -> Option<Frame> {
+        self.next_where(|f| f.0 == typ).await
     }
 
     /// The GOAWAY that ends the connection: (last stream ID, error code); then the close.
@@ -162,7 +153,7 @@ impl Raw {
         let mut fields = Vec::new();
         let mut body = Vec::new();
         let mut block = BytesMut::new();
-        while let Some((typ, flags, _, payload)) = self.next_on(id).await {
+        while let Some((typ, flags, _, payload)) = self.next_where(|f| f.2 == id).await {
             match typ {
                 HEADERS | CONTINUATION => {
                     block.extend_from_slice(&payload);
