@@ -1560,6 +1560,12 @@ impl<'a> Conn<'a> {
         if self.activity != self.seen_activity {
             self.seen_activity = self.activity;
             self.active_at = now;
+        } else if self.open_streams() == 0 && self.rbuf.is_empty() && self.pending_out() == 0 {
+            // Quiet since the last tick with nothing in flight: the buffers go back (about 20 KiB
+            // a connection); the next frame allocates a read buffer again.
+            self.rbuf = BytesMut::new();
+            self.wbuf = BytesMut::new();
+            self.hbuf = BytesMut::new();
         }
         let quiet = now.duration_since(self.active_at);
         let idle = self.rules.idle;
