@@ -30,7 +30,8 @@
 //!   answered (or after 1 s), GOAWAY naming the last stream taken; open streams finish and the
 //!   connection closes (the [`crate::shutdown`] rules). Idle connections close after
 //!   `timeouts.idle`; a PING every 30 s without traffic, and no answer within 10 s closes the
-//!   connection.
+//!   connection. A connection quiet for one timer tick with nothing in flight gives its buffers
+//!   back.
 //! - Limits against abuse: streams over 200 are refused (`REFUSED_STREAM`); a client that
 //!   resets more streams than it lets finish (more than 200 ahead) gets GOAWAY
 //!   `ENHANCE_YOUR_CALM` (the rapid-reset attack); a header block is bounded before it is
