@@ -60,10 +60,13 @@ use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 /// What an HTTP/2 client sends first.
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The preface's first line, the request line the HTTP/1.1 codec stops at.
+pub const PREFACE_LINE: &[u8] = PREFACE.split_at(16).0;
 
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
@@ -132,7 +135,7 @@ fn conn_err(code: u32, why: &'static str) -> ConnError {
 }
 
 /// Whether `buf` starts with the HTTP/2 preface (or could, with more bytes).
-pub fn may_be_preface(buf: &[u8]) -> bool {
+fn may_be_preface(buf: &[u8]) -> bool {
     let n = buf.len().min(PREFACE.len());
     buf[..n] == PREFACE[..n]
 }
@@ -165,7 +168,7 @@ pub async fn serve<IO>(
     let mut timer = pin!(tokio::time::sleep(tick_period(rules.idle)));
     let mut goaway_wait: Option<Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
-        if !conn.stopping && draining.as_mut().poll(cx).is_ready() {
+        if conn.stop == Stop::Running && draining.as_mut().poll(cx).is_ready() {
             conn.begin_stop();
             goaway_wait = Some(Box::pin(tokio::time::sleep(GOAWAY_PING_WAIT)));
         }
@@ -489,13 +492,11 @@ struct Conn<'a> {
     max_seen: u32,
     pending: Option<PendingBlock>,
     stop: Stop,
-    stopping: bool,
     peer_goaway: bool,
     /// A connection error: GOAWAY queued, close once written.
     failed: bool,
     /// The client stopped answering (keep-alive): close at once.
     dead: bool,
-    read_closed: bool,
     reset_budget: u32,
     activity: u64,
     seen_activity: u64,
@@ -543,11 +544,9 @@ impl<'a> Conn<'a> {
             max_seen: 0,
             pending: None,
             stop: Stop::Running,
-            stopping: false,
             peer_goaway: false,
             failed: false,
             dead: false,
-            read_closed: false,
             reset_budget: RESET_BUDGET,
             activity: 0,
             seen_activity: 0,
@@ -592,14 +591,12 @@ impl<'a> Conn<'a> {
         for _ in 0..MAX_PASSES {
             let mut progress = false;
             // Read while there is room to answer.
-            if !self.read_closed && !self.failed && self.pending_out() < WRITE_HIGH {
+            if !self.failed && self.pending_out() < WRITE_HIGH {
                 // Bytes read before this server took the connection come first.
                 let read = if std::mem::take(&mut self.unparsed) { Poll::Ready(Ok(1)) } else { self.read(io, cx) };
                 match read {
-                    Poll::Ready(Ok(0)) => {
-                        self.read_closed = true;
-                        progress = true;
-                    }
+                    // The client is gone: nothing can be answered any more.
+                    Poll::Ready(Ok(0)) => return Poll::Ready(()),
                     Poll::Ready(Ok(_)) => {
                         self.activity += 1;
                         progress = true;
@@ -613,10 +610,6 @@ impl<'a> Conn<'a> {
                     }
                     Poll::Pending => {}
                 }
-            }
-            if self.read_closed {
-                // The client is gone: nothing can be answered any more.
-                return Poll::Ready(());
             }
             if self.failed {
                 // A connection error: the GOAWAY goes out if the socket takes it now (a client
@@ -666,18 +659,7 @@ impl<'a> Conn<'a> {
         if self.rbuf.capacity() - self.rbuf.len() < 4096 {
             self.rbuf.reserve(MAX_FRAME + 9);
         }
-        let dst = self.rbuf.spare_capacity_mut();
-        let mut buf = ReadBuf::uninit(dst);
-        match Pin::new(io).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) => {
-                let n = buf.filled().len();
-                // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
-                unsafe { self.rbuf.set_len(self.rbuf.len() + n) };
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        pin!(io.read_buf(&mut self.rbuf)).poll(cx)
     }
 
     /// Handles every complete frame in the read buffer.
@@ -1358,34 +1340,37 @@ impl<'a> Conn<'a> {
         let end = body.is_end_stream();
         let Some(s) = self.streams[slot].as_mut() else { return };
         let id = s.id;
-        s.answer = if end { Answer::Done } else { Answer::Body(body) };
         // An empty body is done: dropping it reports the request.
-        self.hbuf.clear();
-        self.enc.begin(&mut self.hbuf);
-        self.enc.status(parts.status.as_u16(), &mut self.hbuf);
-        for (name, value) in &parts.headers {
-            if is_connection_specific(name) {
-                continue;
-            }
-            self.enc.field(name.as_str().as_bytes(), value.as_bytes(), value.is_sensitive(), &mut self.hbuf);
-        }
-        self.header_frames(id, end);
+        s.answer = if end { Answer::Done } else { Answer::Body(body) };
+        self.header_frames(id, Some(parts.status.as_u16()), &parts.headers, end);
     }
 
-    /// Sends `hbuf` as HEADERS (+ CONTINUATION) on `id`.
-    fn header_frames(&mut self, id: u32, end_stream: bool) {
-        let max = self.peer_max_frame;
-        let block = self.hbuf.split().freeze();
-        let mut chunks = block.chunks(max);
-        let first = chunks.next().unwrap_or(&[]);
-        let mut rest = chunks.peekable();
-        let flags = if end_stream { END_STREAM } else { 0 } | if rest.peek().is_none() { END_HEADERS } else { 0 };
-        frame_head(&mut self.wbuf, first.len(), HEADERS, flags, id);
-        self.wbuf.put_slice(first);
-        while let Some(c) = rest.next() {
-            let flags = if rest.peek().is_none() { END_HEADERS } else { 0 };
-            frame_head(&mut self.wbuf, c.len(), CONTINUATION, flags, id);
-            self.wbuf.put_slice(c);
+    /// Sends a header block on `id` (an answer's head with its `status`, or trailers) as HEADERS
+    /// and, past the peer's frame size, CONTINUATION frames. HTTP/2 forbids the
+    /// connection-specific fields: they are left out.
+    fn header_frames(&mut self, id: u32, status: Option<u16>, fields: &HeaderMap, end_stream: bool) {
+        self.hbuf.clear();
+        self.enc.begin(&mut self.hbuf);
+        if let Some(status) = status {
+            self.enc.status(status, &mut self.hbuf);
+        }
+        for (name, value) in fields {
+            if !is_connection_specific(name) {
+                self.enc.field(name.as_str().as_bytes(), value.as_bytes(), value.is_sensitive(), &mut self.hbuf);
+            }
+        }
+        let mut chunks = self.hbuf.chunks(self.peer_max_frame).peekable();
+        let mut typ = HEADERS;
+        let mut flags = if end_stream { END_STREAM } else { 0 };
+        loop {
+            let chunk = chunks.next().unwrap_or(&[]);
+            let last = chunks.peek().is_none();
+            frame_head(&mut self.wbuf, chunk.len(), typ, flags | if last { END_HEADERS } else { 0 }, id);
+            self.wbuf.put_slice(chunk);
+            if last {
+                break;
+            }
+            (typ, flags) = (CONTINUATION, 0);
         }
     }
 
@@ -1400,7 +1385,7 @@ impl<'a> Conn<'a> {
                 // The body ended: with its trailers, or an empty DATA frame carrying END_STREAM.
                 s.answer = Answer::Done;
                 match s.held_trailers.take() {
-                    Some(t) => self.trailer_frames(id, t),
+                    Some(t) => self.header_frames(id, None, &t, true),
                     None => self.data_frame(id, Bytes::new(), true),
                 }
                 return true;
@@ -1467,18 +1452,6 @@ impl<'a> Conn<'a> {
         }
     }
 
-    fn trailer_frames(&mut self, id: u32, trailers: HeaderMap) {
-        self.hbuf.clear();
-        self.enc.begin(&mut self.hbuf);
-        for (name, value) in &trailers {
-            if is_connection_specific(name) {
-                continue;
-            }
-            self.enc.field(name.as_str().as_bytes(), value.as_bytes(), value.is_sensitive(), &mut self.hbuf);
-        }
-        self.header_frames(id, true);
-    }
-
     fn data_frame(&mut self, id: u32, data: Bytes, end_stream: bool) {
         frame_head(&mut self.wbuf, data.len(), DATA, if end_stream { END_STREAM } else { 0 }, id);
         if data.len() <= COPY_DATA {
@@ -1522,14 +1495,11 @@ impl<'a> Conn<'a> {
 
     /// The stop: GOAWAY with the highest ID and a PING; the final GOAWAY follows its answer.
     fn begin_stop(&mut self) {
-        self.stopping = true;
-        if self.stop == Stop::Running {
-            self.goaway(0x7fff_ffff, code::NO_ERROR);
-            frame_head(&mut self.wbuf, 8, PING, 0, 0);
-            self.wbuf.put_slice(&GOAWAY_PING);
-            self.stop = Stop::Announced;
-            self.queue_wake();
-        }
+        self.goaway(0x7fff_ffff, code::NO_ERROR);
+        frame_head(&mut self.wbuf, 8, PING, 0, 0);
+        self.wbuf.put_slice(&GOAWAY_PING);
+        self.stop = Stop::Announced;
+        self.queue_wake();
     }
 
     fn final_goaway(&mut self) {

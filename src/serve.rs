@@ -151,6 +151,8 @@ where
         // back no more than this.
         let max_buf_size = (settings.max_header_bytes * 2).max(16 * 1024);
         let refused = telemetry.as_ref().and_then(|t| Refusals::register(t.metrics.registry(), direction));
+        // SETTINGS_MAX_HEADER_LIST_SIZE on HTTP/2 (hyper's server and tandem's own alike).
+        let h2_max_list = settings.max_header_bytes.saturating_mul(2);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -161,14 +163,12 @@ where
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(settings.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX))
+            .max_header_list_size(u32::try_from(h2_max_list).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10));
         let builder = Arc::new(builder);
         let make_service = Arc::new(make_service);
         let codec = codec.map(Arc::new);
-        // SETTINGS_MAX_HEADER_LIST_SIZE on HTTP/2 (hyper's and tandem's own server alike).
-        let h2_max_list = settings.max_header_bytes.saturating_mul(2);
         let rules = crate::h1_proxy::Rules {
             header_read: settings.header_read_timeout,
             idle: settings.idle_timeout,
@@ -275,7 +275,7 @@ where
                         };
                         match outcome {
                             // h2c with prior knowledge: the codec stopped at the preface.
-                            Outcome::HandOff(rest) if rest.starts_with(b"PRI * HTTP/2.0\r\n") => {
+                            Outcome::HandOff(rest) if rest.starts_with(crate::h2_server::PREFACE_LINE) => {
                                 handed = rest;
                                 h2 = true;
                             }

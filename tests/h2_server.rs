@@ -191,6 +191,14 @@ impl Raw {
     }
 }
 
+/// The echo app, a proxy in front of it, and a raw client connected to the proxy.
+async fn echo_proxy_raw() -> (tandem::app::Echo, tandem::app::Running, Raw) {
+    let echo = support::echo().await;
+    let proxy = support::proxy(support::config(echo.addr)).await;
+    let raw = Raw::connect(proxy.inbound_addr).await;
+    (echo, proxy, raw)
+}
+
 async fn proxy_with_log(tag: &str) -> (tandem::app::Running, support::TempDir, std::path::PathBuf, tandem::app::Echo) {
     let echo = support::echo().await;
     let dir = support::TempDir::new(tag);
@@ -299,9 +307,7 @@ async fn an_answer_with_a_head_over_one_frame_goes_out_in_continuation_frames() 
 
 #[tokio::test]
 async fn padded_frames_and_split_cookies_are_understood() {
-    let echo = support::echo().await;
-    let proxy = support::proxy(support::config(echo.addr)).await;
-    let mut raw = Raw::connect(proxy.inbound_addr).await;
+    let (_echo, _proxy, mut raw) = echo_proxy_raw().await;
     let block = raw.block(&[
         (":method", "POST"),
         (":scheme", "http"),
@@ -350,9 +356,7 @@ async fn a_malformed_request_is_answered_400_logged_and_the_connection_kept() {
 
 #[tokio::test]
 async fn a_header_list_over_the_limit_is_answered_431_and_the_connection_kept() {
-    let echo = support::echo().await;
-    let proxy = support::proxy(support::config(echo.addr)).await;
-    let mut raw = Raw::connect(proxy.inbound_addr).await;
+    let (_echo, _proxy, mut raw) = echo_proxy_raw().await;
     // The limit is twice limits.max_header_bytes (64 KiB): 200 KiB in HEADERS + CONTINUATION.
     let big = "x".repeat(200 * 1024);
     let block =
@@ -427,9 +431,7 @@ async fn protocol_errors_end_the_connection_with_goaway_and_their_code() {
 
 #[tokio::test]
 async fn stream_errors_reset_only_their_stream() {
-    let echo = support::echo().await;
-    let proxy = support::proxy(support::config(echo.addr)).await;
-    let mut raw = Raw::connect(proxy.inbound_addr).await;
+    let (_echo, _proxy, mut raw) = echo_proxy_raw().await;
     // A body shorter than its content-length.
     raw.request(1, "/p?echo_body=1", &[("content-length", "10")], false).await;
     raw.send(DATA, END_STREAM, 1, b"abc").await;
@@ -453,9 +455,7 @@ async fn stream_errors_reset_only_their_stream() {
 
 #[tokio::test]
 async fn a_request_with_trailers_reaches_the_app_whole() {
-    let echo = support::echo().await;
-    let proxy = support::proxy(support::config(echo.addr)).await;
-    let mut raw = Raw::connect(proxy.inbound_addr).await;
+    let (_echo, _proxy, mut raw) = echo_proxy_raw().await;
     raw.request(1, "/p?echo_body=1", &[("content-length", "5")], false).await;
     raw.send(DATA, 0, 1, b"hel").await;
     raw.send(DATA, 0, 1, b"lo").await;
@@ -486,9 +486,7 @@ async fn a_stream_reset_by_the_client_is_logged_dc() {
 
 #[tokio::test]
 async fn streams_opened_and_reset_at_once_end_in_enhance_your_calm() {
-    let echo = support::echo().await;
-    let proxy = support::proxy(support::config(echo.addr)).await;
-    let mut raw = Raw::connect(proxy.inbound_addr).await;
+    let (_echo, _proxy, mut raw) = echo_proxy_raw().await;
     let mut id = 1;
     for _ in 0..=200 {
         raw.request(id, "/slow?delay=5s", &[], true).await;
@@ -502,9 +500,7 @@ async fn streams_opened_and_reset_at_once_end_in_enhance_your_calm() {
 async fn streams_the_server_is_made_to_reset_count_as_resets_too() {
     // The "MadeYouReset" variant: the client never sends RST_STREAM, it provokes ours (here
     // with a WINDOW_UPDATE of 0 on the stream, a stream error).
-    let echo = support::echo().await;
-    let proxy = support::proxy(support::config(echo.addr)).await;
-    let mut raw = Raw::connect(proxy.inbound_addr).await;
+    let (_echo, _proxy, mut raw) = echo_proxy_raw().await;
     let mut id = 1;
     for _ in 0..=200 {
         raw.request(id, "/slow?delay=5s", &[], true).await;
@@ -517,9 +513,7 @@ async fn streams_the_server_is_made_to_reset_count_as_resets_too() {
 #[tokio::test]
 async fn a_body_in_one_byte_padded_frames_arrives_whole() {
     const N_FRAMES: u32 = 3000;
-    let echo = support::echo().await;
-    let proxy = support::proxy(support::config(echo.addr)).await;
-    let mut raw = Raw::connect(proxy.inbound_addr).await;
+    let (_echo, _proxy, mut raw) = echo_proxy_raw().await;
     let block =
         raw.block(&[(":method", "POST"), (":scheme", "http"), (":authority", "pod"), (":path", "/p?echo_body=1")]);
     raw.send(HEADERS, END_HEADERS, 1, &block).await;
@@ -540,9 +534,7 @@ async fn a_body_in_one_byte_padded_frames_arrives_whole() {
 
 #[tokio::test]
 async fn a_get_with_a_body_of_unknown_length_reaches_the_app_with_it() {
-    let echo = support::echo().await;
-    let proxy = support::proxy(support::config(echo.addr)).await;
-    let mut raw = Raw::connect(proxy.inbound_addr).await;
+    let (_echo, _proxy, mut raw) = echo_proxy_raw().await;
     raw.request(1, "/g?echo_body=1", &[], false).await;
     raw.send(DATA, 0, 1, b"query ").await;
     raw.send(DATA, END_STREAM, 1, b"body").await;
@@ -552,19 +544,20 @@ async fn a_get_with_a_body_of_unknown_length_reaches_the_app_with_it() {
 }
 
 #[tokio::test]
-async fn differing_content_lengths_are_refused_400() {
-    let echo = support::echo().await;
-    let proxy = support::proxy(support::config(echo.addr)).await;
-    let mut raw = Raw::connect(proxy.inbound_addr).await;
+async fn content_lengths_that_differ_or_lie_are_refused_400() {
+    let (_echo, _proxy, mut raw) = echo_proxy_raw().await;
     raw.request(1, "/", &[("content-length", "0"), ("content-length", "50")], true).await;
     assert_eq!(raw.response(1).await.expect("answered").0, 400);
+    // A length the stream's END_STREAM already contradicts.
+    raw.request(3, "/", &[("content-length", "5")], true).await;
+    assert_eq!(raw.response(3).await.expect("answered").0, 400);
+    raw.request(5, "/", &[("content-length", "0")], true).await;
+    assert_eq!(raw.response(5).await.expect("answered").0, 200);
 }
 
 #[tokio::test]
 async fn streams_over_the_concurrency_limit_are_refused() {
-    let echo = support::echo().await;
-    let proxy = support::proxy(support::config(echo.addr)).await;
-    let mut raw = Raw::connect(proxy.inbound_addr).await;
+    let (_echo, _proxy, mut raw) = echo_proxy_raw().await;
     let limit = tandem::h2_server::MAX_CONCURRENT_STREAMS as u32;
     for i in 0..=limit {
         raw.request(1 + 2 * i, "/slow?delay=3s", &[], true).await;
@@ -590,9 +583,7 @@ async fn an_idle_connection_gets_goaway_and_is_closed() {
 
 #[tokio::test]
 async fn the_stop_announces_goaway_pings_then_names_the_last_stream() {
-    let echo = support::echo().await;
-    let proxy = support::proxy(support::config(echo.addr)).await;
-    let mut raw = Raw::connect(proxy.inbound_addr).await;
+    let (_echo, proxy, mut raw) = echo_proxy_raw().await;
     raw.request(1, "/slow?delay=300ms", &[], true).await;
     // Stream 1 is in flight when the stop begins.
     raw.request(3, "/", &[], true).await;
