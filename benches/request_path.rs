@@ -131,29 +131,30 @@ fn rewrite(c: &mut Criterion) {
         b.iter_batched_ref(
             typical_headers,
             |h| {
-                tandem::forward::strip_hop_by_hop(h, false);
-                tandem::forward::set_forwarded(h, peer, "http");
-                tandem::forward::ensure_request_id(h)
+                tandem::proxy::headers::strip_hop_by_hop(h, false);
+                tandem::proxy::headers::set_forwarded(h, peer, "http");
+                tandem::proxy::headers::ensure_request_id(h)
             },
             BatchSize::SmallInput,
         )
     });
-    g.bench_function("new_request_id", |b| b.iter(tandem::forward::new_request_id));
+    g.bench_function("new_request_id", |b| b.iter(tandem::proxy::headers::new_request_id));
     g.finish();
 
     let req = Request::get("/productpage?u=normal").body(()).expect("request");
     let (mut parts, ()) = req.into_parts();
     parts.headers = typical_headers();
-    let mut record = tandem::record::RequestRecord::start(tandem::record::Direction::Inbound, peer, &parts);
+    let mut record =
+        tandem::telemetry::record::RequestRecord::start(tandem::base::reason::Direction::Inbound, peer, &parts);
     record.response_code = 200;
     record.bytes_sent = 5_120;
     record.upstream_host = Some("127.0.0.1:8080".parse().expect("addr"));
-    record.request_id = Some(tandem::forward::new_request_id());
+    record.request_id = Some(tandem::proxy::headers::new_request_id());
     let mut out = Vec::with_capacity(4096);
     c.bench_function("access_log/format_json", |b| {
         b.iter(|| {
             out.clear();
-            tandem::access_log::format_json(&record, &mut out);
+            tandem::telemetry::access_log::format_json(&record, &mut out);
             out.len()
         })
     });

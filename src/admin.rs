@@ -20,9 +20,9 @@
 //! shows `***` instead of its value, unless the value is a file path (`inbound.tls.key:
 //! /etc/tandem/tls.key` names where the key is, which an operator needs to see).
 
-use crate::logging::LogControl;
-use crate::readiness::AppCheck;
-use crate::shutdown::Shutdown;
+use crate::config::AppCheck;
+use crate::lifecycle::shutdown::Shutdown;
+use crate::telemetry::logging::LogControl;
 use crate::telemetry::Telemetry;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};

@@ -5,25 +5,25 @@
 //!
 //! - **stop** ([`Running::shutdown_handle`]: SIGTERM, SIGINT, `POST /shutdown`): `/ready` turns 503
 //!   and every [`StopPolicy::AtStop`] listener (inbound) stops accepting and drains its connections
-//!   (the rules are in [`crate::shutdown`]).
+//!   (the rules are in [`crate::lifecycle::shutdown`]).
 //! - **exit**: fires once every [`Side`] is drained or the deadline passed. The admin listener and
 //!   every [`StopPolicy::AtExit`] listener (outbound: the app finishes its own calls while its
 //!   inbound requests drain) watch it, and get [`EXIT_GRACE`] to finish what they are writing.
 
-use crate::access_log::AccessLog;
 use crate::admin::{AdminService, AdminState};
+use crate::base::reason::Direction;
+use crate::config::AppCheck;
 use crate::config::Config;
 use crate::echo::EchoService;
-use crate::inbound::InboundProxy;
-use crate::logging::LogControl;
-use crate::metrics::Metrics;
-use crate::outbound::OutboundProxy;
-use crate::readiness::AppCheck;
-use crate::record::Direction;
-use crate::serve::{self, ConnSettings};
-use crate::shutdown::{Shutdown, Tracker};
+use crate::lifecycle::shutdown::{Shutdown, Tracker};
+use crate::listener::accept::{self, ConnSettings};
+use crate::listener::tls::TlsServer;
+use crate::proxy::inbound::InboundProxy;
+use crate::proxy::outbound::OutboundProxy;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::logging::LogControl;
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::Telemetry;
-use crate::tls::TlsServer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ pub enum StartError {
     #[error("readiness.app: {0}")]
     Readiness(String),
     #[error("{0}")]
-    Tls(crate::tls::TlsError),
+    Tls(crate::listener::tls::TlsError),
     #[error("runtime.workers: cannot start inbound worker {index}: {source}")]
     Worker { index: usize, source: std::io::Error },
 }
@@ -115,7 +115,7 @@ pub struct Running {
 }
 
 fn bind(key: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
-    serve::bind(addr).map_err(|source| StartError::Bind { key, addr, source })
+    accept::bind(addr).map_err(|source| StartError::Bind { key, addr, source })
 }
 
 fn local_addr(
@@ -197,7 +197,7 @@ pub async fn start_with_workers(
         app: config.inbound.app.value,
     });
     let admin_conns = Tracker::new();
-    tasks.push(tokio::spawn(serve::serve(
+    tasks.push(tokio::spawn(accept::serve(
         admin_listener,
         ConnSettings::internal(),
         Direction::Inbound,
@@ -206,7 +206,7 @@ pub async fn start_with_workers(
         admin_conns.clone(),
         None,
         None,
-        move |meta: serve::ConnMeta| AdminService::new(admin_state.clone(), meta.peer),
+        move |meta: crate::base::conn::ConnMeta| AdminService::new(admin_state.clone(), meta.peer),
     )));
 
     // 3. The proxy listeners. Outbound keeps serving through the drain, so the app can finish its
@@ -278,7 +278,7 @@ pub async fn start_with_workers(
                             t.wait_idle().await;
                         }
                     };
-                    serve::within(EXIT_GRACE, idle).await;
+                    accept::within(EXIT_GRACE, idle).await;
                 })
             })
             .map_err(|source| stop_started(StartError::Worker { index, source }))?;
@@ -337,7 +337,7 @@ impl Lanes {
         listener: tokio::net::TcpListener,
         proxy: Arc<InboundProxy>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        serve::serve(
+        accept::serve(
             listener,
             self.inbound_settings.clone(),
             Direction::Inbound,
@@ -345,7 +345,7 @@ impl Lanes {
             self.shutdown.drain(),
             self.inbound_conns.clone(),
             self.tls.clone(),
-            crate::h1_proxy::Codec::new(&proxy),
+            crate::http1::server::Codec::new(&proxy),
             move |meta| proxy.service(meta),
         )
     }
@@ -356,7 +356,7 @@ impl Lanes {
         listener: tokio::net::TcpListener,
         proxy: Arc<OutboundProxy>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        serve::serve(
+        accept::serve(
             listener,
             self.outbound_settings.clone(),
             Direction::Outbound,
@@ -365,7 +365,7 @@ impl Lanes {
             self.outbound_conns.clone(),
             None,
             None,
-            move |meta: serve::ConnMeta| proxy.service(meta.peer),
+            move |meta: crate::base::conn::ConnMeta| proxy.service(meta.peer),
         )
     }
 }
@@ -383,7 +383,7 @@ fn bind_group(
         let a = local_addr(key, &l, addr)?;
         return Ok((l, a, Vec::new()));
     }
-    let shared = |at: SocketAddr| serve::bind_shared(at).map_err(|source| StartError::Bind { key, addr: at, source });
+    let shared = |at: SocketAddr| accept::bind_shared(at).map_err(|source| StartError::Bind { key, addr: at, source });
     let first = shared(addr)?;
     let bound = first.local_addr().map_err(|source| StartError::Bind { key, addr, source })?;
     let rest = (1..workers).map(|_| shared(bound)).collect::<Result<Vec<_>, _>>()?;
@@ -438,7 +438,7 @@ impl Running {
                 side.drained().await;
             }
         };
-        if serve::within(self.drain_timeout, all_drained).await {
+        if accept::within(self.drain_timeout, all_drained).await {
             tracing::info!("drained; exiting");
         } else {
             tracing::warn!(remaining = %self.remaining(), "drain deadline reached; closing what remains");
@@ -455,7 +455,7 @@ impl Running {
                 conns.wait_idle().await;
             }
         };
-        if !serve::within(EXIT_GRACE, exiting).await {
+        if !accept::within(EXIT_GRACE, exiting).await {
             for side in &self.sides {
                 side.conns.close_all();
             }
@@ -532,10 +532,10 @@ pub struct Echo {
 impl Echo {
     /// Binds `addr` and serves the echo app.
     pub async fn start(addr: SocketAddr) -> std::io::Result<Self> {
-        let listener = serve::bind(addr)?;
+        let listener = accept::bind(addr)?;
         let addr = listener.local_addr()?;
         let shutdown = Shutdown::new();
-        let task = tokio::spawn(serve::serve(
+        let task = tokio::spawn(accept::serve(
             listener,
             ConnSettings::internal(),
             Direction::Inbound,

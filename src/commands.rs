@@ -8,11 +8,12 @@ use std::process::ExitCode;
 
 /// Loads the configuration from the file, the process environment and the flags.
 pub fn load(args: &ConfigArgs) -> Result<Loaded, crate::config::Problems> {
-    Config::load(&Sources {
+    let sources = Sources {
         file: args.config.clone(),
         env: std::env::vars().filter(|(k, _)| k.starts_with("TANDEM_")).collect(),
         flags: args.overrides(),
-    })
+    };
+    Config::load_checking(&sources, crate::listener::tls::check_config_files)
 }
 
 fn report(problems: &crate::config::Problems) {
@@ -27,7 +28,7 @@ fn report(problems: &crate::config::Problems) {
 }
 
 fn runtime(workers: usize, name: &str) -> std::io::Result<tokio::runtime::Runtime> {
-    let w = crate::runtime::workers(workers);
+    let w = crate::lifecycle::workers::workers(workers);
     let rt = if w.count == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().thread_name(name).build()?
     } else {
@@ -59,7 +60,7 @@ pub fn check(args: &CheckArgs) -> ExitCode {
             }
             print!("{}", loaded.config.to_yaml());
             if let Some(tls) = &loaded.config.inbound.tls {
-                if let Ok(summary) = crate::tls::check_files(tls) {
+                if let Ok(summary) = crate::listener::tls::check_files(tls) {
                     eprintln!("tandem: inbound.tls.cert: certificate expires {}", summary.expiry_text());
                 }
             }
@@ -83,14 +84,14 @@ pub fn run(args: &RunArgs) -> ExitCode {
         }
     };
     let config = loaded.config;
-    let log = crate::logging::init(&config.log.level, config.log.format);
+    let log = crate::telemetry::logging::init(&config.log.level, config.log.format);
     for name in &loaded.ignored_env {
         tracing::warn!(variable = %name, "environment variable names no configuration key; ignored");
     }
     raise_nofile_limit();
     // One event loop per worker: this thread runs the first (with admin and outbound), and each
     // further inbound worker gets a thread and a listener of its own (app::start_with_workers).
-    let w = crate::runtime::workers(config.runtime.workers);
+    let w = crate::lifecycle::workers::workers(config.runtime.workers);
     tracing::info!(workers = w.count, source = %w.source, "runtime workers");
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().thread_name("tandem").build() {
         Ok(rt) => rt,
@@ -116,7 +117,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
 
 /// `tandem demo`: the echo app on a free loopback port and the proxy in front of it.
 pub fn demo(args: &DemoArgs) -> ExitCode {
-    let log = crate::logging::init("info", crate::config::LogFormat::Plain);
+    let log = crate::telemetry::logging::init("info", crate::config::LogFormat::Plain);
     let rt = match runtime(0, "tandem") {
         Ok(rt) => rt,
         Err(e) => {
@@ -166,7 +167,7 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
 
 /// `tandem echo`: the load-test target.
 pub fn echo(args: &EchoArgs) -> ExitCode {
-    crate::logging::init("info", crate::config::LogFormat::Plain);
+    crate::telemetry::logging::init("info", crate::config::LogFormat::Plain);
     raise_nofile_limit();
     let rt = match runtime(args.workers, "tandem-echo") {
         Ok(rt) => rt,
@@ -190,7 +191,7 @@ pub fn echo(args: &EchoArgs) -> ExitCode {
     })
 }
 
-/// `tandem await`: wait for `/ready`, then optionally run a command (see [`crate::await_cmd`]).
+/// `tandem await`: wait for `/ready`, then optionally run a command (see [`crate::lifecycle::await_cmd`]).
 #[cfg(unix)]
 pub fn await_ready(args: &AwaitArgs) -> ExitCode {
     // One thread is plenty: a few HTTP requests and a child to watch.
@@ -201,14 +202,14 @@ pub fn await_ready(args: &AwaitArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let opts = crate::await_cmd::Options {
+    let opts = crate::lifecycle::await_cmd::Options {
         admin: args.admin.clone(),
         timeout: args.timeout,
         interval: args.interval,
         shutdown: args.shutdown,
         command: args.command.clone(),
     };
-    ExitCode::from(rt.block_on(crate::await_cmd::run(opts)))
+    ExitCode::from(rt.block_on(crate::lifecycle::await_cmd::run(opts)))
 }
 
 #[cfg(not(unix))]

@@ -409,7 +409,11 @@ async fn hostile_request_bytes_never_split_a_line_and_the_json_stays_valid() {
     assert_eq!(ua("h-ua-bytes"), "a\tb\u{fffd}\u{fffd}\"q\" \\ }{");
     for id in ["h-ua-8k", "h-ua-8k-utf8", "h-ua-8k-invalid"] {
         let v = ua(id);
-        assert!(v.ends_with("...") && v.len() <= tandem::access_log::MAX_FIELD_BYTES + 3, "{id}: {} bytes", v.len());
+        assert!(
+            v.ends_with("...") && v.len() <= tandem::telemetry::access_log::MAX_FIELD_BYTES + 3,
+            "{id}: {} bytes",
+            v.len()
+        );
     }
     assert_eq!(lines["h-path"]["path"], "/e\"\\{}|%0d%0a%00");
     assert_eq!(lines["h-host"]["authority"], "x\u{fffd}\"y");
@@ -972,12 +976,12 @@ async fn codec_error(input: Vec<u8>) -> (hyper::Error, String) {
 
 #[tokio::test]
 async fn requests_refused_by_the_codec_can_be_logged_and_counted() {
-    use tandem::record::Direction;
+    use tandem::base::reason::Direction;
     let dir = TempDir::new("codec");
     let path = dir.join("access.log");
     let cfg = config_with_log(dead_addr(), &path);
-    let metrics = tandem::metrics::Metrics::new(prometheus::Registry::new()).expect("metrics");
-    let log = tandem::access_log::AccessLog::start(
+    let metrics = tandem::telemetry::metrics::Metrics::new(prometheus::Registry::new()).expect("metrics");
+    let log = tandem::telemetry::access_log::AccessLog::start(
         &cfg.access_log,
         metrics.access_log_written.clone(),
         metrics.access_log_dropped.clone(),

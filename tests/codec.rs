@@ -1,4 +1,4 @@
-//! The inbound HTTP/1.1 codec (`tandem::h1_proxy`): response framings relayed as they come,
+//! The inbound HTTP/1.1 codec (`tandem::http1::server`): response framings relayed as they come,
 //! connections kept or closed as the framing says, pipelining, hand-over to hyper mid-connection,
 //! the header-read timeout, early answers to uploads, and the failures only a relay can meet
 //! (a body cut short, an oversized response head), all through real sockets.

@@ -306,9 +306,9 @@ async fn over_the_default_header_count_the_parser_refuses_with_431() {
         async move { (v == Some(1.0)).then_some(()) }
     })
     .await;
-    assert_eq!(tandem::serve::parser_max_headers(10), 100);
-    assert_eq!(tandem::serve::parser_max_headers(100), 100);
-    assert_eq!(tandem::serve::parser_max_headers(250), 250);
+    assert_eq!(tandem::listener::accept::parser_max_headers(10), 100);
+    assert_eq!(tandem::listener::accept::parser_max_headers(100), 100);
+    assert_eq!(tandem::listener::accept::parser_max_headers(250), 250);
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! tandem's own HTTP/2 server (`src/h2_server.rs`), end to end: hyper's h2 client for the normal
+//! tandem's own HTTP/2 server (`src/h2/server.rs`), end to end: hyper's h2 client for the normal
 //! paths (an independent implementation), and a raw frame client for every error path.
 
 mod support;
@@ -9,8 +9,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tandem::h2_server::code;
-use tandem::hpack;
+use tandem::h2::hpack;
+use tandem::h2::server::code;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -45,7 +45,7 @@ impl Raw {
     /// Connects and sends the preface and an empty SETTINGS frame.
     async fn connect(addr: SocketAddr) -> Self {
         let mut r = Self::bare(addr).await;
-        r.s.write_all(tandem::h2_server::PREFACE).await.expect("preface");
+        r.s.write_all(tandem::h2::server::PREFACE).await.expect("preface");
         r.send(SETTINGS, 0, 0, &[]).await;
         r
     }
@@ -424,7 +424,7 @@ async fn protocol_errors_end_the_connection_with_goaway_and_their_code() {
     raw.s.write_all(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n").await.expect("write");
     assert_eq!(raw.goaway().await.1, code::PROTOCOL_ERROR, "a bad preface");
     let mut raw = Raw::bare(addr).await;
-    raw.s.write_all(tandem::h2_server::PREFACE).await.expect("write");
+    raw.s.write_all(tandem::h2::server::PREFACE).await.expect("write");
     raw.send(PING, 0, 0, &[0; 8]).await;
     assert_eq!(raw.goaway().await.1, code::PROTOCOL_ERROR, "PING before SETTINGS");
 }
@@ -558,7 +558,7 @@ async fn content_lengths_that_differ_or_lie_are_refused_400() {
 #[tokio::test]
 async fn streams_over_the_concurrency_limit_are_refused() {
     let (_echo, _proxy, mut raw) = echo_proxy_raw().await;
-    let limit = tandem::h2_server::MAX_CONCURRENT_STREAMS as u32;
+    let limit = tandem::h2::server::MAX_CONCURRENT_STREAMS as u32;
     for i in 0..=limit {
         raw.request(1 + 2 * i, "/slow?delay=3s", &[], true).await;
     }

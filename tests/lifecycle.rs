@@ -340,7 +340,7 @@ async fn the_worker_count_is_logged_and_the_flag_overrides_it() {
     t.proc.exit(EXIT_LIMIT).await;
     let line = t.proc.stderr().lines().find(|l| l.contains("runtime workers")).map(str::to_owned).expect("logged");
     let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-    let expected = tandem::runtime::workers(0);
+    let expected = tandem::lifecycle::workers::workers(0);
     assert_eq!(v["workers"], expected.count, "{line}");
     assert_eq!(v["source"], expected.source.as_str(), "{line}");
     assert!(count_lines(&t.proc.stderr(), "runtime workers") == 1);

@@ -1,16 +1,16 @@
 //! How a listener stops without resetting a connection its client believes is open: at the stop
-//! it drops new SYNs (`serve::refuse_new_handshakes`), takes every connection the kernel completed
-//! for [`serve::HANDSHAKE_GRACE`], keeps the drain waiting meanwhile, and then closes, after which
+//! it drops new SYNs (`accept::refuse_new_handshakes`), takes every connection the kernel completed
+//! for [`accept::HANDSHAKE_GRACE`], keeps the drain waiting meanwhile, and then closes, after which
 //! a connection attempt is refused.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tandem::base::reason::Direction;
 use tandem::echo::EchoService;
-use tandem::record::Direction;
-use tandem::serve::{self, ConnSettings};
-use tandem::shutdown::{Shutdown, Tracker};
+use tandem::lifecycle::shutdown::{Shutdown, Tracker};
+use tandem::listener::accept::{self, ConnSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Longer than a listener's grace, far shorter than the kernel's first SYN retransmission (1 s):
@@ -44,7 +44,7 @@ async fn the_same_on_ipv6() {
 }
 
 async fn refuses_new_handshakes_on(bind: SocketAddr) {
-    let listener = serve::bind(bind).expect("bind");
+    let listener = accept::bind(bind).expect("bind");
     let addr = listener.local_addr().expect("addr");
     // One connection accepted before, one completed and queued before: neither is touched.
     let mut before = std::net::TcpStream::connect(addr).expect("connect");
@@ -52,7 +52,7 @@ async fn refuses_new_handshakes_on(bind: SocketAddr) {
     let mut queued = std::net::TcpStream::connect(addr).expect("connect");
     queued.write_all(b"queued").expect("write");
 
-    serve::refuse_new_handshakes(&listener).expect("filter attached");
+    accept::refuse_new_handshakes(&listener).expect("filter attached");
 
     assert!(!try_connect(addr, SYN_DROPPED).await.expect("no answer"), "a new connection completed its handshake");
     let (mut late, _) = listener.accept().await.expect("the queued connection is still there");
@@ -80,7 +80,7 @@ fn start(
     shutdown: &Shutdown,
     tracker: &Arc<Tracker>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(serve::serve(
+    tokio::spawn(accept::serve(
         listener,
         ConnSettings::internal(),
         Direction::Inbound,
@@ -95,7 +95,7 @@ fn start(
 
 /// A listener on 127.0.0.1, its address, and the stop and tracker its accept loop will get.
 fn loopback() -> (tokio::net::TcpListener, SocketAddr, Shutdown, Arc<Tracker>) {
-    let listener = serve::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let listener = accept::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
     let addr = listener.local_addr().expect("addr");
     (listener, addr, Shutdown::new(), Tracker::new())
 }

@@ -7,7 +7,7 @@ mod support;
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 use support::*;
-use tandem::ratelimit::RateLimitedLog;
+use tandem::telemetry::ratelimit::RateLimitedLog;
 
 #[tokio::test]
 async fn nothing_is_logged_per_request_at_info() {
@@ -116,11 +116,11 @@ fn the_rate_limiter_counts_what_it_holds_back_per_distinct_error() {
 #[test]
 fn the_filter_changes_at_run_time_and_a_second_subscriber_is_refused() {
     // The only test in this binary that installs a subscriber in the test process itself.
-    let control = tandem::logging::init("info", tandem::config::LogFormat::Json).expect("first subscriber");
+    let control = tandem::telemetry::logging::init("info", tandem::config::LogFormat::Json).expect("first subscriber");
     assert_eq!(control.current(), "info");
     control.set("tandem=debug,hyper=warn").expect("valid filter");
     assert_eq!(control.current(), "tandem=debug,hyper=warn");
     assert!(control.set("tandem=[nope").is_err());
     assert_eq!(control.current(), "tandem=debug,hyper=warn", "an invalid filter changed nothing");
-    assert!(tandem::logging::init("debug", tandem::config::LogFormat::Plain).is_none());
+    assert!(tandem::telemetry::logging::init("debug", tandem::config::LogFormat::Plain).is_none());
 }

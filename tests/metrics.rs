@@ -210,7 +210,8 @@ async fn labels_never_carry_a_path_an_authority_or_an_unknown_method() {
 
 #[tokio::test]
 async fn outbound_requests_get_their_own_upstream_series_and_no_app_one() {
-    use tandem::record::{Direction, RequestRecord};
+    use tandem::base::reason::Direction;
+    use tandem::telemetry::record::RequestRecord;
     // A live proxy exports no outbound series with upstream="app".
     let p = proxy(config(dead_addr())).await;
     let samples = scrape(p.admin_addr).await;
@@ -222,7 +223,7 @@ async fn outbound_requests_get_their_own_upstream_series_and_no_app_one() {
 
     // Outbound records are counted under the upstream they carry.
     let registry = prometheus::Registry::new();
-    let metrics = tandem::metrics::Metrics::new(registry.clone()).expect("metrics");
+    let metrics = tandem::telemetry::metrics::Metrics::new(registry.clone()).expect("metrics");
     let (parts, ()) = http::Request::get("http://svc.example/x").body(()).expect("request").into_parts();
     for cluster in ["passthrough", "passthrough", "payments"] {
         let mut r = RequestRecord::start(Direction::Outbound, "127.0.0.1:5000".parse().expect("addr"), &parts);
@@ -244,17 +245,17 @@ async fn outbound_requests_get_their_own_upstream_series_and_no_app_one() {
 #[test]
 fn metrics_live_on_the_registry_passed_in_and_nowhere_else() {
     let registry = prometheus::Registry::new();
-    let _m = tandem::metrics::Metrics::new(registry.clone()).expect("metrics");
+    let _m = tandem::telemetry::metrics::Metrics::new(registry.clone()).expect("metrics");
     let names: Vec<String> = registry.gather().iter().map(|f| f.name().to_owned()).collect();
     // (Vectors with no child yet, like tandem_http_requests_total before the first request, are
     // not gathered.)
     assert!(names.iter().any(|n| n == "tandem_http_requests_in_flight"), "{names:?}");
     // Registering twice on one registry is refused (an error, not a panic).
-    assert!(tandem::metrics::Metrics::new(registry.clone()).is_err());
+    assert!(tandem::telemetry::metrics::Metrics::new(registry.clone()).is_err());
     // Nothing leaked into the process-wide default registry.
     assert!(!prometheus::gather().iter().any(|f| f.name().starts_with("tandem_")));
     // A second tandem (a second registry) in one process is fine.
-    assert!(tandem::metrics::Metrics::new(prometheus::Registry::new()).is_ok());
+    assert!(tandem::telemetry::metrics::Metrics::new(prometheus::Registry::new()).is_ok());
 }
 
 #[tokio::test]

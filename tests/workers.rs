@@ -49,7 +49,7 @@ async fn one_worker_binds_no_shared_listener() {
     let echo = support::echo().await;
     let proxy = start(support::config(echo.addr), 1).await;
     assert_eq!(proxy.app_idle_connections().len(), 1);
-    assert!(tandem::serve::bind_shared(proxy.inbound_addr).is_err());
+    assert!(tandem::listener::accept::bind_shared(proxy.inbound_addr).is_err());
 }
 
 #[tokio::test]
@@ -96,7 +96,7 @@ async fn every_worker_forwards_the_apps_outbound_calls() {
     let proxy = start(support::config(echo.addr), 2).await;
     // With two workers the outbound address is shared too: one more SO_REUSEPORT bind of it works,
     // and it is the same address the loop check knows.
-    assert!(tandem::serve::bind_shared(proxy.outbound_addr).is_ok());
+    assert!(tandem::listener::accept::bind_shared(proxy.outbound_addr).is_ok());
     let call = format!("GET http://{}/out HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", echo.addr, echo.addr);
     let mut answers = Vec::new();
     for _ in 0..32 {

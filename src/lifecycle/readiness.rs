@@ -2,53 +2,16 @@
 //! kubelet: a TCP connect (default), an HTTP path answering 2xx, a file appearing on a shared
 //! volume (the seed's technique), or nothing.
 
+use crate::config::AppCheck;
 use bytes::Bytes;
 use http_body_util::Empty;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// How long one check may take.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The app readiness check, from `readiness.app`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AppCheck {
-    /// Connect to the app port.
-    Tcp,
-    /// `GET` this path on the app; 2xx is ready.
-    Http(String),
-    /// This file exists.
-    File(PathBuf),
-    /// Always ready.
-    None,
-}
-
 impl AppCheck {
-    /// Parses `tcp`, `http:/path`, `file:/path` or `none`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s == "tcp" {
-            Ok(AppCheck::Tcp)
-        } else if s == "none" {
-            Ok(AppCheck::None)
-        } else if let Some(p) = s.strip_prefix("http:") {
-            if p.starts_with('/') && p.parse::<http::uri::PathAndQuery>().is_ok() {
-                Ok(AppCheck::Http(p.to_owned()))
-            } else {
-                Err(format!("invalid check {s:?}: http: needs a path such as http:/healthz"))
-            }
-        } else if let Some(p) = s.strip_prefix("file:") {
-            if p.starts_with('/') {
-                Ok(AppCheck::File(PathBuf::from(p)))
-            } else {
-                Err(format!("invalid check {s:?}: file: needs an absolute path such as file:/shared/ready"))
-            }
-        } else {
-            Err(format!("invalid check {s:?}: expected tcp, http:/path, file:/path or none"))
-        }
-    }
-
     /// Runs the check against the app at `app`; `Err` says why it is not ready.
     pub async fn check(&self, app: SocketAddr) -> Result<(), String> {
         match self {

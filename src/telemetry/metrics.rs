@@ -19,8 +19,9 @@
 //! of the nine standard methods or `other`; `status_code` is the number (`0` when the client went
 //! away before a response); `response_flags` is a reason code or `-`.
 
-use crate::error::Reason;
-use crate::record::{Direction, RequestRecord};
+use crate::base::reason::Direction;
+use crate::base::reason::Reason;
+use crate::telemetry::record::RequestRecord;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,

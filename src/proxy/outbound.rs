@@ -24,13 +24,16 @@
 //! While open, a tunnel counts as an outbound connection (`tandem_tcp_connections_*`, and against
 //! `max_connections`): the HTTP connection that carried the `CONNECT` ends where the tunnel begins.
 
-use crate::body::ProxyBody;
+use crate::base::body::CountingBody;
+use crate::base::reason::Direction;
+use crate::base::reason::Reason;
+use crate::config::policy::{Destination, Policy, Verdict, Why};
 use crate::config::Outbound as OutboundConfig;
-use crate::error::{error_response, ProxyError, Reason};
-use crate::forward;
-use crate::policy::{Destination, Policy, Verdict, Why};
-use crate::record::{CountingBody, Direction, Finish, InFlight, RequestRecord};
-use crate::shutdown::Tracker;
+use crate::lifecycle::shutdown::Tracker;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::error::{error_response, ProxyError};
+use crate::proxy::headers;
+use crate::telemetry::record::{Finish, InFlight, RequestRecord};
 use crate::telemetry::Telemetry;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -51,7 +54,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The metrics label of every forward-proxy request (never the authority: the label set stays bounded).
-pub const PASSTHROUGH: &str = crate::metrics::OUTBOUND_UPSTREAM;
+pub const PASSTHROUGH: &str = crate::telemetry::metrics::OUTBOUND_UPSTREAM;
 
 static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
 
@@ -71,7 +74,7 @@ pub struct OutboundProxy {
     connect_timeout: Duration,
     tunnel_idle: Duration,
     /// Upstream-failure warnings, rate-limited across every worker.
-    errors: Arc<crate::ratelimit::RateLimitedLog>,
+    errors: Arc<crate::telemetry::ratelimit::RateLimitedLog>,
 }
 
 impl OutboundProxy {
@@ -95,7 +98,7 @@ impl OutboundProxy {
             response_timeout: cfg.timeouts.response.value,
             connect_timeout: cfg.timeouts.connect.value,
             tunnel_idle: cfg.timeouts.idle.value,
-            errors: Arc::new(crate::ratelimit::RateLimitedLog::new(Duration::from_secs(5))),
+            errors: Arc::new(crate::telemetry::ratelimit::RateLimitedLog::new(Duration::from_secs(5))),
         })
     }
 
@@ -164,7 +167,7 @@ impl OutboundProxy {
 
     /// A plain HTTP request: absolute form (`GET http://orders:8080/x`), or origin form with `Host`.
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        let upgrade = forward::wants_upgrade(req.headers(), req.version());
+        let upgrade = headers::wants_upgrade(req.headers(), req.version());
         let downstream_upgrade = if upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
         let (mut parts, body) = req.into_parts();
         let mut record = RequestRecord::start(Direction::Outbound, peer, &parts);
@@ -174,7 +177,7 @@ impl OutboundProxy {
         if over {
             return self.fail(ProxyError::TooManyRequests { limit: self.max_in_flight }, finish);
         }
-        if let Some(err) = forward::check_head(&parts, self.max_headers, self.max_header_bytes) {
+        if let Some(err) = headers::check_head(&parts, self.max_headers, self.max_header_bytes) {
             return self.fail(err, finish);
         }
         let authority = match destination(&parts) {
@@ -185,9 +188,9 @@ impl OutboundProxy {
             return self.fail(e, finish);
         }
 
-        forward::strip_hop_by_hop(&mut parts.headers, upgrade);
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         parts.headers.remove(&PROXY_AUTHORIZATION);
-        let request_id = forward::ensure_request_id(&mut parts.headers);
+        let request_id = headers::ensure_request_id(&mut parts.headers);
         if let Some(r) = finish.record_mut() {
             r.request_id = Some(request_id);
             r.x_forwarded_for = parts.headers.get("x-forwarded-for").cloned();
@@ -248,7 +251,7 @@ impl OutboundProxy {
                 tokio::spawn(join_upgraded(down, up));
             }
         }
-        forward::strip_hop_by_hop(resp.headers_mut(), upgraded);
+        headers::strip_hop_by_hop(resp.headers_mut(), upgraded);
         let (parts, body) = resp.into_parts();
         Response::from_parts(parts, ProxyBody::upstream(body).with_finish(finish))
     }
@@ -287,9 +290,9 @@ impl OutboundProxy {
             r.upstream_service_time = Some(started.elapsed());
             r.response_code = 200;
             // Nothing is forwarded to carry it, but the log line gets one to correlate by.
-            r.request_id = Some(match parts.headers.get(&forward::X_REQUEST_ID) {
+            r.request_id = Some(match parts.headers.get(&headers::X_REQUEST_ID) {
                 Some(v) if !v.is_empty() => v.clone(),
-                _ => forward::new_request_id(),
+                _ => headers::new_request_id(),
             });
         }
         tokio::spawn(self.clone().tunnel(on_upgrade, stream, finish, received));

@@ -1,37 +1,19 @@
 //! The record of one request as it crosses the proxy, and its completion report: when the response
 //! ends (or the client goes away) the record goes once to the metrics and the access log.
 
-use crate::error::Reason;
+use crate::base::reason::Direction;
+use crate::base::reason::Reason;
 use crate::telemetry::Telemetry;
-use bytes::Bytes;
 use http::{HeaderValue, Method, Version};
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
+/// The request id header, kept when the client sent one and generated otherwise.
+pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 /// Looked up by a ready-made name: a `&str` key is parsed and validated on every lookup.
 static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
-
-/// Which side of the pod a request crossed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    Inbound,
-    Outbound,
-}
-
-impl Direction {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        }
-    }
-}
 
 /// What is known about one request; cheap to fill (header values are reference-counted bytes).
 #[derive(Debug)]
@@ -61,7 +43,7 @@ pub struct RequestRecord {
     pub request_id: Option<HeaderValue>,
     pub traceparent: Option<HeaderValue>,
     /// What TLS negotiated on the downstream connection (absent in plaintext).
-    pub tls: Option<Arc<crate::tls::ConnTls>>,
+    pub tls: Option<Arc<crate::base::conn::ConnTls>>,
     /// The strings already sit in a buffer of the record's own ([`RequestRecord::set_strings`]):
     /// [`RequestRecord::detach`] has nothing to do.
     pub detached: bool,
@@ -97,14 +79,14 @@ impl RequestRecord {
             // carries the client's values.
             x_forwarded_for: req.headers.get("x-forwarded-for").cloned(),
             user_agent: req.headers.get(http::header::USER_AGENT).cloned(),
-            request_id: req.headers.get(&crate::forward::X_REQUEST_ID).filter(|v| !v.is_empty()).cloned(),
+            request_id: req.headers.get(&X_REQUEST_ID).filter(|v| !v.is_empty()).cloned(),
             traceparent: req.headers.get(&TRACEPARENT).cloned(),
             ..Self::empty(direction, peer)
         }
     }
 
     /// A record with no request strings yet (method `GET` until set): what
-    /// [`crate::h1_proxy`] fills from the head it parsed itself.
+    /// [`crate::http1::server`] fills from the head it parsed itself.
     pub fn empty(direction: Direction, peer: SocketAddr) -> Self {
         Self {
             start: SystemTime::now(),
@@ -250,7 +232,7 @@ impl Finish {
         Self { record: Some(Box::new(record)), received, telemetry, guard: None }
     }
 
-    /// Counts the request body's bytes through `received` (see [`CountingBody`]).
+    /// Counts the request body's bytes through `received` (see [`crate::base::body::CountingBody`]).
     pub fn set_received(&mut self, received: Option<Arc<AtomicU64>>) {
         self.received = received;
     }
@@ -302,89 +284,11 @@ impl Drop for Finish {
     }
 }
 
-/// A request's body as the server that read the request has it: hyper's, tandem's own HTTP/2
-/// server's ([`crate::h2_server::RecvBody`]), or none.
-pub enum RequestBody {
-    Hyper(Incoming),
-    H2(crate::h2_server::RecvBody),
-    Empty,
-}
-
-impl From<Incoming> for RequestBody {
-    fn from(b: Incoming) -> Self {
-        RequestBody::Hyper(b)
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = crate::body::BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            RequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            RequestBody::Empty => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Hyper(b) => b.is_end_stream(),
-            RequestBody::H2(b) => b.is_end_stream(),
-            RequestBody::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Hyper(b) => b.size_hint(),
-            RequestBody::H2(b) => b.size_hint(),
-            RequestBody::Empty => SizeHint::with_exact(0),
-        }
-    }
-}
-
-/// The request body on its way upstream, counting the bytes it carries.
-pub struct CountingBody {
-    inner: RequestBody,
-    count: Option<Arc<AtomicU64>>,
-}
-
-impl CountingBody {
-    /// Wraps a request body; `count` is `None` for bodies known to be empty.
-    pub fn new(inner: RequestBody, count: Option<Arc<AtomicU64>>) -> Self {
-        Self { inner, count }
-    }
-}
-
-impl Body for CountingBody {
-    type Data = Bytes;
-    type Error = crate::body::BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(f))), Some(count)) = (&polled, &self.count) {
-            if let Some(d) = f.data_ref() {
-                count.fetch_add(d.len() as u64, Ordering::Relaxed);
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::access_log::{format_json, format_text};
+    use crate::telemetry::access_log::{format_json, format_text};
+    use bytes::Bytes;
 
     /// A record whose strings are slices of `head`, the way hyper's are slices of its read buffer.
     fn record_sharing(head: &Bytes) -> RequestRecord {

@@ -1,11 +1,11 @@
 //! The codec's client half, for requests the codec did not parse itself (HTTP/2 requests from
-//! [`crate::h2_server`], and the HTTP/1.1 requests [`crate::h1_proxy`] handed over to hyper): a
+//! [`crate::h2::server`], and the HTTP/1.1 requests [`crate::http1::server`] handed over to hyper): a
 //! request without a body is written to one of the codec's connections to the app
 //! ([`AppStreams`]), and the answer comes back as an `http::Response` whose body ([`AppBody`]) is
 //! read from that connection, de-chunked, as the server polls it; the connection goes back to the
 //! pool when the body has ended.
 //!
-//! Requests with a body, and upgrades, stay on hyper's client ([`crate::forward::Http1Pool`]),
+//! Requests with a body, and upgrades, stay on hyper's client ([`crate::upstream::pool::Http1Pool`]),
 //! which streams a request body while the answer is already arriving.
 //!
 //! Failures map as on every other path: `UF` for the connect, `UC` for a connection that ends
@@ -14,10 +14,9 @@
 //! is not HTTP/1.1 or is over 1 MiB. A body cut short
 //! ends with an error, which the server turns into a reset stream (h2) or a cut connection.
 
-use crate::error::ProxyError;
-use crate::h1_proxy::{
-    final_answer, AppStreams, Chunk, ChunkScan, Framing, HEAD_TOO_LARGE, MAX_RESPONSE_HEAD, READ_SIZE,
-};
+use crate::http1::server::{final_answer, Chunk, ChunkScan, Framing, HEAD_TOO_LARGE, MAX_RESPONSE_HEAD, READ_SIZE};
+use crate::proxy::error::ProxyError;
+use crate::upstream::pool::AppStreams;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};

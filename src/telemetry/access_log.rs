@@ -18,8 +18,8 @@
 //! line and a hostile request cannot make it arbitrarily long.
 
 use crate::config::{AccessLog as AccessLogConfig, AccessLogFormat};
-use crate::ratelimit::RateLimitedLog;
-use crate::record::RequestRecord;
+use crate::telemetry::ratelimit::RateLimitedLog;
+use crate::telemetry::record::RequestRecord;
 use http::HeaderValue;
 use prometheus::IntCounter;
 use std::fs::{File, OpenOptions};

@@ -8,6 +8,7 @@
 //! a good set replaces the server configuration used by *new* handshakes, established connections
 //! are not touched; a bad set is refused, the old one kept, and the error logged and counted.
 
+use crate::base::conn::ConnTls;
 use crate::config::InboundTls;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -54,7 +55,7 @@ impl Summary {
     /// `notAfter` as RFC 3339, and how far away it is.
     pub fn expiry_text(&self) -> String {
         let mut out = Vec::new();
-        crate::access_log::rfc3339(UNIX_EPOCH + Duration::from_secs(self.not_after.max(0) as u64), &mut out);
+        crate::telemetry::access_log::rfc3339(UNIX_EPOCH + Duration::from_secs(self.not_after.max(0) as u64), &mut out);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let days = (self.not_after - now) / 86_400;
         format!("{} (in {days} days)", String::from_utf8_lossy(&out))
@@ -72,6 +73,11 @@ struct Loaded {
 /// Loads and checks the certificate set; every failure names its key.
 pub fn check_files(tls: &InboundTls) -> Result<Summary, TlsError> {
     load(tls).map(|l| l.summary)
+}
+
+/// [`check_files`] as configuration validation takes it ([`crate::config::FileCheck`]).
+pub fn check_config_files(tls: &InboundTls) -> Result<(), crate::config::Problem> {
+    check_files(tls).map(|_| ()).map_err(|e| crate::config::Problem { key: e.key.to_owned(), message: e.message })
 }
 
 fn load(tls: &InboundTls) -> Result<Loaded, TlsError> {
@@ -257,17 +263,6 @@ impl ClientCertVerifier for IdentityVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
-}
-
-/// What one TLS connection negotiated, shared by its requests.
-#[derive(Debug, Clone)]
-pub struct ConnTls {
-    pub version: &'static str,
-    pub alpn: Option<&'static str>,
-    /// The peer's identity: first URI SAN, else first DNS SAN, else the subject.
-    pub peer_identity: Option<String>,
-    /// `x-forwarded-client-cert` for the app, in Envoy's format.
-    pub xfcc: Option<HeaderValue>,
 }
 
 /// The TLS metrics, on the registry passed in.

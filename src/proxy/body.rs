@@ -1,9 +1,9 @@
 //! Response bodies on the request path: the upstream's streamed body or a short local one, counted
 //! as it passes and reported once when it ends (or when the client goes away first).
 
-use crate::forward::Checkin;
-use crate::h1_client::AppBody;
-use crate::record::Finish;
+use crate::http1::client::AppBody;
+use crate::telemetry::record::Finish;
+use crate::upstream::pool::Checkin;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -22,7 +22,7 @@ pub struct ProxyBody {
 
 enum Inner {
     Upstream(Incoming),
-    /// An answer read by the codec's client ([`crate::h1_client`]).
+    /// An answer read by the codec's client ([`crate::http1::client`]).
     App(AppBody),
     Local(Option<Bytes>),
 }

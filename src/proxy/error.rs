@@ -16,59 +16,13 @@
 //! | `DPE` | 400/408/413/414/431 | the client sent something invalid, too large or too slow |
 //! | `DC` | (none) | the client went away mid-request |
 
+use crate::base::reason::Reason;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
-use std::fmt;
 use std::net::SocketAddr;
 
 /// The header that marks every response tandem makes itself.
 pub const ERROR_HEADER: &str = "x-tandem-error";
-
-/// A reason code, as written to `x-tandem-error`, `response_flags` and the metrics label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// Upstream connection failure.
-    UF,
-    /// Upstream connection termination.
-    UC,
-    /// Upstream protocol error.
-    UPE,
-    /// Upstream request timeout.
-    UT,
-    /// Overflow: tandem's own limits.
-    UO,
-    /// No route (or denied by outbound policy).
-    NR,
-    /// Upstream retry limit exceeded.
-    URX,
-    /// Downstream protocol error.
-    DPE,
-    /// Downstream connection termination.
-    DC,
-}
-
-impl Reason {
-    /// The code as text (`"UF"`).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Reason::UF => "UF",
-            Reason::UC => "UC",
-            Reason::UPE => "UPE",
-            Reason::UT => "UT",
-            Reason::UO => "UO",
-            Reason::NR => "NR",
-            Reason::URX => "URX",
-            Reason::DPE => "DPE",
-            Reason::DC => "DC",
-        }
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Everything that can go wrong on the request path.
 #[derive(Debug, thiserror::Error)]
@@ -184,15 +138,17 @@ impl ProxyError {
 }
 
 impl ProxyError {
-    /// Classifies an error from tandem's own HTTP/1.1 pool ([`crate::forward::Http1Pool`]) the
+    /// Classifies an error from tandem's own HTTP/1.1 pool ([`crate::upstream::pool::Http1Pool`]) the
     /// same way as [`ProxyError::from_client`] does hyper-util's.
-    pub fn from_pool(err: &crate::forward::PoolError, upstream: SocketAddr, connect_timeout_ms: u64) -> Self {
+    pub fn from_pool(err: &crate::upstream::pool::PoolError, upstream: SocketAddr, connect_timeout_ms: u64) -> Self {
         match err {
-            crate::forward::PoolError::Connect(io) => Self::from_connect(io, upstream, connect_timeout_ms),
-            crate::forward::PoolError::Http(h) if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() => {
+            crate::upstream::pool::PoolError::Connect(io) => Self::from_connect(io, upstream, connect_timeout_ms),
+            crate::upstream::pool::PoolError::Http(h)
+                if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() =>
+            {
                 ProxyError::UpstreamProtocol { upstream: upstream.to_string(), cause: h.to_string() }
             }
-            crate::forward::PoolError::Http(_) => ProxyError::UpstreamClosed { upstream: upstream.to_string() },
+            crate::upstream::pool::PoolError::Http(_) => ProxyError::UpstreamClosed { upstream: upstream.to_string() },
         }
     }
 

@@ -11,7 +11,7 @@
 //! `Content-Length`, on plaintext connections and on TLS connections that did not negotiate h2.
 //! At the first request that is anything else it hands the connection, with every byte it has
 //! read and not consumed, to hyper's server (or, for the HTTP/2 preface, to
-//! [`crate::h2_server`]) (the [`crate::serve`] path, with the request-framing
+//! [`crate::h2::server`]) (the [`crate::listener::accept`] path, with the request-framing
 //! guard) for the rest of the connection: HTTP/1.0, `Transfer-Encoding`, `Upgrade` (WebSocket,
 //! h2c upgrade), `Expect`, `CONNECT`, absolute-form or `*` targets, the HTTP/2 preface (h2c prior
 //! knowledge), more than [`MAX_FIELDS`] header fields, a `Connection` header naming more than
@@ -24,7 +24,7 @@
 //!
 //! # The request path
 //!
-//! The same checks, rewrites and reports as [`crate::inbound`] (and in the same order): the
+//! The same checks, rewrites and reports as [`crate::proxy::inbound`] (and in the same order): the
 //! access-log/metrics record, load shedding over `max_in_flight` (503 `UO`), the configured
 //! head limits (431 `DPE`), hop-by-hop removal both ways (`Connection` and the fields it names,
 //! `Keep-Alive`, `Proxy-Connection`, `TE` except `TE: trailers`, `Upgrade`), `x-forwarded-for`
@@ -53,28 +53,29 @@
 //! hyper does). A client that goes away while its request is in flight is reported `DC` and the
 //! app's connection is dropped. Once a stop begins, every response carries `Connection: close`
 //! and an idle connection is closed after [`DRAIN_IDLE_GRACE`] without a new request (the
-//! [`crate::shutdown`] rules).
+//! [`crate::lifecycle::shutdown`] rules).
 
-use crate::error::{error_response, ProxyError};
-use crate::inbound::InboundProxy;
-use crate::record::{Direction, Finish, InFlight, RequestRecord, Strings};
-use crate::serve::ConnMeta;
-use crate::shutdown::{Drain, DRAIN_IDLE_GRACE};
+use crate::base::conn::ConnMeta;
+use crate::base::reason::Direction;
+use crate::lifecycle::shutdown::{Drain, DRAIN_IDLE_GRACE};
+use crate::proxy::error::{error_response, ProxyError};
+use crate::proxy::inbound::InboundProxy;
+use crate::telemetry::record::{Finish, InFlight, RequestRecord, Strings};
+use crate::upstream::pool::AppStreams;
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderValue;
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Header fields a head may carry for this codec; a head with more goes to hyper (whose limit,
-/// [`crate::serve::parser_max_headers`], is never below this).
+/// [`crate::listener::accept::parser_max_headers`], is never below this).
 pub const MAX_FIELDS: usize = 100;
 /// Fields a request's or response's `Connection` header may name for removal.
 pub const MAX_NAMED: usize = 4;
@@ -112,7 +113,7 @@ impl Codec {
         Some(Self { proxy: proxy.clone(), streams })
     }
 
-    /// The worker's inbound proxy (for [`crate::h2_server`], which serves this listener's
+    /// The worker's inbound proxy (for [`crate::h2::server`], which serves this listener's
     /// HTTP/2 connections).
     pub fn proxy(&self) -> &Arc<InboundProxy> {
         &self.proxy
@@ -497,7 +498,7 @@ impl Conn<'_> {
                     (None, Some(n)) => length = Some(n),
                     _ => return Parsed::HandOff,
                 },
-                14 if eq(name, crate::h1_guard::CL_TE_MARK.as_str().as_bytes()) => return Parsed::HandOff,
+                14 if eq(name, crate::http1::guard::CL_TE_MARK.as_str().as_bytes()) => return Parsed::HandOff,
                 15 if eq(name, b"x-forwarded-for") => forwarded_for = forwarded_for.or(Some(value)),
                 17 if eq(name, b"transfer-encoding") => return Parsed::HandOff,
                 _ => {}
@@ -595,7 +596,7 @@ impl Conn<'_> {
         let request_id = if keep_id {
             request_id
         } else {
-            made = crate::forward::request_id_bytes();
+            made = crate::proxy::headers::request_id_bytes();
             push_field(out, b"x-request-id", &made);
             Some(&made[..])
         };
@@ -1439,111 +1440,6 @@ fn add_close(out: &mut Vec<u8>) {
     }
     let at = end + 2;
     out.splice(at..at, b"connection: close\r\n".iter().copied());
-}
-
-/// Idle keep-alive TCP connections to the app, for the codec: a LIFO stack (the warmest first),
-/// at most `max_idle`, each closed after `idle_timeout` by a reaper task. A connection the app
-/// closed while it waited is noticed when it is taken (its socket turned readable) and dropped.
-pub struct AppStreams {
-    addr: SocketAddr,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-    max_idle: usize,
-    idle: Mutex<Vec<IdleStream>>,
-    reaper: crate::forward::Reaper,
-}
-
-/// An idle connection in [`AppStreams`], with the read buffer the codec's client half last
-/// used on it (empty for the codec's own connections, which keep their buffers per client
-/// connection).
-struct IdleStream {
-    stream: TcpStream,
-    since: Instant,
-    buf: BytesMut,
-}
-
-impl AppStreams {
-    pub fn new(addr: SocketAddr, timeouts: &crate::config::Timeouts, limits: &crate::config::Limits) -> Arc<Self> {
-        Arc::new(Self {
-            addr,
-            connect_timeout: timeouts.connect.value,
-            idle_timeout: timeouts.upstream_idle.value,
-            max_idle: limits.max_idle_per_upstream,
-            idle: Mutex::new(Vec::new()),
-            reaper: crate::forward::Reaper::default(),
-        })
-    }
-
-    /// Idle connections right now.
-    pub fn idle_count(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<IdleStream>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The most recently used idle connection that is still open.
-    pub(crate) fn take(&self) -> Option<TcpStream> {
-        self.take_with_buf().map(|(s, _)| s)
-    }
-
-    /// [`AppStreams::take`], with the buffer that came back with the connection (its capacity
-    /// reclaimable once the bytes of the last answer have been sent on and dropped).
-    pub(crate) fn take_with_buf(&self) -> Option<(TcpStream, BytesMut)> {
-        let mut idle = self.lock();
-        while let Some(i) = idle.pop() {
-            if still_open(&i.stream) {
-                return Some((i.stream, i.buf));
-            }
-        }
-        None
-    }
-
-    pub(crate) fn put(self: &Arc<Self>, s: TcpStream) {
-        self.put_with_buf(s, BytesMut::new());
-    }
-
-    /// Returns a connection to the pool with a buffer for its next answer (see
-    /// [`AppStreams::take_with_buf`]).
-    pub(crate) fn put_with_buf(self: &Arc<Self>, stream: TcpStream, buf: BytesMut) {
-        let mut idle = self.lock();
-        if idle.len() < self.max_idle {
-            idle.push(IdleStream { stream, since: Instant::now(), buf });
-        }
-        drop(idle);
-        self.reaper.start(self, self.idle_timeout, |pool| {
-            let timeout = pool.idle_timeout;
-            pool.lock().retain(|i| i.since.elapsed() < timeout && still_open(&i.stream));
-        });
-    }
-
-    /// A new connection, within `timeouts.connect`.
-    pub(crate) async fn connect(&self) -> io::Result<TcpStream> {
-        let s = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
-        };
-        let _ = s.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
-        let _ = socket2::SockRef::from(&s).set_tcp_keepalive(&keepalive);
-        Ok(s)
-    }
-}
-
-/// Whether an idle connection can carry a request: not readable (a readable idle connection
-/// was closed by the app or sent something unasked). Costs a syscall only when the socket's
-/// readiness is set.
-fn still_open(s: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match s.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
-        Poll::Ready(Ok(())) => {
-            let mut probe = [0u8; 1];
-            matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-        }
-    }
 }
 
 pin_project_lite::pin_project! {

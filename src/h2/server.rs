@@ -1,6 +1,6 @@
 //! tandem's own HTTP/2 server (RFC 9113) for the inbound proxy in front of an HTTP/1.1 app: h2c
 //! with prior knowledge and h2 negotiated by TLS ALPN. One task per connection reads frames,
-//! decodes each request's header block ([`crate::hpack`]), runs the request through the same
+//! decodes each request's header block ([`crate::h2::hpack`]), runs the request through the same
 //! checks, rewrites and reports as every other inbound request ([`InboundProxy::call`]) and
 //! writes the answers back, several to one write. No task is spawned per stream, and the only
 //! allocation a request without a body makes here is its header map.
@@ -28,7 +28,7 @@
 //!   from the client lets open streams finish. Frames of unknown type are ignored.
 //! - The stop: GOAWAY with the last possible stream ID and a PING, then, once the PING is
 //!   answered (or after 1 s), GOAWAY naming the last stream taken; open streams finish and the
-//!   connection closes (the [`crate::shutdown`] rules). Idle connections close after
+//!   connection closes (the [`crate::lifecycle::shutdown`] rules). Idle connections close after
 //!   `timeouts.idle`; a PING every 30 s without traffic, and no answer within 10 s closes the
 //!   connection. A connection quiet for one timer tick with nothing in flight gives its buffers
 //!   back.
@@ -41,18 +41,20 @@
 //! Protocol errors are connection errors (GOAWAY with the code, then close) or stream errors
 //! (`RST_STREAM`), as section 5.4 assigns them.
 
-use crate::body::ProxyBody;
-use crate::error::{error_response, ProxyError};
-use crate::hpack::{self, HpackError};
-use crate::inbound::{InboundFuture, InboundProxy};
-use crate::record::{Direction, RequestBody};
-use crate::serve::ConnMeta;
-use crate::shutdown::Drain;
+use crate::base::body::RequestBody;
+use crate::base::body::{RecvBody, RecvShared};
+use crate::base::conn::ConnMeta;
+use crate::base::reason::Direction;
+use crate::h2::hpack::{self, HpackError};
+use crate::lifecycle::shutdown::Drain;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::error::{error_response, ProxyError};
+use crate::proxy::inbound::{InboundFuture, InboundProxy};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, SizeHint};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -291,151 +293,6 @@ struct Stream {
     /// for write room): a stream is listed once however often it is woken.
     in_blocked: bool,
     in_deferred: bool,
-}
-
-/// A request body's state, shared by the connection (writer) and the app's connection (reader).
-#[derive(Default)]
-struct RecvShared {
-    state: Mutex<RecvState>,
-}
-
-#[derive(Default)]
-struct RecvState {
-    /// Parts kept as they arrived (large ones, which fill most of their frame).
-    chunks: VecDeque<Bytes>,
-    /// Small parts, copied together: a client cannot make a byte of window hold a frame's
-    /// buffer, or a queue entry, by sending its body in tiny or heavily padded frames.
-    tail: BytesMut,
-    trailers: Option<HeaderMap>,
-    end: bool,
-    /// The stream was reset or the connection lost: the body fails.
-    failed: Option<&'static str>,
-    /// Bytes the reader took since the connection last looked.
-    taken: u32,
-    /// The reader is gone: the connection discards and gives back what arrives.
-    dropped: bool,
-    reader: Option<Waker>,
-    /// The stream's slot, woken when bytes are taken.
-    conn: Option<Waker>,
-}
-
-impl RecvShared {
-    fn lock(&self) -> MutexGuard<'_, RecvState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Parts at least this long that fill at least half their frame are kept without a copy.
-const KEEP_PART: usize = 4096;
-
-impl RecvState {
-    /// Queues a part of the body that arrived in a DATA frame of `frame_len` bytes.
-    fn push(&mut self, data: Bytes, frame_len: usize) {
-        if data.len() >= KEEP_PART && data.len() * 2 >= frame_len {
-            if !self.tail.is_empty() {
-                let t = self.tail.split().freeze();
-                self.chunks.push_back(t);
-            }
-            self.chunks.push_back(data);
-        } else {
-            self.tail.extend_from_slice(&data);
-            if self.tail.len() >= KEEP_PART {
-                let t = self.tail.split().freeze();
-                self.chunks.push_back(t);
-            }
-        }
-    }
-
-    /// The next part for the reader.
-    fn pop(&mut self) -> Option<Bytes> {
-        self.chunks.pop_front().or_else(|| (!self.tail.is_empty()).then(|| self.tail.split().freeze()))
-    }
-
-    /// Bytes queued and not yet taken.
-    fn queued(&self) -> usize {
-        self.chunks.iter().map(Bytes::len).sum::<usize>() + self.tail.len()
-    }
-
-    fn clear(&mut self) {
-        self.chunks.clear();
-        self.tail.clear();
-    }
-}
-
-/// A request body arriving in DATA frames on tandem's HTTP/2 server.
-pub struct RecvBody {
-    shared: Arc<RecvShared>,
-    hint: SizeHint,
-}
-
-/// Why a request body from an HTTP/2 client failed.
-#[derive(Debug)]
-pub struct RecvError(&'static str);
-
-impl std::fmt::Display for RecvError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl std::error::Error for RecvError {}
-
-impl Body for RecvBody {
-    type Data = Bytes;
-    type Error = RecvError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, RecvError>>> {
-        let mut s = self.shared.lock();
-        if let Some(chunk) = s.pop() {
-            s.taken = s.taken.saturating_add(chunk.len() as u32);
-            let conn = s.conn.clone();
-            drop(s);
-            if let Some(c) = conn {
-                c.wake();
-            }
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
-        }
-        if let Some(why) = s.failed {
-            return Poll::Ready(Some(Err(RecvError(why))));
-        }
-        if let Some(t) = s.trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(t))));
-        }
-        if s.end {
-            return Poll::Ready(None);
-        }
-        if !s.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            s.reader = Some(cx.waker().clone());
-        }
-        Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        let s = self.shared.lock();
-        s.end && s.chunks.is_empty() && s.tail.is_empty() && s.trailers.is_none() && s.failed.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.hint
-    }
-}
-
-impl Drop for RecvBody {
-    fn drop(&mut self) {
-        let conn = {
-            let mut s = self.shared.lock();
-            s.dropped = true;
-            s.reader = None;
-            // Still attached to its stream: the connection gives back what was never taken.
-            let left = s.queued();
-            s.clear();
-            s.taken = s.taken.saturating_add(left as u32);
-            s.conn.clone()
-        };
-        if let Some(c) = conn {
-            c.wake();
-        }
-    }
 }
 
 /// A header block being received over HEADERS and CONTINUATION frames.

@@ -1,10 +1,19 @@
 //! What every finished request feeds: the metrics and the access log, behind one handle shared by
-//! the listeners.
+//! the listeners ([`Telemetry`]); the per-request record and its once-only report ([`record`]);
+//! tandem's own diagnostics ([`logging`], [`ratelimit`]). Near the bottom: it calls only
+//! [`crate::base`] and [`crate::config`], and every other folder calls it.
 
-use crate::access_log::AccessLog;
-use crate::error::Reason;
-use crate::metrics::{Metrics, INBOUND_UPSTREAM};
-use crate::record::{Direction, RequestRecord};
+pub mod access_log;
+pub mod logging;
+pub mod metrics;
+pub mod ratelimit;
+pub mod record;
+
+use crate::base::reason::Direction;
+use crate::base::reason::Reason;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::metrics::{Metrics, INBOUND_UPSTREAM};
+use crate::telemetry::record::RequestRecord;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -69,7 +78,7 @@ impl Telemetry {
     }
 
     /// Logs and counts a request refused before tandem's stack saw it (by hyper's HTTP/1.1
-    /// parser, or by [`crate::h2_server`] for a malformed HTTP/2 request): one access-log line
+    /// parser, or by [`crate::h2::server`] for a malformed HTTP/2 request): one access-log line
     /// with method `-`, `status`, `DPE` and the connection's protocol, and one count in the
     /// metrics.
     pub fn refused(&self, direction: Direction, peer: SocketAddr, status: u16, protocol: http::Version) {

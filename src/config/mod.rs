@@ -11,7 +11,9 @@
 //! 5. the tree is deserialized (`deny_unknown_fields` as a backstop, type errors carry their path);
 //! 6. [`Config::validate`] checks values (durations, sizes, addresses, ranges) and reports them all.
 
-use crate::policy::Rule;
+pub mod policy;
+
+use crate::config::policy::Rule;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_yaml_ng::Value;
@@ -137,7 +139,7 @@ pub struct Outbound {
     /// Allow a non-loopback `listen` address (an open forward proxy is a hole).
     pub allow_non_loopback: bool,
     /// Destinations the app may reach; empty allows every destination not denied. Patterns are
-    /// `HOST[:PORTS]` (see [`crate::policy`]); a YAML list, or one comma-separated string (for
+    /// `HOST[:PORTS]` (see [`crate::config::policy`]); a YAML list, or one comma-separated string (for
     /// `TANDEM_OUTBOUND_ALLOW`).
     #[serde(deserialize_with = "patterns")]
     pub allow: Vec<Human<Rule>>,
@@ -323,6 +325,9 @@ impl fmt::Display for Problem {
 #[derive(Debug, Clone)]
 pub struct Problems(pub Vec<Problem>);
 
+/// Checks the files an `inbound.tls` section names (see [`Config::load_checking`]).
+pub type FileCheck = fn(&InboundTls) -> Result<(), Problem>;
+
 impl fmt::Display for Problems {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, p) in self.0.iter().enumerate() {
@@ -364,6 +369,13 @@ pub struct Loaded {
 impl Config {
     /// Loads and validates a configuration from its sources; every problem is reported at once.
     pub fn load(sources: &Sources) -> Result<Loaded, Problems> {
+        Self::load_checking(sources, |_| Ok(()))
+    }
+
+    /// [`Config::load`], with `files` checking the TLS material the configuration names (the
+    /// listener's loader, passed in so that configuration depends on no layer above it): its
+    /// problems are reported with every other one.
+    pub fn load_checking(sources: &Sources, files: FileCheck) -> Result<Loaded, Problems> {
         let mut tree = match &sources.file {
             Some(path) => read_file(path)?,
             None => Value::Mapping(Default::default()),
@@ -400,12 +412,13 @@ impl Config {
             let key = if path == "." { "(root)".to_owned() } else { path };
             Problems(vec![problem(key, clean_serde_message(&e.inner().to_string()))])
         })?;
-        config.validate()?;
+        config.validate(files)?;
         Ok(Loaded { config, ignored_env })
     }
 
-    /// Checks every value; returns all problems, each named by its key path.
-    pub fn validate(&self) -> Result<(), Problems> {
+    /// Checks every value, and with `files` the TLS files; returns all problems, each named by
+    /// its key path.
+    pub fn validate(&self, files: FileCheck) -> Result<(), Problems> {
         let mut p = Vec::new();
         self.inbound.listen.check("inbound.listen", &mut p);
         self.inbound.app.check("inbound.app", &mut p);
@@ -425,8 +438,8 @@ impl Config {
                     "needs inbound.tls.client_ca: identities come from client certificates",
                 ));
             }
-            if let Err(e) = crate::tls::check_files(tls) {
-                p.push(problem(e.key, e.message));
+            if let Err(e) = files(tls) {
+                p.push(e);
             }
         }
         self.access_log.max_size.check("access_log.max_size", &mut p);
@@ -464,7 +477,7 @@ impl Config {
         if self.runtime.workers > 1024 {
             p.push(problem("runtime.workers", "must be at most 1024 (0 follows the CPU limit)"));
         }
-        if let Err(e) = crate::readiness::AppCheck::parse(&self.readiness.app) {
+        if let Err(e) = AppCheck::parse(&self.readiness.app) {
             p.push(problem("readiness.app", e));
         }
         let listeners = [
@@ -872,6 +885,45 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(mult)
+}
+
+/// The app readiness check, from `readiness.app`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppCheck {
+    /// Connect to the app port.
+    Tcp,
+    /// `GET` this path on the app; 2xx is ready.
+    Http(String),
+    /// This file exists.
+    File(PathBuf),
+    /// Always ready.
+    None,
+}
+
+impl AppCheck {
+    /// Parses `tcp`, `http:/path`, `file:/path` or `none`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "tcp" {
+            Ok(AppCheck::Tcp)
+        } else if s == "none" {
+            Ok(AppCheck::None)
+        } else if let Some(p) = s.strip_prefix("http:") {
+            if p.starts_with('/') && p.parse::<http::uri::PathAndQuery>().is_ok() {
+                Ok(AppCheck::Http(p.to_owned()))
+            } else {
+                Err(format!("invalid check {s:?}: http: needs a path such as http:/healthz"))
+            }
+        } else if let Some(p) = s.strip_prefix("file:") {
+            if p.starts_with('/') {
+                Ok(AppCheck::File(PathBuf::from(p)))
+            } else {
+                Err(format!("invalid check {s:?}: file: needs an absolute path such as file:/shared/ready"))
+            }
+        } else {
+            Err(format!("invalid check {s:?}: expected tcp, http:/path, file:/path or none"))
+        }
+    }
 }
 
 #[cfg(test)]

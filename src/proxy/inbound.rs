@@ -7,7 +7,7 @@
 //!    ends or the client goes away (`DC`).
 //! 2. **load shed** — over `max_in_flight` answers 503 `UO` at once; nothing queues.
 //! 3. **request checks** — a request with both `Content-Length` and `Transfer-Encoding` (marked
-//!    by [`crate::h1_guard`], since hyper hides the conflict) answers 400 `DPE` and closes the
+//!    by [`crate::http1::guard`], since hyper hides the conflict) answers 400 `DPE` and closes the
 //!    connection; a head over `max_header_bytes`/`max_headers` answers 431 `DPE`.
 //! 4. **rewrite** — strip hop-by-hop headers, set `x-forwarded-*`, keep or make `x-request-id`.
 //! 5. **timeout + forward** — pooled client to the app; connect failures `UF`, resets `UC`, garbage
@@ -16,16 +16,19 @@
 //! 7. **trailers** — an HTTP/1.1 client that sent `TE: trailers` gets a gRPC response's trailers
 //!    declared in `Trailer` (hyper writes only declared trailer fields).
 
-use crate::body::ProxyBody;
+use crate::base::body::{CountingBody, RequestBody};
+use crate::base::conn::ConnMeta;
+use crate::base::reason::Direction;
 use crate::config::Inbound as InboundConfig;
-use crate::error::{error_response, ProxyError};
-use crate::forward::{self, Checkin, Http1Pool, UpstreamClient};
-use crate::h1_guard::CL_TE_MARK;
-use crate::h1_proxy::AppStreams;
-use crate::record::{CountingBody, Direction, Finish, InFlight, RequestBody, RequestRecord};
-use crate::serve::ConnMeta;
-use crate::shutdown::Tracker;
+use crate::http1::guard::CL_TE_MARK;
+use crate::lifecycle::shutdown::Tracker;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::error::{error_response, ProxyError};
+use crate::proxy::headers;
+use crate::telemetry::record::{Finish, InFlight, RequestRecord};
 use crate::telemetry::Telemetry;
+use crate::upstream::pool::AppStreams;
+use crate::upstream::pool::{Checkin, Http1Pool, UpstreamClient};
 use http::HeaderName;
 
 static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -40,7 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The client to the app: for an HTTP/1.1 app, the codec's TCP connections
-/// ([`crate::h1_proxy`]) and hyper's lean pool for what the codec hands over; hyper-util's
+/// ([`crate::http1::server`]) and hyper's lean pool for what the codec hands over; hyper-util's
 /// pooled client for h2.
 #[derive(Clone)]
 enum AppClient {
@@ -55,7 +58,9 @@ impl AppClient {
                 Http1Pool::new(cfg.app.value, &cfg.timeouts, &cfg.limits),
                 AppStreams::new(cfg.app.value, &cfg.timeouts, &cfg.limits),
             ),
-            _ => AppClient::Http2(Box::new(forward::client(&cfg.timeouts, &cfg.limits, cfg.app_protocol))),
+            _ => {
+                AppClient::Http2(Box::new(crate::upstream::pool::client(&cfg.timeouts, &cfg.limits, cfg.app_protocol)))
+            }
         }
     }
 }
@@ -77,7 +82,7 @@ pub struct InboundProxy {
     pub(crate) proto: &'static str,
     conns: Arc<Tracker>,
     /// Upstream-failure warnings, rate-limited across every worker.
-    errors: Arc<crate::ratelimit::RateLimitedLog>,
+    errors: Arc<crate::telemetry::ratelimit::RateLimitedLog>,
 }
 
 impl InboundProxy {
@@ -105,7 +110,7 @@ impl InboundProxy {
             connect_timeout_ms: cfg.timeouts.connect.value.as_millis() as u64,
             proto: if tls { "https" } else { "http" },
             conns,
-            errors: Arc::new(crate::ratelimit::RateLimitedLog::new(Duration::from_secs(5))),
+            errors: Arc::new(crate::telemetry::ratelimit::RateLimitedLog::new(Duration::from_secs(5))),
         }))
     }
 
@@ -126,7 +131,7 @@ impl InboundProxy {
     }
 
     /// The codec's connections to the app, when the app speaks HTTP/1.1 (the codec serves
-    /// HTTP/1.1 clients of such an app; see [`crate::h1_proxy`]).
+    /// HTTP/1.1 clients of such an app; see [`crate::http1::server`]).
     pub fn codec_streams(&self) -> Option<&Arc<AppStreams>> {
         match &self.client {
             AppClient::Http1(_, streams) => Some(streams),
@@ -136,7 +141,7 @@ impl InboundProxy {
 
     /// The service for one downstream connection.
     pub fn service(self: &Arc<Self>, meta: ConnMeta) -> InboundService {
-        let peer_ip = forward::peer_ip_value(meta.peer);
+        let peer_ip = headers::peer_ip_value(meta.peer);
         InboundService { proxy: self.clone(), meta, peer_ip }
     }
 
@@ -166,7 +171,7 @@ impl hyper::service::Service<Request<Incoming>> for InboundService {
 }
 
 impl InboundProxy {
-    /// One request, from whichever server read it (hyper's, or [`crate::h2_server`]).
+    /// One request, from whichever server read it (hyper's, or [`crate::h2::server`]).
     ///
     /// Everything up to the upstream send is synchronous; only forwarding is a future, and a
     /// small one (the server keeps the returned future in a per-connection or per-stream slot,
@@ -227,7 +232,7 @@ impl InboundProxy {
         peer_ip: Option<&HeaderValue>,
     ) -> Result<Forwarding, Response<ProxyBody>> {
         let peer = meta.peer;
-        let upgrade = forward::wants_upgrade(req.headers(), req.version());
+        let upgrade = headers::wants_upgrade(req.headers(), req.version());
         let downstream_upgrade = if upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
         let (mut parts, body) = req.into_parts();
         let mut record = RequestRecord::start(Direction::Inbound, peer, &parts);
@@ -254,26 +259,26 @@ impl InboundProxy {
         }
 
         // Request-head limits (hyper's own limits sit above these as a backstop).
-        if let Some(err) = forward::check_head(&parts, self.max_headers, self.max_header_bytes) {
+        if let Some(err) = headers::check_head(&parts, self.max_headers, self.max_header_bytes) {
             return Err(self.fail(err, finish));
         }
 
-        forward::strip_hop_by_hop(&mut parts.headers, upgrade);
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         // An HTTP/1.1 client that accepts trailers (only `TE: trailers` survives the strip).
         let h1_trailers = parts.version < http::Version::HTTP_2 && parts.headers.contains_key(header::TE);
         match peer_ip {
-            Some(ip) => forward::set_forwarded_ip(&mut parts.headers, ip, self.proto),
-            None => forward::set_forwarded(&mut parts.headers, peer, self.proto),
+            Some(ip) => headers::set_forwarded_ip(&mut parts.headers, ip, self.proto),
+            None => headers::set_forwarded(&mut parts.headers, peer, self.proto),
         }
         // Only tandem vouches for client certificates: a client-supplied XFCC never passes.
         parts.headers.remove(&X_FORWARDED_CLIENT_CERT);
         if let Some(xfcc) = meta.tls.as_ref().and_then(|t| t.xfcc.clone()) {
             parts.headers.insert(&X_FORWARDED_CLIENT_CERT, xfcc);
         }
-        let request_id = forward::ensure_request_id(&mut parts.headers);
+        let request_id = headers::ensure_request_id(&mut parts.headers);
         if let Some(r) = finish.record_mut() {
             r.request_id = Some(request_id);
-            r.x_forwarded_for = parts.headers.get(&forward::X_FORWARDED_FOR).cloned();
+            r.x_forwarded_for = parts.headers.get(&headers::X_FORWARDED_FOR).cloned();
         }
         // An HTTP/2 client names the authority in the URI, not in Host; the app gets it as Host.
         if !parts.headers.contains_key(header::HOST) {
@@ -337,10 +342,10 @@ impl InboundProxy {
             let deadline = tokio::time::Instant::from_std(sent_at) + self.response_timeout;
             let sent = match &self.client {
                 // To an HTTP/1.1 app, a request without a body that asks for no upgrade goes on
-                // the codec's connections ([`crate::h1_client`]); the rest on hyper's, whose
+                // the codec's connections ([`crate::http1::client`]); the rest on hyper's, whose
                 // [`Checkin`] lives as long as the body.
                 AppClient::Http1(_, streams) if !upgrade && http_body::Body::is_end_stream(req.body()) => {
-                    let send = crate::h1_client::send(streams, &req, self.app, self.connect_timeout_ms);
+                    let send = crate::http1::client::send(streams, &req, self.app, self.connect_timeout_ms);
                     match tokio::time::timeout_at(deadline, send).await {
                         Ok(sent) => sent.map(Sent::Codec),
                         Err(_) => Err(self.response_timed_out()),
@@ -386,7 +391,7 @@ impl InboundProxy {
                 r.upstream_service_time = Some(sent_at.elapsed());
                 r.response_code = parts.status.as_u16();
             }
-            forward::strip_hop_by_hop(&mut parts.headers, upgraded);
+            headers::strip_hop_by_hop(&mut parts.headers, upgraded);
             if h1_trailers {
                 declare_grpc_trailers(&mut parts.headers);
             }
@@ -426,7 +431,7 @@ impl InboundProxy {
 /// The app's answer: through hyper's client (with its pooled connection), or the codec's.
 enum Sent {
     Hyper(Response<hyper::body::Incoming>, Option<Checkin>),
-    Codec(Response<crate::h1_client::AppBody>),
+    Codec(Response<crate::http1::client::AppBody>),
 }
 
 /// hyper's HTTP/1.1 server only writes the trailer fields a response declares in `Trailer`; an

@@ -1,5 +1,5 @@
 //! The one accept loop every listener runs: TCP → optional TLS → (on the inbound listener with an
-//! HTTP/1.1 app) tandem's own HTTP/1.1 codec, [`crate::h1_proxy`], until a request needs hyper →
+//! HTTP/1.1 app) tandem's own HTTP/1.1 codec, [`crate::http1::server`], until a request needs hyper →
 //! hyper-util's auto connection (HTTP/1.1 or h2: by ALPN under TLS, by prior knowledge in
 //! plaintext) → the listener's service, with connection limits, idle timeout and a graceful drain
 //! (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY) when a stop begins.
@@ -11,12 +11,13 @@
 //! `tandem_http_requests_refused_total{direction, reason}` (`reason` is `invalid` or
 //! `too_large`); the count is only touched on that error path.
 
-use crate::h1_guard::H1Guard;
-use crate::h1_proxy::{Codec, Outcome, Prefixed};
-use crate::record::Direction;
-use crate::shutdown::{ConnInfo, Drain, DrainAware, Tracker, DRAIN_IDLE_GRACE};
+use crate::base::conn::ConnMeta;
+use crate::base::reason::Direction;
+use crate::http1::guard::H1Guard;
+use crate::http1::server::{Codec, Outcome, Prefixed};
+use crate::lifecycle::shutdown::{ConnInfo, Drain, DrainAware, Tracker, DRAIN_IDLE_GRACE};
+use crate::listener::tls::TlsServer;
 use crate::telemetry::Telemetry;
-use crate::tls::{ConnTls, TlsServer};
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -107,14 +108,6 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListene
     Ok(socket.into())
 }
 
-/// What a service knows about its connection.
-#[derive(Debug, Clone)]
-pub struct ConnMeta {
-    pub peer: SocketAddr,
-    /// What TLS negotiated, on a TLS listener.
-    pub tls: Option<Arc<ConnTls>>,
-}
-
 /// Serves `listener` until `drain` fires, then stops accepting and asks every open connection to
 /// close gracefully. Stopping refuses new handshakes at once ([`refuse_new_handshakes`]), takes
 /// the connections that still complete for [`HANDSHAKE_GRACE`], and then closes the listener, so
@@ -123,7 +116,7 @@ pub struct ConnMeta {
 /// closes, and every connection until it closes, so the caller can wait for them (with its
 /// deadline). The future ends once the accept loop has stopped. With `tls`, every connection
 /// is a TLS handshake first (ALPN picks HTTP/2 or HTTP/1.1). With `codec`, HTTP/1.1
-/// connections are served by [`crate::h1_proxy`] until a request needs hyper, which then takes
+/// connections are served by [`crate::http1::server`] until a request needs hyper, which then takes
 /// the connection over.
 #[allow(clippy::too_many_arguments)]
 pub fn serve<F, S, B>(
@@ -169,7 +162,7 @@ where
         let builder = Arc::new(builder);
         let make_service = Arc::new(make_service);
         let codec = codec.map(Arc::new);
-        let rules = crate::h1_proxy::Rules {
+        let rules = crate::http1::server::Rules {
             header_read: settings.header_read_timeout,
             idle: settings.idle_timeout,
             max_head: max_buf_size,
@@ -262,7 +255,7 @@ where
                 let mut handed = bytes::BytesMut::new();
                 let h2_alpn = meta.tls.as_ref().is_some_and(|t| t.alpn == Some("h2"));
                 if let Some(codec) = codec.as_ref() {
-                    let peer_ip = crate::forward::peer_ip_value(peer);
+                    let peer_ip = crate::proxy::headers::peer_ip_value(peer);
                     let mut h2 = h2_alpn;
                     if !h2_alpn {
                         let served = codec.serve(&mut io, &meta, peer_ip.as_ref(), &mut codec_drain, rules);
@@ -275,7 +268,7 @@ where
                         };
                         match outcome {
                             // h2c with prior knowledge: the codec stopped at the preface.
-                            Outcome::HandOff(rest) if rest.starts_with(crate::h2_server::PREFACE_LINE) => {
+                            Outcome::HandOff(rest) if rest.starts_with(crate::h2::server::PREFACE_LINE) => {
                                 handed = rest;
                                 h2 = true;
                             }
@@ -289,9 +282,9 @@ where
                         }
                     }
                     if h2 {
-                        // HTTP/2 to an HTTP/1.1 app: tandem's own server (crate::h2_server).
-                        let h2_rules = crate::h2_server::H2Rules { idle, max_list: h2_max_list };
-                        let served = crate::h2_server::serve(
+                        // HTTP/2 to an HTTP/1.1 app: tandem's own server (crate::h2::server).
+                        let h2_rules = crate::h2::server::H2Rules { idle, max_list: h2_max_list };
+                        let served = crate::h2::server::serve(
                             &mut io,
                             std::mem::take(&mut handed),
                             codec.proxy(),
@@ -325,7 +318,7 @@ where
                     tokio::time::Instant::now() + idle.max(Duration::from_millis(1)),
                     idle.max(Duration::from_millis(1)),
                 );
-                // The drain rules are in crate::shutdown: HTTP/2 gets GOAWAY at once; HTTP/1.1 answers
+                // The drain rules are in crate::lifecycle::shutdown: HTTP/2 gets GOAWAY at once; HTTP/1.1 answers
                 // with `Connection: close` and is closed once it has been quiet for DRAIN_IDLE_GRACE.
                 let mut drain_tick = tokio::time::interval(DRAIN_IDLE_GRACE);
                 let mut drain_seen = 0u64;
@@ -455,7 +448,7 @@ impl AsyncWrite for Transport {
     }
 }
 
-impl crate::h1_proxy::ReadReady for Transport {
+impl crate::http1::server::ReadReady for Transport {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Transport::Plain(s) => s.inner.poll_read_ready(cx),

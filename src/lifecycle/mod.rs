@@ -1,0 +1,10 @@
+//! A process's life in a pod: the stop signal, the drain and its connection tracker
+//! ([`shutdown`]), the app's readiness check ([`readiness`]), worker threads from the
+//! container's CPU limit ([`workers`]) and `tandem await` ([`await_cmd`]). Calls only
+//! [`crate::base`] and [`crate::config`].
+
+#[cfg(unix)]
+pub mod await_cmd;
+pub mod readiness;
+pub mod shutdown;
+pub mod workers;
