@@ -2,14 +2,15 @@
 //! running CMD with its exit code, signals passed through, CMD not found or not executable, a stop
 //! signal while waiting, and `--shutdown` stopping the proxy when CMD ends.
 
-mod procs;
+mod support;
 
-use procs::{bin, echo, free_port, refusing_port, tandem, Proc};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use support::procs::{echo, tandem};
+use support::{bin, dead_addr, refusing_port, Proc};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -62,7 +63,7 @@ async fn gives_up_at_the_timeout_with_a_clear_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocks_until_the_proxy_is_ready() {
     let (_echo, app) = echo().await;
-    let admin = free_port();
+    let admin = dead_addr();
     let mut waiting = await_proc(admin, &["--timeout", "30s"]);
     // Start the proxy only now, on the admin port the waiter is asking.
     let mut t = Proc::spawn(

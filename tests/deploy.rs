@@ -2,7 +2,7 @@
 //! `tandem check`, and the ports and commands they use are the ones tandem serves and accepts.
 //! (Schema validation and policy checks run in CI: kubernetes-validate and checkov.)
 
-mod procs;
+mod support;
 
 use serde_yaml_ng::Value;
 use std::path::{Path, PathBuf};
@@ -30,7 +30,7 @@ fn every_shipped_tandem_configuration_passes_tandem_check() {
     for cm in ["deploy/base/shared/configmap-tandem.yaml", "deploy/job/configmap-tandem.yaml"] {
         let file = std::env::temp_dir().join(format!("tandem-deploy-{}.yaml", std::process::id()));
         std::fs::write(&file, tandem_config(cm)).expect("write");
-        let out = std::process::Command::new(procs::bin()).args(["check", "-c"]).arg(&file).output().expect("run");
+        let out = std::process::Command::new(support::bin()).args(["check", "-c"]).arg(&file).output().expect("run");
         let _ = std::fs::remove_file(&file);
         assert!(out.status.success(), "{cm}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -106,7 +106,7 @@ fn the_pods_use_tandems_ports_and_commands() {
     assert_eq!(pod["restartPolicy"], "Never");
 
     // The flags the manifests pass are ones tandem accepts.
-    let out = std::process::Command::new(procs::bin())
+    let out = std::process::Command::new(support::bin())
         .args(["await", "--timeout", "120s", "--shutdown", "--admin", "127.0.0.1:1", "--help"])
         .output()
         .expect("run");

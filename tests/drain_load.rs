@@ -12,15 +12,15 @@
 //!
 //! Both are bounded in requests and time and send traffic only to 127.0.0.1.
 
-mod procs;
+mod support;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use procs::{echo, tandem};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::procs::{echo, tandem};
 
 const MAX_REQUESTS: u64 = 40_000;
 const MAX_TIME: Duration = Duration::from_secs(40);
@@ -298,7 +298,7 @@ async fn run_under_load(tool: &str, args: &[&str]) -> (String, u64, u64) {
 
     let started = Instant::now();
     loop {
-        let (_, _, body) = procs::get(t.admin, "/metrics").await.expect("metrics");
+        let (_, _, body) = support::procs::get(t.admin, "/metrics").await.expect("metrics");
         let total: f64 = String::from_utf8_lossy(&body)
             .lines()
             .filter(|l| l.starts_with("tandem_http_requests_total{"))

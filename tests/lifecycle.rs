@@ -3,12 +3,13 @@
 //! GOAWAY, in-flight requests finishing, the deadline), the second signal, app readiness checks,
 //! the rate-limited "app is down" log, and the worker count.
 
-mod procs;
+mod support;
 
 use bytes::Bytes;
-use procs::{echo, free_port, get, inbound_in_flight, poll_metric, poll_status, refusing_port, request, tandem, Proc};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use support::procs::{echo, get, inbound_in_flight, poll_metric, poll_status, request, tandem};
+use support::{bin, dead_addr, refusing_port, Proc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -251,10 +252,10 @@ async fn ready_is_503_until_every_listener_is_bound() {
     // An inbound address already taken: tandem reports the key and exits 1; /ready never says 200.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken_addr = taken.local_addr().expect("addr").to_string();
-    let admin = free_port();
+    let admin = dead_addr();
     let mut p = Proc::spawn(
         "tandem",
-        procs::bin(),
+        bin(),
         &["run", "--inbound", &taken_addr, "--admin", &admin.to_string(), "--outbound", "127.0.0.1:0"],
         &[],
     );
@@ -266,7 +267,7 @@ async fn ready_is_503_until_every_listener_is_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_app_is_down_requests_get_502_uf_at_once_and_the_log_says_so_rate_limited() {
-    let app = free_port();
+    let app = dead_addr();
     let mut t = tandem(app, &["--log-format", "json"], &[]).await;
     let (status, _, body) = get(t.admin, "/ready/app").await.expect("answer");
     assert_eq!(status, 503);
@@ -280,7 +281,7 @@ async fn while_the_app_is_down_requests_get_502_uf_at_once_and_the_log_says_so_r
         assert_eq!(headers.get("x-tandem-error").map(|v| v.as_bytes()), Some(&b"UF"[..]));
     }
     // The app comes up on its port: the same tandem now forwards.
-    let _app = Proc::spawn("echo", procs::bin(), &["echo", "--listen", &app.to_string(), "--workers", "1"], &[]);
+    let _app = Proc::spawn("echo", bin(), &["echo", "--listen", &app.to_string(), "--workers", "1"], &[]);
     poll_status(t.admin, "/ready/app", 200).await;
     let (status, _, _) = get(t.inbound, "/x").await.expect("answer");
     assert_eq!(status, 200);
@@ -319,7 +320,7 @@ async fn app_readiness_checks_http_file_and_none() {
     assert_eq!(get(t.admin, "/ready/app").await.expect("answer").0, 200);
 
     // An invalid check is a configuration error named by its key.
-    let mut p = Proc::spawn("check", procs::bin(), &["check"], &[("TANDEM_READINESS_APP", "icmp")]);
+    let mut p = Proc::spawn("check", bin(), &["check"], &[("TANDEM_READINESS_APP", "icmp")]);
     assert_eq!(p.exit(EXIT_LIMIT).await.code(), Some(1));
     assert!(p.stderr().contains("readiness.app"), "{}", p.stderr());
 }
@@ -409,7 +410,7 @@ async fn workers_follow_a_real_cgroup_cpu_limit() {
         &[
             "-c",
             &script,
-            procs::bin(),
+            bin(),
             "run",
             "--app",
             &app.to_string(),
@@ -426,7 +427,7 @@ async fn workers_follow_a_real_cgroup_cpu_limit() {
         ],
         &[],
     );
-    procs::wait_logged(&mut p, "tandem is ready").await;
+    p.logged("tandem is ready").await;
     p.signal(libc::SIGTERM);
     assert_eq!(p.exit(EXIT_LIMIT).await.code(), Some(0));
     let line = p.stderr().lines().find(|l| l.contains("runtime workers")).map(str::to_owned).expect("logged");

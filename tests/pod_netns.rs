@@ -13,7 +13,7 @@
 //! namespaces (and with them the veth pair) are removed by a drop guard, also when an assertion
 //! fails; the processes are stopped by PID.
 
-mod procs;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -58,7 +58,7 @@ impl Pod {
     /// Starts `tandem ARGS` inside the pod namespace with `ip netns exec`.
     fn spawn(&mut self, args: &[&str]) -> u32 {
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.pod, procs::bin()])
+            .args(["netns", "exec", &self.pod, support::bin()])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,6 +1,13 @@
-//! Test support: apps and proxies on 127.0.0.1:0 (ports read before anything connects), a raw
-//! HTTP client, and the built binary.
+//! Test support, the one module every test file shares (`mod support;`): apps and proxies on
+//! 127.0.0.1:0 (ports read before anything connects), a raw HTTP client, observability helpers,
+//! the binary under test ([`bin`]), and in [`procs`] the built binary driven as a process.
 #![allow(dead_code)]
+
+pub mod procs;
+
+// Not every test file uses these.
+#[allow(unused_imports)]
+pub use procs::{Proc, Tandem};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -10,9 +17,17 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tandem::config::{Config, Human};
 
-/// The path of the `tandem` binary cargo built for these tests.
+/// The `tandem` binary under test: `TANDEM_TEST_BIN` when set (CI points it at the binary built
+/// exactly as the Dockerfile builds it, `cargo build --release --locked`), else the one cargo built
+/// for these tests.
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tandem")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("TANDEM_TEST_BIN")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_tandem").to_owned())
+    })
 }
 
 /// A configuration with every listener on 127.0.0.1:0, the access log off, and `app` as the app.
@@ -38,12 +53,22 @@ pub async fn proxy(config: Config) -> tandem::app::Running {
     tandem::app::start(config, None).await.expect("proxy starts")
 }
 
-/// An address nothing listens on: bind a port, read it, close it.
+/// An address nothing listens on right now: bind a port, read it, close it. Another test's
+/// server may take it meanwhile: where it must stay refusing, use [`refusing_port`].
 pub fn dead_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let a = l.local_addr().expect("addr");
     drop(l);
     a
+}
+
+/// A port that refuses connections for as long as the returned socket lives: bound, never
+/// listening. Unlike [`dead_addr`], nothing else (another test's server) can take it meanwhile.
+pub fn refusing_port() -> (socket2::Socket, SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+    let a = s.local_addr().expect("addr").as_socket().expect("inet");
+    (s, a)
 }
 
 /// An HTTP/1.1 client.
@@ -407,109 +432,4 @@ pub async fn request(
         b = b.header(*k, *v);
     }
     send(&h1(), b.body(Full::new(Bytes::from(body.to_owned()))).expect("request")).await
-}
-
-/// A `tandem` process started from the built binary, its stderr collected line by line.
-pub struct Tandem {
-    pub child: std::process::Child,
-    pub inbound: SocketAddr,
-    pub admin: SocketAddr,
-    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    stderr_closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Tandem {
-    /// `tandem run` with every listener on 127.0.0.1:0, JSON diagnostics, and `args` after those
-    /// (a later flag wins); stdout goes to /dev/null. Waits for the "tandem is ready" line and
-    /// reads the addresses from it.
-    pub fn run(args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut cmd = Self::command(args, envs);
-        cmd.stdout(std::process::Stdio::null());
-        Self::spawn(cmd)
-    }
-
-    /// The command [`Tandem::run`] starts, for callers that want its stdout.
-    pub fn command(args: &[&str], envs: &[(&str, &str)]) -> std::process::Command {
-        let mut cmd = std::process::Command::new(bin());
-        cmd.args(["run", "--inbound", "127.0.0.1:0", "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
-        cmd.args(["--log-format", "json"]).args(args);
-        cmd.env_remove("RUST_LOG");
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        cmd
-    }
-
-    /// Starts `cmd` (a `tandem run` with JSON diagnostics, possibly behind a wrapper such as
-    /// `ip netns exec`; stdout as the caller set it) and waits for it to be ready.
-    pub fn spawn(mut cmd: std::process::Command) -> Self {
-        use std::io::BufRead;
-        cmd.stdin(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn tandem");
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let pipe = child.stderr.take().expect("stderr");
-        let lines = stderr.clone();
-        let stderr_closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let closed = stderr_closed.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().expect("lock").push(line);
-            }
-            closed.store(true, std::sync::atomic::Ordering::Release);
-        });
-        let mut t = Self { child, inbound: dead_addr(), admin: dead_addr(), stderr, stderr_closed };
-        let ready = poll_blocking(Duration::from_secs(30), "tandem is ready", || {
-            if let Ok(Some(status)) = t.child.try_wait() {
-                panic!("tandem exited with {status} before it was ready: {:?}", t.stderr_lines());
-            }
-            t.json_stderr().into_iter().find(|v| v["message"] == "tandem is ready")
-        });
-        t.inbound = ready["inbound"].as_str().expect("inbound").parse().expect("inbound addr");
-        t.admin = ready["admin"].as_str().expect("admin").parse().expect("admin addr");
-        t
-    }
-
-    /// Every stderr line so far.
-    pub fn stderr_lines(&self) -> Vec<String> {
-        self.stderr.lock().expect("lock").clone()
-    }
-
-    /// Every stderr line so far, parsed as JSON (panics on one that is not).
-    pub fn json_stderr(&self) -> Vec<serde_json::Value> {
-        self.stderr_lines()
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stderr line is not JSON ({e}): {l}")))
-            .collect()
-    }
-
-    /// Every stderr line, once the process has closed its stderr (exited).
-    pub fn all_stderr_lines(&self, timeout: Duration) -> Vec<String> {
-        poll_blocking(timeout, "stderr to close", || {
-            self.stderr_closed.load(std::sync::atomic::Ordering::Acquire).then_some(())
-        });
-        self.stderr_lines()
-    }
-
-    /// Waits for the process to exit.
-    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let child = &mut self.child;
-        poll_blocking(timeout, "tandem to exit", || child.try_wait().expect("try_wait"))
-    }
-
-    /// Sends a signal to this process (by its PID).
-    pub fn signal(&self, sig: i32) {
-        let pid = i32::try_from(self.child.id()).expect("pid");
-        // SAFETY: kill(2) on our own child's PID.
-        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill {pid}");
-    }
-}
-
-impl Drop for Tandem {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
