@@ -9,6 +9,12 @@
 //! - **exit**: fires once every [`Side`] is drained or the deadline passed. The admin listener and
 //!   every [`StopPolicy::AtExit`] listener (outbound: the app finishes its own calls while its
 //!   inbound requests drain) watch it, and get [`EXIT_GRACE`] to finish what they are writing.
+//!
+//! Whatever tandem closes itself (what remains at the deadline or after the exit grace, and
+//! everything at a second SIGTERM/SIGINT) is cut the same way: the telemetry's local-reset flag
+//! goes up first, so each request cut is reported `LR` rather than `DC` (the client left); tandem
+//! waits, within [`EXIT_GRACE`], until those requests are reported, and writes out the access log
+//! before it exits.
 
 use crate::admin::{AdminService, AdminState};
 use crate::base::reason::Direction;
@@ -106,8 +112,8 @@ pub struct Running {
     exit: Shutdown,
     ready: Arc<AtomicBool>,
     telemetry: Arc<Telemetry>,
-    sides: Vec<Side>,
-    admin_conns: Arc<Tracker>,
+    /// What the end of the run closes; shared with the signal handler.
+    ending: Ending,
     drain_timeout: Duration,
     tasks: Vec<JoinHandle<()>>,
     /// One inbound proxy per worker (the first serves on the caller's runtime).
@@ -306,11 +312,10 @@ pub async fn start_with_workers(
         admin_addr,
         outbound_addr,
         shutdown,
-        exit,
+        exit: exit.clone(),
         ready,
-        telemetry,
-        sides,
-        admin_conns,
+        telemetry: telemetry.clone(),
+        ending: Ending { telemetry, sides: sides.into(), admin_conns, exit },
         drain_timeout: config.shutdown.drain_timeout.value,
         tasks,
         inbound: proxies,
@@ -415,11 +420,7 @@ impl Running {
     }
 
     fn remaining(&self) -> String {
-        self.sides
-            .iter()
-            .map(|s| format!("{}: {} connections, {} requests in flight", s.name, s.conns.count(), (s.in_flight)()))
-            .collect::<Vec<_>>()
-            .join("; ")
+        self.ending.remaining()
     }
 
     /// Serves until a stop begins, then drains: `/ready` turns 503 at once, [`StopPolicy::AtStop`]
@@ -433,8 +434,9 @@ impl Running {
         self.telemetry.metrics.set_ready(false);
         tracing::info!(remaining = %self.remaining(), deadline = ?self.drain_timeout, "stop requested; draining");
 
+        let sides = &self.ending.sides;
         let all_drained = async {
-            for side in &self.sides {
+            for side in sides.iter() {
                 side.drained().await;
             }
         };
@@ -442,54 +444,100 @@ impl Running {
             tracing::info!("drained; exiting");
         } else {
             tracing::warn!(remaining = %self.remaining(), "drain deadline reached; closing what remains");
-            for side in &self.sides {
-                side.conns.close_all();
-            }
+            self.ending.cut();
         }
 
         // Whatever serves until exit stops now; give it a moment to finish answers being written
         // (the `POST /shutdown` that started this, a last scrape), then close the rest.
         self.exit.trigger();
-        let exiting = async {
-            for conns in self.sides.iter().map(|s| &s.conns).chain(std::iter::once(&self.admin_conns)) {
-                conns.wait_idle().await;
-            }
-        };
-        if !accept::within(EXIT_GRACE, exiting).await {
-            for side in &self.sides {
-                side.conns.close_all();
-            }
-            self.admin_conns.close_all();
+        if !accept::within(EXIT_GRACE, self.ending.settled()).await {
+            self.ending.cut();
+            self.ending.admin_conns.close_all();
+            self.ending.reported().await;
         }
         for t in &self.tasks {
             t.abort();
         }
-        flush_access_log(&self.telemetry).await;
+        self.telemetry.flush_access_log().await;
     }
 
     /// Like [`Running::wait`], with the process's signals: SIGTERM and SIGINT start the stop (a
-    /// second one exits at once), SIGUSR1 reopens the access log.
+    /// second one cuts what remains, logged `LR`, and exits at once), SIGUSR1 reopens the access
+    /// log.
     pub async fn wait_with_signals(self) {
         let shutdown = self.shutdown.clone();
-        let telemetry = self.telemetry.clone();
-        let signals = tokio::spawn(async move { handle_signals(shutdown, telemetry).await });
+        let ending = self.ending.clone();
+        let signals = tokio::spawn(async move { handle_signals(shutdown, ending).await });
         self.wait().await;
         signals.abort();
     }
 }
 
-/// Writes out the access-log lines queued so far, off the async workers (the flush waits for the
-/// writer thread).
-async fn flush_access_log(telemetry: &Arc<Telemetry>) {
-    let t = telemetry.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || t.access_log.flush()).await {
-        tracing::warn!(error = %e, "cannot flush the access log");
+/// What the end of a run closes: every serving listener's connections and the admin listener's.
+/// Shared by the drain ([`Running::wait`]) and the second stop signal.
+#[derive(Clone)]
+struct Ending {
+    telemetry: Arc<Telemetry>,
+    sides: Arc<[Side]>,
+    admin_conns: Arc<Tracker>,
+    exit: Shutdown,
+}
+
+impl Ending {
+    fn remaining(&self) -> String {
+        self.sides
+            .iter()
+            .map(|s| format!("{}: {} connections, {} requests in flight", s.name, s.conns.count(), (s.in_flight)()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Closes every serving listener's connections now. The local-reset flag goes up first, so
+    /// every request this cuts is reported `LR`, not `DC`.
+    fn cut(&self) {
+        self.telemetry.begin_local_reset();
+        for side in self.sides.iter() {
+            side.conns.close_all();
+        }
+    }
+
+    /// Resolves once every connection (the admin listener's too) has closed and every request
+    /// has been reported.
+    async fn settled(&self) {
+        for conns in self.sides.iter().map(|s| &s.conns).chain(std::iter::once(&self.admin_conns)) {
+            conns.wait_idle().await;
+        }
+        for side in self.sides.iter() {
+            while (side.in_flight)() > 0 {
+                tokio::time::sleep(IN_FLIGHT_POLL).await;
+            }
+        }
+    }
+
+    /// After a cut: waits, within [`EXIT_GRACE`], until what it cut is reported, so the flush
+    /// that follows writes those lines.
+    async fn reported(&self) {
+        if !accept::within(EXIT_GRACE, self.settled()).await {
+            tracing::warn!(remaining = %self.remaining(), "exiting before every cut request was reported");
+        }
+    }
+
+    /// The second stop signal: cuts everything at once (requests reported `LR`), waits for their
+    /// reports and writes out the access log. The caller exits.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    async fn cut_now(&self) {
+        self.cut();
+        self.exit.trigger();
+        self.admin_conns.close_all();
+        self.reported().await;
+        self.telemetry.flush_access_log().await;
     }
 }
 
 #[cfg(unix)]
-async fn handle_signals(shutdown: Shutdown, telemetry: Arc<Telemetry>) {
+async fn handle_signals(shutdown: Shutdown, ending: Ending) {
     use tokio::signal::unix::{signal, SignalKind};
+    let telemetry = &ending.telemetry;
     let (Ok(mut term), Ok(mut int), Ok(mut usr1)) =
         (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::user_defined1()))
     else {
@@ -509,15 +557,15 @@ async fn handle_signals(shutdown: Shutdown, telemetry: Arc<Telemetry>) {
         if shutdown.trigger() {
             tracing::info!(signal = name, "stop requested");
         } else {
-            tracing::warn!(signal = name, "second stop signal; exiting now");
-            flush_access_log(&telemetry).await;
+            tracing::warn!(signal = name, remaining = %ending.remaining(), "second stop signal; exiting now");
+            ending.cut_now().await;
             std::process::exit(0);
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn handle_signals(shutdown: Shutdown, _telemetry: Arc<Telemetry>) {
+async fn handle_signals(shutdown: Shutdown, _ending: Ending) {
     let _ = tokio::signal::ctrl_c().await;
     shutdown.trigger();
 }

@@ -40,6 +40,9 @@ pub enum Reason {
     DPE,
     /// Downstream connection termination.
     DC,
+    /// Local reset: tandem cut the request itself (the drain deadline passed, or a second stop
+    /// signal came) by closing its connection.
+    LR,
 }
 
 impl Reason {
@@ -55,6 +58,7 @@ impl Reason {
             Reason::URX => "URX",
             Reason::DPE => "DPE",
             Reason::DC => "DC",
+            Reason::LR => "LR",
         }
     }
 }

@@ -13,7 +13,9 @@
 //!   answered instead of being reset. (Closing every idle HTTP/1.1 connection the instant the stop
 //!   begins races with the next request a busy client has just sent, and that request fails.)
 //! - **Nothing read yet**: treated as HTTP/1.1 until a request shows otherwise.
-//! - **At the deadline**: [`Tracker::close_all`] drops whatever is still open.
+//! - **At the deadline** (and at a second stop signal): [`Tracker::close_all`] drops whatever is
+//!   still open. The stop sequence (`crate::app`) raises the telemetry's local-reset flag first, so
+//!   the requests this cuts are reported `LR`, not `DC`.
 
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use std::future::Future;

@@ -15,6 +15,7 @@
 //! | `URX` | 503 | outbound: retries exhausted |
 //! | `DPE` | 400/408/413/414/431 | the client sent something invalid, too large or too slow |
 //! | `DC` | (none) | the client went away mid-request |
+//! | `LR` | (none) | tandem cut the request itself (local reset): its connection was still open at the drain deadline, or at a second stop signal |
 
 use crate::base::reason::Reason;
 use bytes::Bytes;

@@ -15,17 +15,43 @@ use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::{Metrics, INBOUND_UPSTREAM};
 use crate::telemetry::record::RequestRecord;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// The metrics and access log of one running tandem.
 pub struct Telemetry {
     pub metrics: Metrics,
     pub access_log: AccessLog,
+    /// Raised once tandem starts closing connections itself ([`Telemetry::begin_local_reset`]).
+    local_reset: AtomicBool,
 }
 
 impl Telemetry {
     pub fn new(metrics: Metrics, access_log: AccessLog) -> Self {
-        Self { metrics, access_log }
+        Self { metrics, access_log, local_reset: AtomicBool::new(false) }
+    }
+
+    /// From now on tandem closes the connections that remain itself (the drain deadline passed,
+    /// or a second stop signal came): a request reported as cut from here on was cut by tandem,
+    /// not left by its client, and is reported `LR` instead of `DC`. Call it before the
+    /// connections are told to close; it stays raised until tandem exits.
+    pub fn begin_local_reset(&self) {
+        self.local_reset.store(true, Ordering::Release);
+    }
+
+    /// True once [`Telemetry::begin_local_reset`] has been called.
+    pub fn is_local_reset(&self) -> bool {
+        self.local_reset.load(Ordering::Acquire)
+    }
+
+    /// The reason for a request that ended before its response did because its connection
+    /// went: `LR` once tandem is closing connections itself, `DC` (the client left) before that.
+    pub fn cut_reason(&self) -> Reason {
+        if self.is_local_reset() {
+            Reason::LR
+        } else {
+            Reason::DC
+        }
     }
 
     pub fn request_started(&self, d: Direction) {

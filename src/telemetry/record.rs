@@ -255,14 +255,17 @@ impl Finish {
         }
     }
 
-    /// Reports the request: `sent` body bytes went downstream; `client_gone` if the client left
-    /// before the end (DC).
+    /// Reports the request: `sent` body bytes went downstream; `client_gone` if its connection
+    /// went before the end: `DC` (the client left), or `LR` once tandem is closing connections
+    /// itself ([`Telemetry::begin_local_reset`]).
     pub fn finish(mut self, sent: u64, client_gone: bool) {
         self.report(sent, client_gone);
     }
 
     fn report(&mut self, sent: u64, client_gone: bool) {
-        self.guard.take();
+        // The in-flight slot is given back after the line is queued, so whoever waits for the
+        // count to reach zero (the exit, before it flushes the access log) finds the line there.
+        let _slot = self.guard.take();
         let Some(mut r) = self.record.take() else { return };
         r.bytes_sent = sent;
         r.duration = r.started.elapsed();
@@ -270,7 +273,7 @@ impl Finish {
             r.bytes_received = c.load(Ordering::Relaxed);
         }
         if client_gone && r.response_flags.is_none() {
-            r.response_flags = Some(Reason::DC);
+            r.response_flags = Some(self.telemetry.cut_reason());
         }
         self.telemetry.request_finished(&r);
         self.telemetry.log(r);
@@ -279,7 +282,8 @@ impl Finish {
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        // Dropped unreported: the response future was cancelled because the client went away.
+        // Dropped unreported: the response future was cancelled because the connection went (the
+        // client left, or tandem closed it at the drain deadline).
         self.report(0, true);
     }
 }
