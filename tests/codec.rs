@@ -265,6 +265,7 @@ async fn a_head_not_complete_within_header_read_closes_the_connection_however_it
     // One header byte every 50 ms for up to 5 s: each one arrives well inside the timeout, the
     // head never completes, and the connection must close anyway.
     let mut closed = false;
+    let mut answer = Vec::new();
     for _ in 0..100 {
         if s.write_all(b"x").await.is_err() {
             closed = true;
@@ -276,7 +277,15 @@ async fn a_head_not_complete_within_header_read_closes_the_connection_however_it
                 closed = true;
                 break;
             }
-            Ok(Ok(n)) => panic!("unexpected answer: {:?}", String::from_utf8_lossy(&b[..n])),
+            // The answer to a head that timed out: 408, then the close.
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&b[..n]);
+                assert!(
+                    answer.starts_with(b"HTTP/1.1 408 "),
+                    "unexpected answer: {:?}",
+                    String::from_utf8_lossy(&answer)
+                );
+            }
             Err(_) => {}
         }
     }

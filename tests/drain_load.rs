@@ -58,7 +58,11 @@ impl Counts {
 }
 
 fn req(addr: SocketAddr) -> http::Request<Empty<Bytes>> {
-    http::Request::get(format!("http://{addr}/load")).body(Empty::new()).expect("request")
+    // hyper's connection-level client adds no Host; an HTTP/1.1 request must name one.
+    http::Request::get(format!("http://{addr}/load"))
+        .header(http::header::HOST, addr.to_string())
+        .body(Empty::new())
+        .expect("request")
 }
 
 /// One HTTP/1.1 client loop: keep-alive, reconnects after `Connection: close`.

@@ -259,24 +259,24 @@ async fn a_client_going_away_mid_request_is_counted_dc() {
 }
 
 #[tokio::test]
-async fn requests_hyper_refuses_itself_are_counted() {
+async fn heads_the_parser_refuses_are_answered_by_tandem_and_counted() {
     let echo = support::echo().await;
     let mut cfg = support::config(echo.addr);
     cfg.inbound.limits.max_header_bytes = Human::new(ByteSize(2048));
     let proxy = support::proxy(cfg).await;
 
     let out = support::raw(proxy.inbound_addr, b"NOT-HTTP\r\n\r\n", Duration::from_secs(5)).await;
-    assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
-    // hyper's buffer here is 16KiB: a bigger head never reaches the service.
+    assert!(out.starts_with("HTTP/1.1 400 ") && out.contains("x-tandem-error: DPE"), "{out}");
+    // Past the read buffer (16 KiB here) the head is refused before it is whole.
     let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(20_000));
     let out = support::raw(proxy.inbound_addr, big.as_bytes(), Duration::from_secs(5)).await;
-    assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+    assert!(out.starts_with("HTTP/1.1 431 ") && out.contains("x-tandem-error: DPE"), "{out}");
 
-    for reason in ["invalid", "too_large"] {
-        let want = format!("reason=\"{reason}\"");
-        support::wait_for(&format!("a refusal counted as {reason}"), Duration::from_secs(5), || {
+    for status in ["400", "431"] {
+        let want = format!("status_code=\"{status}\"");
+        support::wait_for(&format!("a {status} refusal counted"), Duration::from_secs(5), || {
             let m = support::metrics(&proxy);
-            let v = support::metric_value(&m, &["tandem_http_requests_refused_total{", "direction=\"inbound\"", &want]);
+            let v = support::metric_value(&m, &["tandem_http_requests_total{", "direction=\"inbound\"", &want, "DPE"]);
             async move { (v == Some(1.0)).then_some(()) }
         })
         .await;
@@ -285,8 +285,8 @@ async fn requests_hyper_refuses_itself_are_counted() {
 
 #[tokio::test]
 async fn over_the_default_header_count_the_parser_refuses_with_431() {
-    // At the default max_headers (100) the HTTP/1 parser enforces the count itself (its inline
-    // array holds 100 fields): the 101st field is refused with 431 and counted, and 100 pass.
+    // At the default max_headers (100) the 101st field is refused with 431 and counted, and 100
+    // pass.
     // An app that takes any head (tandem adds x-forwarded-* and x-request-id on the way).
     let app = head_taking_app().await;
     let cfg = support::config(app);
@@ -296,12 +296,12 @@ async fn over_the_default_header_count_the_parser_refuses_with_431() {
     assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
     let out = support::raw(proxy.inbound_addr, head_with_fields(101).as_bytes(), Duration::from_secs(5)).await;
     assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
-    assert!(!out.contains("x-tandem-error"), "the parser answered, not the service: {out}");
+    assert!(out.contains("x-tandem-error: DPE"), "tandem's own answer: {out}");
     support::wait_for("the refusal counted", Duration::from_secs(5), || {
         let m = support::metrics(&proxy);
         let v = support::metric_value(
             &m,
-            &["tandem_http_requests_refused_total{", "direction=\"inbound\"", "reason=\"too_large\""],
+            &["tandem_http_requests_total{", "direction=\"inbound\"", "status_code=\"431\"", "DPE"],
         );
         async move { (v == Some(1.0)).then_some(()) }
     })

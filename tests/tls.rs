@@ -123,7 +123,11 @@ async fn connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> std::io::R
 async fn get_over(tls: Tls, path: &str) -> Result<(u16, String), String> {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = hyper_util::rt::TokioIo::new(tls);
-    let req = http::Request::get(format!("https://localhost{path}")).body(Empty::<Bytes>::new()).expect("req");
+    // An HTTP/1.1 request names its Host (hyper's connection-level client adds none).
+    let req = http::Request::get(format!("https://localhost{path}"))
+        .header(http::header::HOST, "localhost")
+        .body(Empty::<Bytes>::new())
+        .expect("req");
     let resp = if h2 {
         let (mut s, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
             .await

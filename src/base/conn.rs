@@ -4,6 +4,13 @@ use http::HeaderValue;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// What an HTTP/2 client sends first (RFC 9113 section 3.4).
+pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The preface's first line: the HTTP/1.1 server hands a connection that starts with it to the
+/// HTTP/2 server (which checks the rest).
+pub const H2_PREFACE_LINE: &[u8] = H2_PREFACE.split_at(16).0;
+
 /// What a service knows about its connection.
 #[derive(Debug, Clone)]
 pub struct ConnMeta {

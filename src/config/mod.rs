@@ -805,7 +805,7 @@ impl HumanUnit for ByteSize {
     fn render(&self) -> String {
         let n = self.0;
         for (unit, m) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if n >= m && n % m == 0 {
+            if n >= m && n.is_multiple_of(m) {
                 return format!("{}{unit}", n / m);
             }
         }
@@ -859,7 +859,7 @@ fn render_duration(d: Duration) -> String {
     for (unit, n) in
         [("h", 3_600_000_000_000u128), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1000)]
     {
-        if nanos % n == 0 {
+        if nanos.is_multiple_of(n) {
             return format!("{}{unit}", nanos / n);
         }
     }

@@ -64,11 +64,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-/// What an HTTP/2 client sends first.
-pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// The preface's first line, the request line the HTTP/1.1 codec stops at.
-pub const PREFACE_LINE: &[u8] = PREFACE.split_at(16).0;
+pub use crate::base::conn::{H2_PREFACE as PREFACE, H2_PREFACE_LINE as PREFACE_LINE};
 
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
@@ -608,7 +604,7 @@ impl<'a> Conn<'a> {
             }
             return Ok(());
         }
-        if payload.len() % 6 != 0 {
+        if !payload.len().is_multiple_of(6) {
             return Err(conn_err(code::FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6"));
         }
         self.settings_seen = true;
@@ -878,7 +874,7 @@ impl<'a> Conn<'a> {
     }
 
     fn header_block(&mut self, id: u32, end_stream: bool, block: Bytes) -> Result<(), ConnError> {
-        if id % 2 == 0 {
+        if id.is_multiple_of(2) {
             return Err(conn_err(code::PROTOCOL_ERROR, "a client stream with an even ID"));
         }
         if let Some(&slot) = self.by_id.get(&id) {

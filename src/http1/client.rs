@@ -131,7 +131,7 @@ fn write_head<B>(buf: &mut BytesMut, req: &http::Request<B>) {
 fn answer(buf: &mut BytesMut, head_only: bool) -> Result<Option<(Response<()>, State, bool)>, String> {
     // One parse: the fields that stay are noted by name and by where their value lies in the
     // head, whose bytes do not move when they are split off below.
-    let framing = final_answer(buf, head_only, |resp, answer, head| {
+    let framing = final_answer(buf, head_only, false, |resp, answer, head| {
         let status = StatusCode::from_u16(resp.code.unwrap_or_default()).map_err(|e| format!("invalid status: {e}"))?;
         let base = head.as_ptr() as usize;
         let mut kept = Vec::with_capacity(resp.headers.len());

@@ -56,6 +56,7 @@
 //! [`crate::lifecycle::shutdown`] rules).
 
 use crate::base::conn::ConnMeta;
+use crate::base::conn::H2_PREFACE_LINE as PREFACE_LINE;
 use crate::base::reason::Direction;
 use crate::lifecycle::shutdown::{Drain, DRAIN_IDLE_GRACE};
 use crate::proxy::error::{error_response, ProxyError};
@@ -71,14 +72,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Header fields a head may carry for this codec; a head with more goes to hyper (whose limit,
 /// [`crate::listener::accept::parser_max_headers`], is never below this).
 pub const MAX_FIELDS: usize = 100;
 /// Fields a request's or response's `Connection` header may name for removal.
-pub const MAX_NAMED: usize = 4;
+pub const MAX_NAMED: usize = 16;
 /// Most bytes of an upstream response head (hyper's client buffer limit on the other path).
 pub(crate) const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
 pub(crate) const HEAD_TOO_LARGE: &str = "response head too large (over 1 MiB)";
@@ -95,8 +96,8 @@ const COPY_BEHIND_HEAD: usize = 4096;
 pub enum Outcome {
     /// The connection is finished: closed by either side, timed out, or drained.
     Closed,
-    /// hyper serves the rest of the connection, starting with these bytes.
-    HandOff(BytesMut),
+    /// The HTTP/2 preface: the HTTP/2 server serves the connection, starting with these bytes.
+    H2(BytesMut),
 }
 
 /// The codec for one worker's inbound listener: the worker's proxy and its connections to the
@@ -210,15 +211,24 @@ impl Conn<'_> {
                 if !conn.rbuf.is_empty() {
                     match conn.parse_request() {
                         Parsed::Partial if conn.rbuf.len() >= conn.rules.max_head => {
-                            return Outcome::HandOff(std::mem::take(&mut conn.rbuf))
+                            let rbuf = std::mem::take(&mut conn.rbuf);
+                            let err = head_too_large(&rbuf, conn.rules.max_head);
+                            break conn.refuse_raw(&rbuf, err);
                         }
                         Parsed::Partial => {}
-                        Parsed::HandOff => return Outcome::HandOff(std::mem::take(&mut conn.rbuf)),
+                        Parsed::H2 => return Outcome::H2(std::mem::take(&mut conn.rbuf)),
                         done => break done,
                     }
                 }
                 match conn.wait_for_head(io, timer).await {
                     Ok(true) => {}
+                    // A head begun and not finished within timeouts.header_read: 408, logged.
+                    Ok(false) if conn.head_deadline.is_some_and(|d| d <= tokio::time::Instant::now()) => {
+                        let rbuf = std::mem::take(&mut conn.rbuf);
+                        let what =
+                            format!("request head not complete within {} ms", conn.rules.header_read.as_millis());
+                        break conn.refuse_raw(&rbuf, ProxyError::RequestTimeout { what });
+                    }
                     Ok(false) | Err(_) => return Outcome::Closed,
                 }
             };
@@ -226,11 +236,11 @@ impl Conn<'_> {
             // 2. Answer it.
             let keep = match parsed {
                 Parsed::Refused { finish, head_len, close } => {
-                    conn.rbuf.advance(head_len);
+                    conn.rbuf.advance(head_len.min(conn.rbuf.len()));
                     conn.answer_refusal(io, finish, close).await
                 }
                 Parsed::Forward(req) => conn.forward(io, req, timer).await,
-                Parsed::Partial | Parsed::HandOff => false,
+                Parsed::Partial | Parsed::H2 => false,
             };
             if !keep {
                 let _ = io.shutdown().await;
@@ -264,7 +274,8 @@ struct Conn<'a> {
 /// What a request head turned into.
 enum Parsed {
     Partial,
-    HandOff,
+    /// The HTTP/2 preface: the connection goes to the HTTP/2 server.
+    H2,
     /// Answered here: the response is in `out`.
     Refused {
         finish: Finish,
@@ -278,8 +289,8 @@ enum Parsed {
 struct Request {
     finish: Finish,
     head_len: usize,
-    /// The request body's length (`Content-Length`, 0 without one).
-    body: u64,
+    /// How the request body is framed (`Content-Length`, 0 without one, or chunked).
+    body: Framing,
     /// The client asked to close after this request (or must, because part of its body
     /// was left unread).
     close: bool,
@@ -290,6 +301,10 @@ struct Request {
     /// An idempotent method (RFC 9110 section 9.2.2): it may be sent again after a pooled
     /// connection failed without an answer.
     idempotent: bool,
+    /// `Expect: 100-continue` with a body: tandem answers `100 Continue` before reading it.
+    continue_100: bool,
+    /// An upgrade was asked for (and forwarded): a `101` turns the connection into a tunnel.
+    upgrade: bool,
 }
 
 pub(crate) fn eq(a: &[u8], lower: &[u8]) -> bool {
@@ -308,6 +323,7 @@ pub(crate) struct Named<'h> {
     len: usize,
     pub(crate) close: bool,
     pub(crate) keep_alive: bool,
+    pub(crate) upgrade: bool,
 }
 
 impl<'h> Named<'h> {
@@ -318,7 +334,9 @@ impl<'h> Named<'h> {
                 self.close = true;
             } else if eq(t, b"keep-alive") {
                 self.keep_alive = true;
-            } else if !eq(t, b"upgrade") {
+            } else if eq(t, b"upgrade") {
+                self.upgrade = true;
+            } else {
                 if self.len == MAX_NAMED {
                     return false;
                 }
@@ -331,6 +349,132 @@ impl<'h> Named<'h> {
 
     pub(crate) fn names(&self, name: &[u8]) -> bool {
         self.names[..self.len].iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+/// The methods a request may be sent again with (RFC 9110 section 9.2.2), after a pooled
+/// connection failed before any answer.
+pub(crate) fn is_idempotent(method: &[u8]) -> bool {
+    matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE")
+}
+
+/// The transfer codings a request's `Transfer-Encoding` fields list, in order (RFC 9112
+/// section 6.1). tandem applies only `chunked`, once and last.
+#[derive(Default)]
+struct Codings {
+    fields: usize,
+    chunked: usize,
+    /// `chunked` was the last coding seen.
+    last_chunked: bool,
+    /// A coding other than `chunked`.
+    other: bool,
+}
+
+impl Codings {
+    fn add(&mut self, value: &[u8]) {
+        self.fields += 1;
+        let mut any = false;
+        for t in value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()) {
+            any = true;
+            if eq(t, b"chunked") {
+                self.chunked += 1;
+                self.last_chunked = true;
+            } else {
+                self.other = true;
+                self.last_chunked = false;
+            }
+        }
+        if !any {
+            // An empty value names no coding: the body cannot be framed.
+            self.last_chunked = false;
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.fields > 0
+    }
+
+    /// The body is chunked (and nothing else refuses the request).
+    fn chunked(&self) -> bool {
+        self.fields > 0 && self.chunked == 1 && self.last_chunked && !self.other
+    }
+
+    /// Why the codings cannot be served: 400 when chunked is not applied exactly once and last
+    /// (the body's end is unknown), 501 for a coding tandem does not apply (as nginx answers).
+    fn refusal(&self) -> Option<ProxyError> {
+        if self.fields == 0 {
+            None
+        } else if !self.last_chunked {
+            Some(ProxyError::BadRequest { what: "Transfer-Encoding does not end with chunked".into() })
+        } else if self.chunked > 1 {
+            Some(ProxyError::BadRequest { what: "chunked applied more than once".into() })
+        } else if self.other {
+            Some(ProxyError::NotImplemented { what: "a transfer coding other than chunked".into() })
+        } else {
+            None
+        }
+    }
+}
+
+/// Splits an absolute-form target (`http://host[:port]/path?query`) into its authority and its
+/// origin-form path (`/` when it has none); `None` for anything else (another scheme, userinfo,
+/// an invalid authority).
+fn absolute_form(target: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = if target.len() > 7 && target[..7].eq_ignore_ascii_case(b"http://") {
+        &target[7..]
+    } else if target.len() > 8 && target[..8].eq_ignore_ascii_case(b"https://") {
+        &target[8..]
+    } else {
+        return None;
+    };
+    let end = rest.iter().position(|b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.is_empty() || authority.contains(&b'@') || !valid_authority(authority) {
+        return None;
+    }
+    match path.first() {
+        Some(b'/') => Some((authority, path)),
+        _ => Some((authority, b"/")),
+    }
+}
+
+/// Whether a `Host` value is a valid `uri-host [ ":" port ]` (RFC 9110 section 7.2; RFC 3986
+/// characters for a reg-name, an IPv4 address or a bracketed IPv6 literal). An empty value is
+/// valid (RFC 9112 section 3.2).
+fn valid_authority(v: &[u8]) -> bool {
+    v.iter().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+                    | b'%'
+            )
+    })
+}
+
+/// The refusal for a head still incomplete at the buffer's limit: 414 while the request line
+/// itself has not ended, 431 after it.
+fn head_too_large(rbuf: &[u8], limit: usize) -> ProxyError {
+    if rbuf.contains(&b'\n') {
+        ProxyError::HeadersTooLarge { what: format!("request head over {limit} bytes") }
+    } else {
+        ProxyError::UriTooLong { what: format!("request line over {limit} bytes") }
     }
 }
 
@@ -455,75 +599,192 @@ impl Conn<'_> {
         }
     }
 
-    /// Parses the head at the front of `rbuf` and prepares its answer (see [`Parsed`]).
+    /// Parses the head at the front of `rbuf` and prepares its answer (see [`Parsed`]). Every
+    /// HTTP/1.x request is answered here: what tandem does not forward is refused with its
+    /// status and `DPE`, logged like any other request.
     fn parse_request(&mut self) -> Parsed {
+        // h2c with prior knowledge: the preface's first line, however it was split by TCP.
+        if self.rbuf.len() < PREFACE_LINE.len() && PREFACE_LINE.starts_with(&self.rbuf) {
+            return Parsed::Partial;
+        }
+        if self.rbuf.starts_with(PREFACE_LINE) {
+            return Parsed::H2;
+        }
+        // The head is parsed from a buffer taken out of `self` for the call (a move, no copy),
+        // so that its fields can borrow it while the answer is written into `self.out`.
+        let rbuf = std::mem::take(&mut self.rbuf);
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
         let mut req = httparse::Request::new(&mut []);
-        let head_len = match req.parse_with_uninit_headers(&self.rbuf, &mut fields) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return Parsed::Partial,
-            Err(_) => return Parsed::HandOff,
+        let parsed = match req.parse_with_uninit_headers(&rbuf, &mut fields) {
+            Err(httparse::Error::TooManyHeaders) if self.proxy.max_headers > MAX_FIELDS => {
+                // A configured limit above the inline array: the rare head with that many
+                // fields is parsed into one allocated for it.
+                let mut many = vec![httparse::EMPTY_HEADER; self.proxy.max_headers + 1];
+                let mut req = httparse::Request::new(&mut many);
+                match req.parse(&rbuf) {
+                    Ok(httparse::Status::Complete(n)) => self.prepare(&req, n),
+                    Ok(httparse::Status::Partial) => Parsed::Partial,
+                    Err(e) => self.refuse_unparsed(&rbuf, e),
+                }
+            }
+            Ok(httparse::Status::Complete(n)) => self.prepare(&req, n),
+            Ok(httparse::Status::Partial) => Parsed::Partial,
+            Err(e) => self.refuse_unparsed(&rbuf, e),
         };
-        let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
-            return Parsed::HandOff;
-        };
-        if method == "CONNECT" || !path.starts_with('/') {
-            return Parsed::HandOff;
-        }
+        self.rbuf = rbuf;
+        parsed
+    }
 
+    /// The answer to a head httparse refused: 431 for too many fields, else 400; the connection
+    /// closes after it (where the next request would start is unknown).
+    fn refuse_unparsed(&mut self, rbuf: &[u8], e: httparse::Error) -> Parsed {
+        let err = match e {
+            httparse::Error::TooManyHeaders => ProxyError::HeadersTooLarge {
+                what: format!("more than {} header fields", self.proxy.max_headers.max(MAX_FIELDS)),
+            },
+            e => ProxyError::BadRequest { what: format!("invalid request head: {e}") },
+        };
+        self.refuse_raw(rbuf, err)
+    }
+
+    /// A refusal for a head that could not be parsed whole (invalid, too large, or too slow):
+    /// the record gets what the request line says, and the connection closes after the answer.
+    fn refuse_raw(&mut self, rbuf: &[u8], err: ProxyError) -> Parsed {
+        let p = self.proxy;
+        let mut record = RequestRecord::empty(Direction::Inbound, self.meta.peer);
+        record.upstream_host = Some(p.app);
+        record.tls = self.meta.tls.clone();
+        let line = rbuf.split(|b| *b == b'\n').next().unwrap_or_default();
+        let mut words = line.trim_ascii().splitn(3, |b| *b == b' ');
+        if let Some(m) = words.next().and_then(|m| http::Method::from_bytes(m).ok()) {
+            record.method = m;
+        }
+        let path = words.next().unwrap_or_default();
+        let mut finish = Finish::new(record, None, p.telemetry.clone());
+        if let Some(r) = finish.record_mut().filter(|_| p.telemetry.access_log.enabled()) {
+            r.set_strings(&Strings { path, ..Strings::default() });
+        }
+        p.fail_record(&err, &mut finish);
+        write_error(&mut self.out, &err, true);
+        Parsed::Refused { finish, head_len: rbuf.len(), close: true }
+    }
+
+    /// Checks and rewrites a complete request head (`head_len` bytes) into the upstream head in
+    /// `out`, or prepares its refusal.
+    fn prepare(&mut self, req: &httparse::Request<'_, '_>, head_len: usize) -> Parsed {
+        let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+            return Parsed::Partial;
+        };
         let p = self.proxy;
         let logging = p.telemetry.access_log.enabled();
+        let http10 = version == 0;
+
+        // The target (RFC 9112 section 3.2): origin form, `*` for OPTIONS, or absolute form,
+        // whose authority replaces `Host`.
+        let mut target_authority = None;
+        let mut bad_target = None;
+        let path: &[u8] = if target.starts_with('/') || (target == "*" && method == "OPTIONS") {
+            target.as_bytes()
+        } else if let Some((authority, path)) = absolute_form(target.as_bytes()) {
+            target_authority = Some(authority);
+            path
+        } else {
+            bad_target = Some("the request target is not origin form, absolute form or * (OPTIONS)");
+            target.as_bytes()
+        };
 
         // What the head says about framing and hop-by-hop fields.
         let mut named = Named::default();
+        let mut too_many_named = false;
         let mut length = None;
-        let mut size = path.len();
+        let mut bad_length = false;
+        let mut codings = Codings::default();
+        let mut size = target.len();
+        let mut hosts = 0usize;
         let mut authority = None;
         let mut forwarded_for: Option<&[u8]> = None;
         let mut request_id: Option<&[u8]> = None;
         let mut user_agent = None;
         let mut traceparent = None;
+        let mut expect: Option<&[u8]> = None;
+        let mut upgrade: Option<&[u8]> = None;
         for h in req.headers.iter() {
             let (name, value) = (h.name.as_bytes(), h.value);
             size += name.len() + value.len() + 4;
             match name.len() {
-                4 if eq(name, b"host") => authority = authority.or(Some(value)),
-                6 if eq(name, b"expect") => return Parsed::HandOff,
-                7 if eq(name, b"upgrade") => return Parsed::HandOff,
-                10 if eq(name, b"connection") && !named.add(value) => return Parsed::HandOff,
+                4 if eq(name, b"host") => {
+                    hosts += 1;
+                    authority = authority.or(Some(value));
+                }
+                6 if eq(name, b"expect") => expect = Some(value),
+                7 if eq(name, b"upgrade") => upgrade = Some(value),
+                10 if eq(name, b"connection") => too_many_named |= !named.add(value),
                 10 if eq(name, b"user-agent") => user_agent = user_agent.or(Some(value)),
                 11 if eq(name, b"traceparent") => traceparent = traceparent.or(Some(value)),
                 12 if eq(name, b"x-request-id") => request_id = request_id.or(Some(value)),
                 14 if eq(name, b"content-length") => match (length, parse_length(value)) {
                     (None, Some(n)) => length = Some(n),
-                    _ => return Parsed::HandOff,
+                    _ => bad_length = true,
                 },
-                14 if eq(name, crate::http1::guard::CL_TE_MARK.as_str().as_bytes()) => return Parsed::HandOff,
                 15 if eq(name, b"x-forwarded-for") => forwarded_for = forwarded_for.or(Some(value)),
-                17 if eq(name, b"transfer-encoding") => return Parsed::HandOff,
+                17 if eq(name, b"transfer-encoding") => codings.add(value),
                 _ => {}
             }
         }
-        // A `Connection` header naming a field tandem frames or sets itself: hyper's path (which
-        // frames the body itself) takes it, so the field list and the framing never disagree.
-        if ["content-length", "host", "x-forwarded-for", "x-request-id", "x-forwarded-proto"]
-            .iter()
-            .any(|f| named.names(f.as_bytes()))
-        {
-            return Parsed::HandOff;
+        // `Connection` may not remove what tandem frames or sets itself; the fields tandem sets
+        // are replaced anyway.
+        if named.names(b"x-forwarded-for") {
+            forwarded_for = None;
         }
-        let close = named.close;
+        if named.names(b"x-request-id") {
+            request_id = None;
+        }
+        let logged_authority = target_authority.or(authority);
+        // HTTP/1.0 closes after the answer (tandem does not keep 1.0 connections alive).
+        let mut close = named.close || http10;
 
-        // The record, then the same checks as the hyper path, in the same order.
+        // The record, then the checks in order: load, the head's validity, the head limits.
         let mut record = RequestRecord::empty(Direction::Inbound, self.meta.peer);
         record.method = http::Method::from_bytes(method.as_bytes()).unwrap_or_default();
         record.upstream_host = Some(p.app);
         record.tls = self.meta.tls.clone();
+        if http10 {
+            record.protocol = http::Version::HTTP_10;
+        }
         let now = p.in_flight.fetch_add(1, Ordering::AcqRel);
-        let strings = Strings { path: path.as_bytes(), authority, user_agent, traceparent, ..Strings::default() };
+        let strings = Strings { path, authority: logged_authority, user_agent, traceparent, ..Strings::default() };
         let mut finish = Finish::new(record, None, p.telemetry.clone()).with_guard(InFlight(p.in_flight.clone()));
+        let chunked = codings.chunked();
+        let bad = |what: &str| Some(ProxyError::BadRequest { what: what.to_owned() });
         let refusal = if now >= p.max_in_flight {
             Some(ProxyError::TooManyRequests { limit: p.max_in_flight })
+        } else if method == "CONNECT" {
+            close = true;
+            Some(ProxyError::MethodNotAllowed { what: "CONNECT is served on the outbound listener only".into() })
+        } else if let Some(what) = bad_target {
+            bad(what)
+        } else if hosts > 1 {
+            bad("more than one Host field")
+        } else if hosts == 0 && !http10 {
+            bad("an HTTP/1.1 request without Host")
+        } else if authority.is_some_and(|a| !valid_authority(a)) {
+            bad("an invalid Host")
+        } else if too_many_named {
+            bad("Connection names too many fields")
+        } else if bad_length {
+            close = true;
+            bad("an invalid or repeated Content-Length")
+        } else if codings.any() && length.is_some() {
+            close = true;
+            bad("the request has both Content-Length and Transfer-Encoding")
+        } else if codings.any() && http10 {
+            close = true;
+            bad("Transfer-Encoding in an HTTP/1.0 request")
+        } else if let Some(err) = codings.refusal() {
+            close = true;
+            Some(err)
+        } else if expect.is_some_and(|e| !eq(e.trim_ascii(), b"100-continue")) && !http10 {
+            Some(ProxyError::ExpectationFailed { what: "only 100-continue is supported".into() })
         } else if req.headers.len() > p.max_headers {
             Some(ProxyError::HeadersTooLarge {
                 what: format!("{} header fields, the limit is {}", req.headers.len(), p.max_headers),
@@ -536,7 +797,7 @@ impl Conn<'_> {
             None
         };
         if let Some(err) = refusal {
-            // The client's own strings, as the hyper path logs a refused request.
+            // The client's own strings, as a refused request is logged.
             if let Some(r) = finish.record_mut().filter(|_| logging) {
                 let xff = [forwarded_for.unwrap_or_default()];
                 let request_id = request_id.filter(|v| !v.is_empty());
@@ -544,10 +805,13 @@ impl Conn<'_> {
             }
             p.fail_record(&err, &mut finish);
             // An unread body would be taken for the next request: close after the answer.
-            let close = close || length.is_some_and(|n| n > 0);
+            let close = close || length.is_some_and(|n| n > 0) || chunked;
             write_error(&mut self.out, &err, close);
             return Parsed::Refused { finish, head_len, close };
         }
+        // An upgrade other than h2c (which tandem's own HTTP/2 server would take) goes to the
+        // app; a 101 then turns the connection into a tunnel.
+        let upgrade = upgrade.filter(|u| !http10 && named.upgrade && !eq(u.trim_ascii(), b"h2c"));
 
         // The upstream head: request line, the client's fields minus hop-by-hop ones, then
         // tandem's.
@@ -556,12 +820,12 @@ impl Conn<'_> {
         out.reserve(head_len + 256);
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
-        out.extend_from_slice(path.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
+        out.extend_from_slice(path);
+        out.extend_from_slice(if http10 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
         let keep_id = request_id.is_some_and(|v| !v.is_empty());
         for h in req.headers.iter() {
             let (name, value) = (h.name.as_bytes(), h.value);
-            if hop_by_hop(name) || named.names(name) {
+            if hop_by_hop(name) || (named.names(name) && !eq(name, b"host") && !eq(name, b"content-length")) {
                 continue;
             }
             match name.len() {
@@ -571,13 +835,29 @@ impl Conn<'_> {
                     }
                     continue;
                 }
+                4 if eq(name, b"host") && target_authority.is_some() => continue,
+                6 if eq(name, b"expect") => continue,
                 12 if eq(name, b"x-request-id") && !keep_id => continue,
+                13 if eq(name, b"http2-settings") => continue,
                 15 if eq(name, b"x-forwarded-for") => continue,
                 17 if eq(name, b"x-forwarded-proto") => continue,
                 23 if eq(name, b"x-forwarded-client-cert") => continue,
                 _ => {}
             }
             push_field(out, name, value);
+        }
+        if let Some(a) = target_authority {
+            push_field(out, b"host", a);
+        } else if hosts == 0 {
+            // An HTTP/1.0 request without Host: the app gets a valid request.
+            push_field(out, b"host", p.app_authority().as_bytes());
+        }
+        if chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if let Some(u) = upgrade {
+            push_field(out, b"upgrade", u);
+            out.extend_from_slice(b"connection: upgrade\r\n");
         }
         let ip: &[u8] = self.peer_ip.map_or(b"", |v| v.as_bytes());
         let prev = forwarded_for.map(<[u8]>::trim_ascii).filter(|v| !v.is_empty());
@@ -604,14 +884,18 @@ impl Conn<'_> {
         if let Some(r) = finish.record_mut().filter(|_| logging) {
             r.set_strings(&Strings { request_id, x_forwarded_for: xff, ..strings });
         }
+        let framing = if chunked { Framing::Chunked } else { Framing::Length(length.unwrap_or(0)) };
+        let body_pending = chunked || length.is_some_and(|n| n > 0);
         Parsed::Forward(Request {
             finish,
             head_len,
-            body: length.unwrap_or(0),
+            body: framing,
             close,
-            body_pending: length.is_some_and(|n| n > 0),
+            body_pending,
             head_only: method == "HEAD",
-            idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"),
+            idempotent: is_idempotent(method.as_bytes()),
+            continue_100: body_pending && !http10 && expect.is_some(),
+            upgrade: upgrade.is_some(),
         })
     }
 
@@ -640,18 +924,23 @@ impl Conn<'_> {
         self.rbuf.advance(req.head_len);
 
         // The request body that came with the head rides behind it when it is small, and then
-        // the whole request can be sent again on a fresh connection.
-        let in_buf = (self.rbuf.len() as u64).min(req.body) as usize;
-        let whole = in_buf as u64 == req.body && in_buf <= COPY_BEHIND_HEAD;
+        // the whole request can be sent again on a fresh connection. Broken chunked framing is
+        // the client's fault, found before the app is asked anything.
+        let mut body = Inflow::new(req.body);
+        if let Err(why) = body.scan(&self.rbuf) {
+            return self.answer_error(io, req, bad_body(why)).await;
+        }
+        let whole = body.ended && body.ready <= COPY_BEHIND_HEAD;
         if whole {
-            self.out.extend_from_slice(&self.rbuf[..in_buf]);
-            self.rbuf.advance(in_buf);
+            self.out.extend_from_slice(&self.rbuf[..body.ready]);
+            self.rbuf.advance(body.ready);
+            body.ready = 0;
             req.body_pending = false;
         }
-        let mut received = if whole { req.body } else { 0 };
         if let Some(r) = req.finish.record_mut() {
-            r.bytes_received = received;
+            r.bytes_received = body.data();
         }
+        let mut continued = false;
 
         // Connect (or reuse), write, and read the response head, within timeouts.response
         // (the body upload aside, which the client paces).
@@ -659,8 +948,9 @@ impl Conn<'_> {
         timer.set(sent_at + p.response_timeout);
         // A pooled connection that fails before any answer is replaced while the whole request
         // is at hand; each attempt uses up a pooled connection, and a fresh one is not retried.
-        // Body bytes still to send when the app answered early (sent while its answer is relayed).
-        let mut upload_left = 0u64;
+        // The app answered before the whole body was sent (the rest goes while its answer is
+        // relayed).
+        let mut early = false;
         let (mut up, resp) = loop {
             let (mut up, reused) = match self.streams.take() {
                 Some(s) => (s, true),
@@ -687,25 +977,34 @@ impl Conn<'_> {
                 return self.answer_error(io, req, ProxyError::UpstreamClosed { upstream: p.app.to_string() }).await;
             }
             if !whole {
+                // A client that asked to be told before sending its body is told now, once
+                // the app's connection is there (as nginx does).
+                if req.continue_100 && !continued && self.rbuf.is_empty() {
+                    continued = true;
+                    if io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+                        return false;
+                    }
+                }
                 // The rest of the body, as the client sends it.
-                let uploaded = self.upload(io, &mut up, &mut req, &mut received, timer).await;
+                let uploaded = self.upload(io, &mut up, &mut req, &mut body, timer).await;
                 // Every way the request ends from here reports what the client sent.
                 if let Some(r) = req.finish.record_mut() {
-                    r.bytes_received = received;
+                    r.bytes_received = body.data();
                 }
                 match uploaded {
                     Upload::Done => {}
-                    Upload::Early(left) => upload_left = left,
+                    Upload::Early => early = true,
                     Upload::ClientGone => return false,
+                    Upload::Bad(why) => return self.answer_error(io, req, bad_body(why)).await,
                     Upload::AppGone => {
                         let err = ProxyError::UpstreamClosed { upstream: p.app.to_string() };
                         return self.answer_error(io, req, err).await;
                     }
                     Upload::Stalled => {
                         let what = format!(
-                            "the request body stalled for {} ms ({received} of {} bytes)",
+                            "the request body stalled for {} ms ({} bytes received)",
                             self.rules.idle.as_millis(),
-                            req.body
+                            body.data()
                         );
                         return self.answer_error(io, req, ProxyError::RequestTimeout { what }).await;
                     }
@@ -724,9 +1023,12 @@ impl Conn<'_> {
             }
         };
         if let Some(r) = req.finish.record_mut() {
-            r.bytes_received = received;
+            r.bytes_received = body.data();
             r.upstream_service_time = Some(sent_at.elapsed());
             r.response_code = resp.status;
+        }
+        if resp.status == 101 {
+            return self.tunnel(io, up, req).await;
         }
 
         // The response head, then its body.
@@ -743,13 +1045,13 @@ impl Conn<'_> {
         }
         let result = match buffered {
             Ok(true) => Ok(()),
-            Ok(false) if upload_left > 0 => {
-                let r = self.relay_duplex(io, &mut up, &mut relay, &mut upload_left, &mut received, timer).await;
-                if upload_left == 0 {
+            Ok(false) if early && !body.done() => {
+                let r = self.relay_duplex(io, &mut up, &mut relay, &mut body, timer).await;
+                if body.done() {
                     req.body_pending = false;
                 }
                 if let Some(r) = req.finish.record_mut() {
-                    r.bytes_received = received;
+                    r.bytes_received = body.data();
                 }
                 r
             }
@@ -792,16 +1094,18 @@ impl Conn<'_> {
         io: &mut IO,
         up: &mut TcpStream,
         req: &mut Request,
-        received: &mut u64,
+        body: &mut Inflow,
         timer: &mut Deadline<'_>,
     ) -> Upload {
-        let mut left = req.body;
         let idle = self.rules.idle;
         loop {
             if !idle.is_zero() {
                 timer.set(tokio::time::Instant::now() + idle);
             }
-            let n = (self.rbuf.len() as u64).min(left) as usize;
+            if let Err(why) = body.scan(&self.rbuf) {
+                return Upload::Bad(why);
+            }
+            let n = body.ready;
             if n > 0 {
                 let (up_read, mut up_write) = up.split();
                 // One write at a time, not write_all: a write that loses the race to the app's
@@ -817,16 +1121,15 @@ impl Conn<'_> {
                             return Upload::AppGone;
                         }
                         req.close = true;
-                        return Upload::Early(left);
+                        return Upload::Early;
                     }
                     _ = timer.expired(), if !idle.is_zero() => return Upload::Stalled,
                 };
                 self.rbuf.advance(wrote);
-                left -= wrote as u64;
-                *received += wrote as u64;
+                body.ready -= wrote;
                 continue;
             }
-            if left == 0 {
+            if body.ended {
                 req.body_pending = false;
                 return Upload::Done;
             }
@@ -839,7 +1142,7 @@ impl Conn<'_> {
                     }
                     // An early answer: the rest of the body goes with its relay.
                     req.close = true;
-                    return Upload::Early(left);
+                    return Upload::Early;
                 }
                 r = io.read_buf(&mut self.rbuf) => match r {
                     Ok(0) | Err(_) => return Upload::ClientGone,
@@ -906,7 +1209,7 @@ impl Conn<'_> {
     /// [`final_answer`]); the head is consumed, its first body bytes stay in `ubuf`.
     fn parse_response(&mut self, req: &Request) -> Result<Option<Response>, String> {
         let out = &mut self.out;
-        let parsed = final_answer(&mut self.ubuf, req.head_only, |resp, answer, _head| {
+        let parsed = final_answer(&mut self.ubuf, req.head_only, req.upgrade, |resp, answer, _head| {
             let status = resp.code.unwrap_or_default();
             out.clear();
             out.extend_from_slice(b"HTTP/1.1 ");
@@ -915,7 +1218,8 @@ impl Conn<'_> {
             out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
             out.extend_from_slice(b"\r\n");
             for h in resp.headers.iter() {
-                if !answer.drops(h.name.as_bytes()) {
+                // A 101's `Connection: upgrade` and `Upgrade` are the switch itself.
+                if status == 101 || !answer.drops(h.name.as_bytes()) {
                     push_field(out, h.name.as_bytes(), h.value);
                 }
             }
@@ -981,8 +1285,7 @@ impl Conn<'_> {
         io: &mut IO,
         up: &mut TcpStream,
         relay: &mut Relay,
-        left: &mut u64,
-        received: &mut u64,
+        body: &mut Inflow,
         timer: &mut Deadline<'_>,
     ) -> Result<(), BodyError> {
         let idle = self.rules.idle;
@@ -1001,8 +1304,13 @@ impl Conn<'_> {
                 ubuf.clear();
                 ubuf.reserve(READ_SIZE);
             }
-            let up_n = if uploading { (rbuf.len() as u64).min(*left) as usize } else { 0 };
-            let want_body = uploading && *left > 0 && up_n == 0;
+            // Broken framing in the rest of the body ends the upload (the app's connection is
+            // then not used again); the answer goes on.
+            if uploading && body.scan(rbuf).is_err() {
+                uploading = false;
+            }
+            let up_n = if uploading { body.ready } else { 0 };
+            let want_body = uploading && !body.ended && up_n == 0;
             if want_body {
                 rbuf.reserve(READ_SIZE);
             }
@@ -1055,8 +1363,7 @@ impl Conn<'_> {
                 Duplex::ToApp(Ok(0) | Err(_)) => uploading = false,
                 Duplex::ToApp(Ok(w)) => {
                     rbuf.advance(w);
-                    *left -= w as u64;
-                    *received += w as u64;
+                    body.ready -= w;
                 }
                 Duplex::FromClient(Ok(0) | Err(_)) => return Err(BodyError::ClientGone),
                 Duplex::FromClient(Ok(_)) => {}
@@ -1065,6 +1372,36 @@ impl Conn<'_> {
                 }
             }
         }
+    }
+
+    /// After a `101`: the answer's head goes to the client, and from then on bytes are copied
+    /// both ways until either side closes (or the drain deadline cuts the connection). The
+    /// request is reported when the tunnel ends, with the bytes each way and its duration.
+    async fn tunnel<IO: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        mut up: TcpStream,
+        mut req: Request,
+    ) -> bool {
+        let mut sent = self.ubuf.len() as u64;
+        let mut received = self.rbuf.len() as u64;
+        let start = io.write_all(&self.out).await.is_ok()
+            && io.write_all(&self.ubuf).await.is_ok()
+            && io.flush().await.is_ok()
+            && up.write_all(&self.rbuf).await.is_ok();
+        self.ubuf.clear();
+        self.rbuf.clear();
+        if start {
+            if let Ok((to_app, to_client)) = tokio::io::copy_bidirectional(io, &mut up).await {
+                received += to_app;
+                sent += to_client;
+            }
+        }
+        if let Some(r) = req.finish.record_mut() {
+            r.bytes_received += received;
+        }
+        req.finish.finish(sent, !start);
+        false
     }
 
     /// Answers a request that could not be forwarded; true if the connection stays open.
@@ -1083,12 +1420,56 @@ impl Conn<'_> {
 
 enum Upload {
     Done,
-    /// The app began to answer with this many body bytes still to send.
-    Early(u64),
+    /// The app began to answer before the whole body was sent.
+    Early,
     ClientGone,
+    /// The body's chunked framing is broken (the client's fault).
+    Bad(&'static str),
     AppGone,
     /// The client or the app moved nothing for `timeouts.idle`.
     Stalled,
+}
+
+/// A request body on its way from the client to the app: where it ends (the same scanner as an
+/// answer's body), and how much of the client's buffer is body not yet sent.
+struct Inflow {
+    framing: Relay,
+    /// Bytes at the front of the client's buffer that belong to the body, not yet sent.
+    ready: usize,
+    /// The body's last byte has been scanned.
+    ended: bool,
+}
+
+impl Inflow {
+    fn new(framing: Framing) -> Self {
+        let ended = framing == Framing::Length(0);
+        Self { framing: Relay { framing, sent: 0, chunked: ChunkScan::default(), ended }, ready: 0, ended }
+    }
+
+    /// Scans what arrived behind the bytes already known to be body.
+    fn scan(&mut self, rbuf: &[u8]) -> Result<(), &'static str> {
+        if !self.ended && rbuf.len() > self.ready {
+            let (take, ended) = self.framing.scan(&rbuf[self.ready..])?;
+            self.ready += take;
+            self.ended = ended;
+        }
+        Ok(())
+    }
+
+    /// Every byte of the body has been sent.
+    fn done(&self) -> bool {
+        self.ended && self.ready == 0
+    }
+
+    /// Body bytes (chunk data, for a chunked body) received so far.
+    fn data(&self) -> u64 {
+        self.framing.sent
+    }
+}
+
+/// The client's broken request body, as the error it is answered with.
+fn bad_body(why: &str) -> ProxyError {
+    ProxyError::BadRequest { what: format!("invalid chunked request body: {why}") }
 }
 
 /// What one step of [`Conn::relay_duplex`] did.
@@ -1128,6 +1509,7 @@ struct Response {
 pub(crate) fn final_answer<R>(
     buf: &mut BytesMut,
     head_only: bool,
+    upgrade: bool,
     f: impl FnOnce(&httparse::Response<'_, '_>, AnswerHead<'_>, &[u8]) -> Result<R, String>,
 ) -> Result<Option<(R, usize)>, String> {
     loop {
@@ -1143,6 +1525,11 @@ pub(crate) fn final_answer<R>(
         let (Some(status), Some(version)) = (resp.code, resp.version) else {
             return Err("invalid response head".to_owned());
         };
+        if status == 101 && upgrade {
+            let answer =
+                AnswerHead { named: Named::default(), body: Framing::Length(0), encoded: false, reusable: false };
+            return f(&resp, answer, &buf[..len]).map(|r| Some((r, len)));
+        }
         if status == 101 {
             return Err("101 Switching Protocols to a request that asked for no upgrade".to_owned());
         }
@@ -1276,7 +1663,10 @@ impl Relay {
 }
 
 /// Follows chunked framing (RFC 9112 section 7.1) to find where a body ends; the bytes pass
-/// unchanged.
+/// unchanged. The one state machine for request and response bodies alike, and as strict as
+/// hyper's: every line ends in CRLF, a size is hex digits only (no sign, no `0x`, at most 16),
+/// chunk extensions and the trailer section are bounded ([`CHUNK_META_LIMIT`] each, per body),
+/// and a trailer line is a field (a name, then `:`).
 #[derive(Default, Debug)]
 pub(crate) struct ChunkScan {
     pub(crate) state: Chunk,
@@ -1285,10 +1675,18 @@ pub(crate) struct ChunkScan {
     digits: u8,
     /// Chunk data bytes seen.
     data: u64,
+    /// Extension and trailer bytes seen (bounded).
+    meta: usize,
+    /// The current trailer line has its name's colon.
+    colon: bool,
     /// Stop at the start of chunk data and of the trailer section (a decoder takes those
     /// itself; see [`ChunkScan::take_data`]).
     pub(crate) decode: bool,
 }
+
+/// Most bytes of chunk extensions, and of trailer fields, one body may carry (hyper allows
+/// 16 KiB of extensions too).
+pub(crate) const CHUNK_META_LIMIT: usize = 16 * 1024;
 
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Chunk {
@@ -1301,6 +1699,7 @@ pub(crate) enum Chunk {
     DataLf,
     TrailerStart,
     Trailer,
+    TrailerLf,
     EndLf,
     Done,
 }
@@ -1323,14 +1722,13 @@ impl ChunkScan {
                     }
                     b';' | b' ' | b'\t' if self.digits > 0 => self.state = Chunk::Extension,
                     b'\r' if self.digits > 0 => self.state = Chunk::SizeLf,
-                    b'\n' if self.digits > 0 => self.end_size_line(),
                     _ => return Err("invalid chunk size line"),
                 },
-                Chunk::Extension => {
-                    if b == b'\n' {
-                        self.end_size_line();
-                    }
-                }
+                Chunk::Extension => match b {
+                    b'\r' => self.state = Chunk::SizeLf,
+                    b'\n' => return Err("bare LF in a chunk size line"),
+                    _ => self.count_meta()?,
+                },
                 Chunk::SizeLf => match b {
                     b'\n' => self.end_size_line(),
                     _ => return Err("invalid chunk size line"),
@@ -1347,26 +1745,34 @@ impl ChunkScan {
                 }
                 Chunk::DataCr => match b {
                     b'\r' => self.state = Chunk::DataLf,
-                    b'\n' => self.state = Chunk::Size,
-                    _ => return Err("chunk data longer than its size"),
+                    _ => return Err("chunk data longer than its size, or not followed by CRLF"),
                 },
                 Chunk::DataLf => match b {
                     b'\n' => self.state = Chunk::Size,
-                    _ => return Err("chunk data longer than its size"),
+                    _ => return Err("chunk data longer than its size, or not followed by CRLF"),
                 },
                 Chunk::TrailerStart => match b {
                     b'\r' => self.state = Chunk::EndLf,
-                    b'\n' => {
-                        self.state = Chunk::Done;
-                        return Ok((i + 1, true));
+                    b':' | b'\n' | b' ' | b'\t' => return Err("invalid trailer line"),
+                    _ => {
+                        self.colon = false;
+                        self.count_meta()?;
+                        self.state = Chunk::Trailer;
                     }
-                    _ => self.state = Chunk::Trailer,
                 },
-                Chunk::Trailer => {
-                    if b == b'\n' {
-                        self.state = Chunk::TrailerStart;
+                Chunk::Trailer => match b {
+                    b'\r' if self.colon => self.state = Chunk::TrailerLf,
+                    b'\r' | b'\n' => return Err("invalid trailer line"),
+                    b':' => {
+                        self.colon = true;
+                        self.count_meta()?;
                     }
-                }
+                    _ => self.count_meta()?,
+                },
+                Chunk::TrailerLf => match b {
+                    b'\n' => self.state = Chunk::TrailerStart,
+                    _ => return Err("invalid trailer line"),
+                },
                 Chunk::EndLf => match b {
                     b'\n' => {
                         self.state = Chunk::Done;
@@ -1382,6 +1788,14 @@ impl ChunkScan {
             }
         }
         Ok((i, self.state == Chunk::Done))
+    }
+
+    fn count_meta(&mut self) -> Result<(), &'static str> {
+        self.meta += 1;
+        if self.meta > CHUNK_META_LIMIT {
+            return Err("chunk extensions or trailers over 16 KiB");
+        }
+        Ok(())
     }
 
     fn end_size_line(&mut self) {
@@ -1442,69 +1856,6 @@ fn add_close(out: &mut Vec<u8>) {
     out.splice(at..at, b"connection: close\r\n".iter().copied());
 }
 
-pin_project_lite::pin_project! {
-    /// A byte stream that first yields bytes already read from it (what the codec read before
-    /// handing the connection to hyper).
-    pub struct Prefixed<T> {
-        prefix: BytesMut,
-        #[pin]
-        inner: T,
-    }
-}
-
-impl<T> Prefixed<T> {
-    pub fn new(prefix: BytesMut, inner: T) -> Self {
-        Self { prefix, inner }
-    }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-}
-
-impl<T: AsyncRead> AsyncRead for Prefixed<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            if this.prefix.is_empty() {
-                // Free the codec's buffer.
-                *this.prefix = BytesMut::new();
-            }
-            return Poll::Ready(Ok(()));
-        }
-        this.inner.poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite> AsyncWrite for Prefixed<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1535,11 +1886,66 @@ mod tests {
 
     #[test]
     fn broken_chunked_framing_is_an_error() {
-        for bad in [&b"x\r\n"[..], b"5\r\nhelloXX", b"\r\n", b"11111111111111111\r\n", b"0\r\n\rX"] {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"11111111111111111\r\n",
+            b"0\r\n\rX",
+            b"5\nhello\r\n",
+            b"5\r\nhello\n",
+            b"5;e\nhello",
+            b"0x5\r\n",
+            b"-5\r\n",
+            b"+5\r\n",
+            b"0\r\nno colon\r\n",
+            b"0\r\n: empty name\r\n",
+            b"0\r\nx: bare lf\n",
+        ] {
             assert!(ChunkScan::default().feed(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
         let (n, done) = ChunkScan::default().feed(b"5\r\nhel").expect("valid so far");
         assert_eq!((n, done), (6, false));
+    }
+
+    #[test]
+    fn chunk_extensions_and_trailers_are_bounded_per_body() {
+        let ext = format!("5;{}\r\n", "e".repeat(CHUNK_META_LIMIT + 1));
+        assert!(ChunkScan::default().feed(ext.as_bytes()).is_err());
+        let trailer = format!("0\r\nx-t: {}\r\n\r\n", "t".repeat(CHUNK_META_LIMIT));
+        assert!(ChunkScan::default().feed(trailer.as_bytes()).is_err());
+        let fits = format!("5;{}\r\nhello\r\n0\r\nx-t: 1\r\n\r\n", "e".repeat(CHUNK_META_LIMIT - 100));
+        assert_eq!(ChunkScan::default().feed(fits.as_bytes()), Ok((fits.len(), true)));
+    }
+
+    #[test]
+    fn transfer_codings_are_served_only_as_chunked_once_and_last() {
+        let codings = |fields: &[&[u8]]| {
+            let mut c = Codings::default();
+            for f in fields {
+                c.add(f);
+            }
+            (c.chunked(), c.refusal().map(|e| e.status().as_u16()))
+        };
+        assert_eq!(codings(&[b"chunked"]), (true, None));
+        assert_eq!(codings(&[b" Chunked "]), (true, None));
+        assert_eq!(codings(&[b"gzip, chunked"]), (false, Some(501)));
+        assert_eq!(codings(&[b"gzip", b"chunked"]), (false, Some(501)));
+        assert_eq!(codings(&[b"chunked, chunked"]), (false, Some(400)));
+        assert_eq!(codings(&[b"chunked", b"chunked"]), (false, Some(400)));
+        assert_eq!(codings(&[b"chunked, gzip"]), (false, Some(400)));
+        assert_eq!(codings(&[b""]), (false, Some(400)));
+    }
+
+    #[test]
+    fn absolute_targets_give_their_authority_and_an_origin_form_path() {
+        assert_eq!(absolute_form(b"http://a.example:8080/p?q=1"), Some((&b"a.example:8080"[..], &b"/p?q=1"[..])));
+        assert_eq!(absolute_form(b"HTTPS://a.example"), Some((&b"a.example"[..], &b"/"[..])));
+        assert_eq!(absolute_form(b"http://[::1]:80/"), Some((&b"[::1]:80"[..], &b"/"[..])));
+        for bad in [&b"ftp://a/"[..], b"http://u@a/", b"http:///p", b"http://a b/", b"a.example/"] {
+            assert_eq!(absolute_form(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(valid_authority(b"") && valid_authority(b"x.example:80") && !valid_authority(b"a b"));
     }
 
     #[test]
@@ -1557,7 +1963,8 @@ mod tests {
         assert!(n.add(b"keep-alive, X-Secret ,close"));
         assert!(n.close && n.keep_alive);
         assert!(n.names(b"x-secret") && !n.names(b"close"));
-        assert!(!n.add(b"a, b, c, d"), "a fifth named field is too many");
+        assert!(n.add(b"a, b, c, d, e, f, g, h, i, j, k, l, m, n, o"), "sixteen named fields fit");
+        assert!(!n.add(b"p"), "a seventeenth named field is too many");
     }
 
     #[test]

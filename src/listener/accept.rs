@@ -14,7 +14,7 @@
 use crate::base::conn::ConnMeta;
 use crate::base::reason::Direction;
 use crate::http1::guard::H1Guard;
-use crate::http1::server::{Codec, Outcome, Prefixed};
+use crate::http1::server::{Codec, Outcome};
 use crate::lifecycle::shutdown::{ConnInfo, Drain, DrainAware, Tracker, DRAIN_IDLE_GRACE};
 use crate::listener::tls::TlsServer;
 use crate::telemetry::Telemetry;
@@ -203,7 +203,7 @@ where
                     // EMFILE/ENFILE/ENOMEM: back off instead of spinning on a listener that stays
                     // readable; the pending connection waits in the backlog.
                     accept_errors = accept_errors.saturating_add(1);
-                    if accept_errors == 1 || accept_errors % 100 == 0 {
+                    if accept_errors == 1 || accept_errors.is_multiple_of(100) {
                         tracing::warn!(error = %e, direction = direction.as_str(), "accept failed; backing off");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -252,11 +252,11 @@ where
                     },
                 };
                 // HTTP/1.1 goes to the codec first (h2 by ALPN goes straight to hyper).
-                let mut handed = bytes::BytesMut::new();
                 let h2_alpn = meta.tls.as_ref().is_some_and(|t| t.alpn == Some("h2"));
                 if let Some(codec) = codec.as_ref() {
                     let peer_ip = crate::proxy::headers::peer_ip_value(peer);
-                    let mut h2 = h2_alpn;
+                    // Every HTTP/1.x request is the codec's; it stops only at the HTTP/2 preface.
+                    let mut handed = bytes::BytesMut::new();
                     if !h2_alpn {
                         let served = codec.serve(&mut io, &meta, peer_ip.as_ref(), &mut codec_drain, rules);
                         let outcome = tokio::select! {
@@ -268,11 +268,7 @@ where
                         };
                         match outcome {
                             // h2c with prior knowledge: the codec stopped at the preface.
-                            Outcome::HandOff(rest) if rest.starts_with(crate::h2::server::PREFACE_LINE) => {
-                                handed = rest;
-                                h2 = true;
-                            }
-                            Outcome::HandOff(rest) => handed = rest,
+                            Outcome::H2(rest) => handed = rest,
                             Outcome::Closed => {
                                 if let Some(t) = &telemetry {
                                     t.metrics.connection_closed(direction);
@@ -281,7 +277,7 @@ where
                             }
                         }
                     }
-                    if h2 {
+                    {
                         // HTTP/2 to an HTTP/1.1 app: tandem's own server (crate::h2::server).
                         let h2_rules = crate::h2::server::H2Rules { idle, max_list: h2_max_list };
                         let served = crate::h2::server::serve(
@@ -305,7 +301,6 @@ where
                         return;
                     }
                 }
-                let io = Prefixed::new(handed, io);
                 let service = DrainAware::new(make_service(meta), service_drain, info.clone());
                 let io = TokioIo::new(if guard_h1 { H1Guard::new(io, max_buf_size) } else { H1Guard::passthrough(io) });
                 // Boxed: hyper's connection state is several KiB, and a connection the codec serves

@@ -13,7 +13,7 @@
 //! | `UO` | 503 | overloaded: max in-flight or max connections reached |
 //! | `NR` | 404 (403 when denied by policy) | outbound: no upstream matches, or policy denies it |
 //! | `URX` | 503 | outbound: retries exhausted |
-//! | `DPE` | 400/408/413/414/431 | the client sent something invalid, too large or too slow |
+//! | `DPE` | 400/405/408/413/414/417/431/501 | the client sent something invalid, too large or too slow, a method (`CONNECT` inbound), an expectation or a transfer coding tandem does not serve |
 //! | `DC` | (none) | the client went away mid-request |
 //! | `LR` | (none) | tandem cut the request itself (local reset): its connection was still open at the drain deadline, or at a second stop signal |
 
@@ -56,6 +56,12 @@ pub enum ProxyError {
     PayloadTooLarge { what: String },
     #[error("URI too long (DPE): {what}")]
     UriTooLong { what: String },
+    #[error("method not allowed (DPE): {what}")]
+    MethodNotAllowed { what: String },
+    #[error("not implemented (DPE): {what}")]
+    NotImplemented { what: String },
+    #[error("expectation failed (DPE): {what}")]
+    ExpectationFailed { what: String },
 }
 
 impl ProxyError {
@@ -73,7 +79,10 @@ impl ProxyError {
             | ProxyError::HeadersTooLarge { .. }
             | ProxyError::RequestTimeout { .. }
             | ProxyError::PayloadTooLarge { .. }
-            | ProxyError::UriTooLong { .. } => Reason::DPE,
+            | ProxyError::UriTooLong { .. }
+            | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::NotImplemented { .. }
+            | ProxyError::ExpectationFailed { .. } => Reason::DPE,
         }
     }
 
@@ -92,6 +101,9 @@ impl ProxyError {
             ProxyError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::ExpectationFailed { .. } => StatusCode::EXPECTATION_FAILED,
         }
     }
 

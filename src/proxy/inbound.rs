@@ -145,6 +145,11 @@ impl InboundProxy {
         InboundService { proxy: self.clone(), meta, peer_ip }
     }
 
+    /// The app's address as a `Host` value (for a request that names none).
+    pub(crate) fn app_authority(&self) -> &str {
+        self.app_authority.as_str()
+    }
+
     /// Requests in flight right now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)

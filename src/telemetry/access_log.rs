@@ -622,8 +622,8 @@ pub fn format_json(r: &RequestRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"authority\":");
     opt_json(r.authority.as_ref(), out);
     out.extend_from_slice(b",\"path\":");
-    match &r.path {
-        Some(p) => json_str(p.as_str().as_bytes(), out),
+    match r.path_bytes() {
+        Some(p) => json_str(p, out),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"protocol\":\"");
@@ -696,7 +696,7 @@ pub fn format_text(r: &RequestRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(b"] \"");
     text_field(r.method.as_str().as_bytes(), out);
     out.push(b' ');
-    text_field(r.path.as_ref().map(|p| p.as_str().as_bytes()).unwrap_or(b"-"), out);
+    text_field(r.path_bytes().unwrap_or(b"-"), out);
     out.push(b' ');
     out.extend_from_slice(protocol(r.protocol).as_bytes());
     out.extend_from_slice(b"\" ");

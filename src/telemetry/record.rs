@@ -25,6 +25,9 @@ pub struct RequestRecord {
     pub authority: Option<HeaderValue>,
     /// Path and query as received.
     pub path: Option<http::uri::PathAndQuery>,
+    /// The target's bytes when they are not a valid URI path (`"`, `{`, `\\`, … which HTTP/1.1
+    /// servers accept and forward): logged as they came, escaped.
+    pub raw_path: Option<bytes::Bytes>,
     pub protocol: Version,
     pub response_code: u16,
     pub response_flags: Option<Reason>,
@@ -95,6 +98,7 @@ impl RequestRecord {
             method: Method::GET,
             authority: None,
             path: None,
+            raw_path: None,
             protocol: Version::HTTP_11,
             response_code: 0,
             response_flags: None,
@@ -116,6 +120,11 @@ impl RequestRecord {
 
     /// Sets the logged strings from `s`, copied into one buffer of the record's own (one
     /// allocation of their total size; values that are not valid header text are left out).
+    /// The logged path: the URI's path and query, or the target's raw bytes.
+    pub fn path_bytes(&self) -> Option<&[u8]> {
+        self.path.as_ref().map(|p| p.as_str().as_bytes()).or(self.raw_path.as_deref())
+    }
+
     pub fn set_strings(&mut self, s: &Strings<'_>) {
         let parts = [s.authority, s.user_agent, s.request_id, s.traceparent];
         let xff_len: usize = s.x_forwarded_for.iter().map(|p| p.len()).sum();
@@ -132,6 +141,7 @@ impl RequestRecord {
         let mut at = s.path.len();
         self.path =
             (!s.path.is_empty()).then(|| http::uri::PathAndQuery::from_maybe_shared(all.slice(..at)).ok()).flatten();
+        self.raw_path = (self.path.is_none() && !s.path.is_empty()).then(|| all.slice(..at));
         let mut next = |part: Option<&[u8]>| {
             let n = part?.len();
             let v = HeaderValue::from_maybe_shared(all.slice(at..at + n)).ok();
