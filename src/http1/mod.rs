@@ -1,8 +1,7 @@
-//! tandem's HTTP/1.1: the inbound server (the codec, [`server`]), its client half to the app
-//! ([`client`]), and the request-framing guard for the listeners hyper still serves
-//! ([`guard`]). The listener calls it; it calls [`crate::proxy`], [`crate::upstream`],
-//! [`crate::telemetry`] and [`crate::base`].
+//! tandem's HTTP/1.x server for the inbound listener (the codec, [`server`]): every HTTP/1.x
+//! request is read, checked and answered here, and relayed to the app on the codec's own
+//! connections. The listener calls it; it calls [`crate::proxy`] (the admission and the error
+//! answers), [`crate::upstream`] (the connections to the app) and [`crate::base`] (the field
+//! and framing rules it shares with the client half, [`crate::upstream::http1`]).
 
-pub mod client;
-pub mod guard;
 pub mod server;

@@ -57,6 +57,10 @@
 
 use crate::base::conn::ConnMeta;
 use crate::base::conn::H2_PREFACE_LINE as PREFACE_LINE;
+use crate::base::fields::{eq, hop_by_hop, is_idempotent, parse_length, push_decimal, push_field, tokens, Named};
+use crate::base::framing::{
+    final_answer, ChunkScan, Framing, HEAD_TOO_LARGE, MAX_FIELDS, MAX_RESPONSE_HEAD, READ_SIZE,
+};
 use crate::base::reason::Direction;
 use crate::lifecycle::shutdown::{Drain, DRAIN_IDLE_GRACE};
 use crate::proxy::error::{error_response, ProxyError};
@@ -75,16 +79,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Header fields a head may carry for this codec; a head with more goes to hyper (whose limit,
-/// [`crate::listener::accept::parser_max_headers`], is never below this).
-pub const MAX_FIELDS: usize = 100;
-/// Fields a request's or response's `Connection` header may name for removal.
-pub const MAX_NAMED: usize = 16;
-/// Most bytes of an upstream response head (hyper's client buffer limit on the other path).
-pub(crate) const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
-pub(crate) const HEAD_TOO_LARGE: &str = "response head too large (over 1 MiB)";
-/// Bytes asked of the kernel per read.
-pub(crate) const READ_SIZE: usize = 16 * 1024;
 /// The first buffer for a request head (it grows for bigger heads and for bodies).
 const HEAD_READ: usize = 4096;
 /// A connection idle this long releases its buffers.
@@ -307,57 +301,6 @@ struct Request {
     upgrade: bool,
 }
 
-pub(crate) fn eq(a: &[u8], lower: &[u8]) -> bool {
-    a.eq_ignore_ascii_case(lower)
-}
-
-/// Splits a `Connection` value into its tokens.
-pub(crate) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|b| *b == b',').map(|t| t.trim_ascii()).filter(|t| !t.is_empty())
-}
-
-/// The fields a `Connection` header names for removal (not `close`, `keep-alive`, `upgrade`).
-#[derive(Default)]
-pub(crate) struct Named<'h> {
-    names: [&'h [u8]; MAX_NAMED],
-    len: usize,
-    pub(crate) close: bool,
-    pub(crate) keep_alive: bool,
-    pub(crate) upgrade: bool,
-}
-
-impl<'h> Named<'h> {
-    /// Notes one `Connection` value; false if it names more fields than fit.
-    pub(crate) fn add(&mut self, v: &'h [u8]) -> bool {
-        for t in tokens(v) {
-            if eq(t, b"close") {
-                self.close = true;
-            } else if eq(t, b"keep-alive") {
-                self.keep_alive = true;
-            } else if eq(t, b"upgrade") {
-                self.upgrade = true;
-            } else {
-                if self.len == MAX_NAMED {
-                    return false;
-                }
-                self.names[self.len] = t;
-                self.len += 1;
-            }
-        }
-        true
-    }
-
-    pub(crate) fn names(&self, name: &[u8]) -> bool {
-        self.names[..self.len].iter().any(|n| n.eq_ignore_ascii_case(name))
-    }
-}
-
-/// The methods a request may be sent again with (RFC 9110 section 9.2.2), after a pooled
-/// connection failed before any answer.
-pub(crate) fn is_idempotent(method: &[u8]) -> bool {
-    matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE")
-}
-
 /// The transfer codings a request's `Transfer-Encoding` fields list, in order (RFC 9112
 /// section 6.1). tandem applies only `chunked`, once and last.
 #[derive(Default)]
@@ -476,45 +419,6 @@ fn head_too_large(rbuf: &[u8], limit: usize) -> ProxyError {
     } else {
         ProxyError::UriTooLong { what: format!("request line over {limit} bytes") }
     }
-}
-
-/// Whether a field never crosses the proxy (RFC 9110 section 7.6.1), `TE` aside.
-pub(crate) fn hop_by_hop(name: &[u8]) -> bool {
-    eq(name, b"connection")
-        || eq(name, b"keep-alive")
-        || eq(name, b"proxy-connection")
-        || eq(name, b"transfer-encoding")
-        || eq(name, b"upgrade")
-}
-
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
-/// A `Content-Length` value: digits only.
-pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
 }
 
 impl Conn<'_> {
@@ -1501,117 +1405,6 @@ struct Response {
     reusable: bool,
 }
 
-/// Parses the final answer head at the front of `buf` for both halves of the codec: interim
-/// (`1xx`) answers are consumed and skipped, a `101` (to a request that asked for no upgrade),
-/// a head over 1 MiB or one httparse refuses is an error, and `Ok(None)` means incomplete. `f`
-/// gets the parsed head, its framing and the head's bytes (which the parsed fields borrow);
-/// its result comes back with the head's length, the head itself left in `buf`.
-pub(crate) fn final_answer<R>(
-    buf: &mut BytesMut,
-    head_only: bool,
-    upgrade: bool,
-    f: impl FnOnce(&httparse::Response<'_, '_>, AnswerHead<'_>, &[u8]) -> Result<R, String>,
-) -> Result<Option<(R, usize)>, String> {
-    loop {
-        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
-        let mut resp = httparse::Response::new(&mut []);
-        let len =
-            match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut fields) {
-                Ok(httparse::Status::Complete(n)) if n > MAX_RESPONSE_HEAD => return Err(HEAD_TOO_LARGE.to_owned()),
-                Ok(httparse::Status::Complete(n)) => n,
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(e) => return Err(format!("invalid response head: {e}")),
-            };
-        let (Some(status), Some(version)) = (resp.code, resp.version) else {
-            return Err("invalid response head".to_owned());
-        };
-        if status == 101 && upgrade {
-            let answer =
-                AnswerHead { named: Named::default(), body: Framing::Length(0), encoded: false, reusable: false };
-            return f(&resp, answer, &buf[..len]).map(|r| Some((r, len)));
-        }
-        if status == 101 {
-            return Err("101 Switching Protocols to a request that asked for no upgrade".to_owned());
-        }
-        if (100..200).contains(&status) {
-            buf.advance(len);
-            continue;
-        }
-        let answer = AnswerHead::read(resp.headers, status, version, head_only)?;
-        return f(&resp, answer, &buf[..len]).map(|r| Some((r, len)));
-    }
-}
-
-/// What an answer's head says about its body and about the app's connection.
-pub(crate) struct AnswerHead<'h> {
-    /// The fields `Connection` names (and its `close`, `keep-alive`).
-    named: Named<'h>,
-    pub(crate) body: Framing,
-    /// `Transfer-Encoding` was there (a `Content-Length` beside it does not pass on).
-    encoded: bool,
-    /// The connection can carry another request once the body has ended.
-    pub(crate) reusable: bool,
-}
-
-impl<'h> AnswerHead<'h> {
-    /// Reads the framing fields of a final answer (`status` 200 or above) to a request that
-    /// was a `HEAD` request if `head_only`.
-    pub(crate) fn read(
-        fields: &[httparse::Header<'h>],
-        status: u16,
-        version: u8,
-        head_only: bool,
-    ) -> Result<Self, String> {
-        let mut named = Named::default();
-        let mut length = None;
-        let mut encoding: Option<&[u8]> = None;
-        for h in fields {
-            let (name, value) = (h.name.as_bytes(), h.value);
-            if eq(name, b"connection") {
-                if !named.add(value) {
-                    return Err("Connection names too many fields".to_owned());
-                }
-            } else if eq(name, b"content-length") {
-                match (length, parse_length(value)) {
-                    (None, Some(n)) => length = Some(n),
-                    (Some(a), Some(b)) if a == b => {}
-                    _ => return Err("invalid Content-Length".to_owned()),
-                }
-            } else if eq(name, b"transfer-encoding") {
-                encoding = Some(value);
-            }
-        }
-        let body = match (encoding, length) {
-            _ if head_only || status == 204 || status == 304 => Framing::Length(0),
-            // The final encoding decides; anything but chunked runs until the connection ends.
-            (Some(te), _) if te.rsplit(|b| *b == b',').next().is_some_and(|t| eq(t.trim_ascii(), b"chunked")) => {
-                Framing::Chunked
-            }
-            (Some(_), _) | (None, None) => Framing::UntilClose,
-            (None, Some(n)) => Framing::Length(n),
-        };
-        let reusable = !named.close && (version == 1 || named.keep_alive) && body != Framing::UntilClose;
-        Ok(Self { named, body, encoded: encoding.is_some(), reusable })
-    }
-
-    /// Whether a field of the answer stays behind (hop-by-hop, named by `Connection`, or a
-    /// `Content-Length` beside `Transfer-Encoding`).
-    pub(crate) fn drops(&self, name: &[u8]) -> bool {
-        if eq(name, b"content-length") {
-            // It frames the body for the client too, whatever `Connection` names.
-            return self.encoded;
-        }
-        hop_by_hop(name) || self.named.names(name) || eq(name, b"te")
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Framing {
-    Length(u64),
-    Chunked,
-    UntilClose,
-}
-
 /// A response body on its way: where it ends and how much of it was sent.
 struct Relay {
     framing: Framing,
@@ -1662,162 +1455,6 @@ impl Relay {
     }
 }
 
-/// Follows chunked framing (RFC 9112 section 7.1) to find where a body ends; the bytes pass
-/// unchanged. The one state machine for request and response bodies alike, and as strict as
-/// hyper's: every line ends in CRLF, a size is hex digits only (no sign, no `0x`, at most 16),
-/// chunk extensions and the trailer section are bounded ([`CHUNK_META_LIMIT`] each, per body),
-/// and a trailer line is a field (a name, then `:`).
-#[derive(Default, Debug)]
-pub(crate) struct ChunkScan {
-    pub(crate) state: Chunk,
-    /// Data bytes left in the current chunk.
-    pub(crate) size: u64,
-    digits: u8,
-    /// Chunk data bytes seen.
-    data: u64,
-    /// Extension and trailer bytes seen (bounded).
-    meta: usize,
-    /// The current trailer line has its name's colon.
-    colon: bool,
-    /// Stop at the start of chunk data and of the trailer section (a decoder takes those
-    /// itself; see [`ChunkScan::take_data`]).
-    pub(crate) decode: bool,
-}
-
-/// Most bytes of chunk extensions, and of trailer fields, one body may carry (hyper allows
-/// 16 KiB of extensions too).
-pub(crate) const CHUNK_META_LIMIT: usize = 16 * 1024;
-
-#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Chunk {
-    #[default]
-    Size,
-    Extension,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    TrailerStart,
-    Trailer,
-    TrailerLf,
-    EndLf,
-    Done,
-}
-
-impl ChunkScan {
-    /// Consumes `bytes` up to the end of the body: how many belong to it, and whether it ended.
-    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), &'static str> {
-        let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
-            match self.state {
-                Chunk::Size => match b {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        let d = (b as char).to_digit(16).unwrap_or(0);
-                        self.digits += 1;
-                        if self.digits > 16 {
-                            return Err("chunk size too large");
-                        }
-                        self.size = self.size * 16 + u64::from(d);
-                    }
-                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = Chunk::Extension,
-                    b'\r' if self.digits > 0 => self.state = Chunk::SizeLf,
-                    _ => return Err("invalid chunk size line"),
-                },
-                Chunk::Extension => match b {
-                    b'\r' => self.state = Chunk::SizeLf,
-                    b'\n' => return Err("bare LF in a chunk size line"),
-                    _ => self.count_meta()?,
-                },
-                Chunk::SizeLf => match b {
-                    b'\n' => self.end_size_line(),
-                    _ => return Err("invalid chunk size line"),
-                },
-                Chunk::Data => {
-                    let n = ((bytes.len() - i) as u64).min(self.size);
-                    self.size -= n;
-                    self.data += n;
-                    i += n as usize;
-                    if self.size == 0 {
-                        self.state = Chunk::DataCr;
-                    }
-                    continue;
-                }
-                Chunk::DataCr => match b {
-                    b'\r' => self.state = Chunk::DataLf,
-                    _ => return Err("chunk data longer than its size, or not followed by CRLF"),
-                },
-                Chunk::DataLf => match b {
-                    b'\n' => self.state = Chunk::Size,
-                    _ => return Err("chunk data longer than its size, or not followed by CRLF"),
-                },
-                Chunk::TrailerStart => match b {
-                    b'\r' => self.state = Chunk::EndLf,
-                    b':' | b'\n' | b' ' | b'\t' => return Err("invalid trailer line"),
-                    _ => {
-                        self.colon = false;
-                        self.count_meta()?;
-                        self.state = Chunk::Trailer;
-                    }
-                },
-                Chunk::Trailer => match b {
-                    b'\r' if self.colon => self.state = Chunk::TrailerLf,
-                    b'\r' | b'\n' => return Err("invalid trailer line"),
-                    b':' => {
-                        self.colon = true;
-                        self.count_meta()?;
-                    }
-                    _ => self.count_meta()?,
-                },
-                Chunk::TrailerLf => match b {
-                    b'\n' => self.state = Chunk::TrailerStart,
-                    _ => return Err("invalid trailer line"),
-                },
-                Chunk::EndLf => match b {
-                    b'\n' => {
-                        self.state = Chunk::Done;
-                        return Ok((i + 1, true));
-                    }
-                    _ => return Err("invalid end of chunked body"),
-                },
-                Chunk::Done => return Ok((i, true)),
-            }
-            i += 1;
-            if self.decode && matches!(self.state, Chunk::Data | Chunk::TrailerStart) {
-                return Ok((i, false));
-            }
-        }
-        Ok((i, self.state == Chunk::Done))
-    }
-
-    fn count_meta(&mut self) -> Result<(), &'static str> {
-        self.meta += 1;
-        if self.meta > CHUNK_META_LIMIT {
-            return Err("chunk extensions or trailers over 16 KiB");
-        }
-        Ok(())
-    }
-
-    fn end_size_line(&mut self) {
-        self.digits = 0;
-        self.state = if self.size == 0 { Chunk::TrailerStart } else { Chunk::Data };
-    }
-
-    /// A scanner for a decoder (see [`ChunkScan::decode`]).
-    pub(crate) fn decoder() -> Self {
-        Self { decode: true, ..Self::default() }
-    }
-
-    /// A decoder took `n` data bytes of the current chunk.
-    pub(crate) fn take_data(&mut self, n: u64) {
-        self.size -= n.min(self.size);
-        self.data += n;
-        if self.size == 0 {
-            self.state = Chunk::DataCr;
-        }
-    }
-}
-
 /// Writes tandem's answer for `err` (status, `x-tandem-error`, the one-line body) into `out`.
 fn write_error(out: &mut Vec<u8>, err: &ProxyError, close: bool) {
     let resp: http::Response<Bytes> = error_response(err);
@@ -1859,6 +1496,7 @@ fn add_close(out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::framing::CHUNK_META_LIMIT;
 
     fn scan_all(input: &[u8], cut: usize) -> Result<(usize, bool, u64), &'static str> {
         let mut s = ChunkScan::default();

@@ -13,9 +13,9 @@
 
 use crate::base::conn::ConnMeta;
 use crate::base::reason::Direction;
-use crate::http1::guard::H1Guard;
 use crate::http1::server::{Codec, Outcome};
 use crate::lifecycle::shutdown::{ConnInfo, Drain, DrainAware, Tracker, DRAIN_IDLE_GRACE};
+use crate::listener::guard::H1Guard;
 use crate::listener::tls::TlsServer;
 use crate::telemetry::Telemetry;
 use bytes::Bytes;

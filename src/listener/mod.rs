@@ -4,4 +4,5 @@
 //! listeners hyper serves, the services of [`crate::proxy`] and [`crate::admin`].
 
 pub mod accept;
+pub mod guard;
 pub mod tls;

@@ -1,8 +1,8 @@
 //! Response bodies on the request path: the upstream's streamed body or a short local one, counted
 //! as it passes and reported once when it ends (or when the client goes away first).
 
-use crate::http1::client::AppBody;
 use crate::telemetry::record::Finish;
+use crate::upstream::http1::AppBody;
 use crate::upstream::pool::Checkin;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -22,7 +22,7 @@ pub struct ProxyBody {
 
 enum Inner {
     Upstream(Incoming),
-    /// An answer read by the codec's client ([`crate::http1::client`]).
+    /// An answer read by the codec's client ([`crate::upstream::http1`]).
     App(AppBody),
     Local(Option<Bytes>),
 }

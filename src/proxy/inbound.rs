@@ -7,7 +7,7 @@
 //!    ends or the client goes away (`DC`).
 //! 2. **load shed** — over `max_in_flight` answers 503 `UO` at once; nothing queues.
 //! 3. **request checks** — a request with both `Content-Length` and `Transfer-Encoding` (marked
-//!    by [`crate::http1::guard`], since hyper hides the conflict) answers 400 `DPE` and closes the
+//!    by [`crate::listener::guard`], since hyper hides the conflict) answers 400 `DPE` and closes the
 //!    connection; a head over `max_header_bytes`/`max_headers` answers 431 `DPE`.
 //! 4. **rewrite** — strip hop-by-hop headers, set `x-forwarded-*`, keep or make `x-request-id`.
 //! 5. **timeout + forward** — pooled client to the app; connect failures `UF`, resets `UC`, garbage
@@ -18,9 +18,9 @@
 
 use crate::base::body::{CountingBody, RequestBody};
 use crate::base::conn::ConnMeta;
+use crate::base::fields::CL_TE_MARK;
 use crate::base::reason::Direction;
 use crate::config::Inbound as InboundConfig;
-use crate::http1::guard::CL_TE_MARK;
 use crate::lifecycle::shutdown::Tracker;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::{error_response, ProxyError};
@@ -347,10 +347,11 @@ impl InboundProxy {
             let deadline = tokio::time::Instant::from_std(sent_at) + self.response_timeout;
             let sent = match &self.client {
                 // To an HTTP/1.1 app, a request without a body that asks for no upgrade goes on
-                // the codec's connections ([`crate::http1::client`]); the rest on hyper's, whose
+                // the codec's connections ([`crate::upstream::http1`]); the rest on hyper's, whose
                 // [`Checkin`] lives as long as the body.
                 AppClient::Http1(_, streams) if !upgrade && http_body::Body::is_end_stream(req.body()) => {
-                    let send = crate::http1::client::send(streams, &req, self.app, self.connect_timeout_ms);
+                    let send =
+                        async { crate::upstream::http1::send(streams, &req).await.map_err(|e| self.app_error(e)) };
                     match tokio::time::timeout_at(deadline, send).await {
                         Ok(sent) => sent.map(Sent::Codec),
                         Err(_) => Err(self.response_timed_out()),
@@ -405,6 +406,18 @@ impl InboundProxy {
     }
 
     /// Answers with tandem's own error response, logging upstream failures (rate-limited).
+    /// The error for a request the codec's client could not get an answer to.
+    pub(crate) fn app_error(&self, err: crate::upstream::http1::SendError) -> ProxyError {
+        let upstream = self.app.to_string();
+        match err {
+            crate::upstream::http1::SendError::Connect(io) => {
+                ProxyError::from_connect(&io, self.app, self.connect_timeout_ms)
+            }
+            crate::upstream::http1::SendError::Closed => ProxyError::UpstreamClosed { upstream },
+            crate::upstream::http1::SendError::Protocol(cause) => ProxyError::UpstreamProtocol { upstream, cause },
+        }
+    }
+
     /// The error for an app that did not answer within `timeouts.response` (`UT`).
     pub(crate) fn response_timed_out(&self) -> ProxyError {
         ProxyError::UpstreamTimeout {
@@ -436,7 +449,7 @@ impl InboundProxy {
 /// The app's answer: through hyper's client (with its pooled connection), or the codec's.
 enum Sent {
     Hyper(Response<hyper::body::Incoming>, Option<Checkin>),
-    Codec(Response<crate::http1::client::AppBody>),
+    Codec(Response<crate::upstream::http1::AppBody>),
 }
 
 /// hyper's HTTP/1.1 server only writes the trailer fields a response declares in `Trailer`; an

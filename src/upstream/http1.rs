@@ -14,14 +14,12 @@
 //! is not HTTP/1.1 or is over 1 MiB. A body cut short
 //! ends with an error, which the server turns into a reset stream (h2) or a cut connection.
 
-use crate::http1::server::{final_answer, Chunk, ChunkScan, Framing, HEAD_TOO_LARGE, MAX_RESPONSE_HEAD, READ_SIZE};
-use crate::proxy::error::ProxyError;
+use crate::base::framing::{final_answer, Chunk, ChunkScan, Framing, HEAD_TOO_LARGE, MAX_RESPONSE_HEAD, READ_SIZE};
 use crate::upstream::pool::AppStreams;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -39,15 +37,21 @@ const MAX_TRAILERS: usize = 64 * 1024;
 /// request once the bytes of the last answer have been sent on.
 const FIRST_READ: usize = 4096;
 
+/// Why a request to the app got no answer (the proxy maps it to its reason code).
+#[derive(Debug)]
+pub enum SendError {
+    /// The connect failed or timed out (`TimedOut`).
+    Connect(io::Error),
+    /// The connection ended before a full answer head.
+    Closed,
+    /// The answer head was not valid HTTP/1.1, or over 1 MiB.
+    Protocol(String),
+}
+
 /// Sends a request without a body (`req`: origin-form URI, headers already rewritten for the
 /// app; its body is not read) and returns the app's answer, its body still on the connection.
-pub async fn send<B>(
-    streams: &Arc<AppStreams>,
-    req: &http::Request<B>,
-    app: SocketAddr,
-    connect_timeout_ms: u64,
-) -> Result<Response<AppBody>, ProxyError> {
-    let closed = || ProxyError::UpstreamClosed { upstream: app.to_string() };
+pub async fn send<B>(streams: &Arc<AppStreams>, req: &http::Request<B>) -> Result<Response<AppBody>, SendError> {
+    let closed = || SendError::Closed;
     let head_only = req.method() == http::Method::HEAD;
     // Sent again after a pooled connection ended without an answer only if idempotent (RFC 9110
     // section 9.2.2): the app may have acted on it.
@@ -59,7 +63,7 @@ pub async fn send<B>(
             // every request's future larger.
             None => match Box::pin(streams.connect()).await {
                 Ok(s) => (s, BytesMut::new(), false),
-                Err(e) => return Err(ProxyError::from_connect(&e, app, connect_timeout_ms)),
+                Err(e) => return Err(SendError::Connect(e)),
             },
         };
         // The request head goes out from the buffer its answer is then read into.
@@ -92,18 +96,13 @@ pub async fn send<B>(
                     let (parts, ()) = resp.into_parts();
                     return Ok(Response::from_parts(parts, body));
                 }
-                Ok(None) if buf.len() > MAX_RESPONSE_HEAD => {
-                    return Err(ProxyError::UpstreamProtocol {
-                        upstream: app.to_string(),
-                        cause: HEAD_TOO_LARGE.into(),
-                    })
-                }
+                Ok(None) if buf.len() > MAX_RESPONSE_HEAD => return Err(SendError::Protocol(HEAD_TOO_LARGE.into())),
                 Ok(None) => {
                     if buf.capacity() == buf.len() {
                         buf.reserve(READ_SIZE);
                     }
                 }
-                Err(cause) => return Err(ProxyError::UpstreamProtocol { upstream: app.to_string(), cause }),
+                Err(cause) => return Err(SendError::Protocol(cause)),
             }
         }
     }

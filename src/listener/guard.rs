@@ -40,15 +40,12 @@
 //! only runs when a head arrives split across reads.
 
 use bytes::{Buf, BytesMut};
-use http::HeaderName;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The reserved header name that replaces `Content-Length` in a request that also carries
-/// `Transfer-Encoding`; the inbound service refuses any request that has it.
-pub static CL_TE_MARK: HeaderName = HeaderName::from_static("x-tandem-cl-te");
+pub use crate::base::fields::CL_TE_MARK;
 
 const MARK: &[u8; 14] = b"x-tandem-cl-te";
 const CONTENT_LENGTH: &[u8; 14] = b"content-length";

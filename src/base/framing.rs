@@ -1,0 +1,283 @@
+//! HTTP/1.1 message framing written once for both halves of tandem's codec (RFC 9112 sections
+//! 6 and 7): where a body ends ([`Framing`], [`ChunkScan`], the one chunked state machine for
+//! requests and answers), and what an answer's head says ([`final_answer`], [`AnswerHead`]).
+
+use crate::base::fields::{eq, hop_by_hop, parse_length, Named};
+use bytes::{Buf, BytesMut};
+use std::mem::MaybeUninit;
+
+/// Header fields a head is parsed into without an allocation (a request with more, up to the
+/// configured `max_headers`, is parsed into one made for it).
+pub const MAX_FIELDS: usize = 100;
+/// Most bytes of an upstream response head (hyper's client buffer limit on the other path).
+pub(crate) const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
+pub(crate) const HEAD_TOO_LARGE: &str = "response head too large (over 1 MiB)";
+/// Bytes asked of the kernel per read.
+pub(crate) const READ_SIZE: usize = 16 * 1024;
+
+/// Parses the final answer head at the front of `buf` for both halves of the codec: interim
+/// (`1xx`) answers are consumed and skipped, a `101` (to a request that asked for no upgrade),
+/// a head over 1 MiB or one httparse refuses is an error, and `Ok(None)` means incomplete. `f`
+/// gets the parsed head, its framing and the head's bytes (which the parsed fields borrow);
+/// its result comes back with the head's length, the head itself left in `buf`.
+pub(crate) fn final_answer<R>(
+    buf: &mut BytesMut,
+    head_only: bool,
+    upgrade: bool,
+    f: impl FnOnce(&httparse::Response<'_, '_>, AnswerHead<'_>, &[u8]) -> Result<R, String>,
+) -> Result<Option<(R, usize)>, String> {
+    loop {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len =
+            match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut fields) {
+                Ok(httparse::Status::Complete(n)) if n > MAX_RESPONSE_HEAD => return Err(HEAD_TOO_LARGE.to_owned()),
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(e) => return Err(format!("invalid response head: {e}")),
+            };
+        let (Some(status), Some(version)) = (resp.code, resp.version) else {
+            return Err("invalid response head".to_owned());
+        };
+        if status == 101 && upgrade {
+            let answer =
+                AnswerHead { named: Named::default(), body: Framing::Length(0), encoded: false, reusable: false };
+            return f(&resp, answer, &buf[..len]).map(|r| Some((r, len)));
+        }
+        if status == 101 {
+            return Err("101 Switching Protocols to a request that asked for no upgrade".to_owned());
+        }
+        if (100..200).contains(&status) {
+            buf.advance(len);
+            continue;
+        }
+        let answer = AnswerHead::read(resp.headers, status, version, head_only)?;
+        return f(&resp, answer, &buf[..len]).map(|r| Some((r, len)));
+    }
+}
+
+/// What an answer's head says about its body and about the app's connection.
+pub(crate) struct AnswerHead<'h> {
+    /// The fields `Connection` names (and its `close`, `keep-alive`).
+    named: Named<'h>,
+    pub(crate) body: Framing,
+    /// `Transfer-Encoding` was there (a `Content-Length` beside it does not pass on).
+    encoded: bool,
+    /// The connection can carry another request once the body has ended.
+    pub(crate) reusable: bool,
+}
+
+impl<'h> AnswerHead<'h> {
+    /// Reads the framing fields of a final answer (`status` 200 or above) to a request that
+    /// was a `HEAD` request if `head_only`.
+    pub(crate) fn read(
+        fields: &[httparse::Header<'h>],
+        status: u16,
+        version: u8,
+        head_only: bool,
+    ) -> Result<Self, String> {
+        let mut named = Named::default();
+        let mut length = None;
+        let mut encoding: Option<&[u8]> = None;
+        for h in fields {
+            let (name, value) = (h.name.as_bytes(), h.value);
+            if eq(name, b"connection") {
+                if !named.add(value) {
+                    return Err("Connection names too many fields".to_owned());
+                }
+            } else if eq(name, b"content-length") {
+                match (length, parse_length(value)) {
+                    (None, Some(n)) => length = Some(n),
+                    (Some(a), Some(b)) if a == b => {}
+                    _ => return Err("invalid Content-Length".to_owned()),
+                }
+            } else if eq(name, b"transfer-encoding") {
+                encoding = Some(value);
+            }
+        }
+        let body = match (encoding, length) {
+            _ if head_only || status == 204 || status == 304 => Framing::Length(0),
+            // The final encoding decides; anything but chunked runs until the connection ends.
+            (Some(te), _) if te.rsplit(|b| *b == b',').next().is_some_and(|t| eq(t.trim_ascii(), b"chunked")) => {
+                Framing::Chunked
+            }
+            (Some(_), _) | (None, None) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+        };
+        let reusable = !named.close && (version == 1 || named.keep_alive) && body != Framing::UntilClose;
+        Ok(Self { named, body, encoded: encoding.is_some(), reusable })
+    }
+
+    /// Whether a field of the answer stays behind (hop-by-hop, named by `Connection`, or a
+    /// `Content-Length` beside `Transfer-Encoding`).
+    pub(crate) fn drops(&self, name: &[u8]) -> bool {
+        if eq(name, b"content-length") {
+            // It frames the body for the client too, whatever `Connection` names.
+            return self.encoded;
+        }
+        hop_by_hop(name) || self.named.names(name) || eq(name, b"te")
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Framing {
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Follows chunked framing (RFC 9112 section 7.1) to find where a body ends; the bytes pass
+/// unchanged. The one state machine for request and response bodies alike, and as strict as
+/// hyper's: every line ends in CRLF, a size is hex digits only (no sign, no `0x`, at most 16),
+/// chunk extensions and the trailer section are bounded ([`CHUNK_META_LIMIT`] each, per body),
+/// and a trailer line is a field (a name, then `:`).
+#[derive(Default, Debug)]
+pub(crate) struct ChunkScan {
+    pub(crate) state: Chunk,
+    /// Data bytes left in the current chunk.
+    pub(crate) size: u64,
+    digits: u8,
+    /// Chunk data bytes seen.
+    pub(crate) data: u64,
+    /// Extension and trailer bytes seen (bounded).
+    meta: usize,
+    /// The current trailer line has its name's colon.
+    colon: bool,
+    /// Stop at the start of chunk data and of the trailer section (a decoder takes those
+    /// itself; see [`ChunkScan::take_data`]).
+    pub(crate) decode: bool,
+}
+
+/// Most bytes of chunk extensions, and of trailer fields, one body may carry (hyper allows
+/// 16 KiB of extensions too).
+pub(crate) const CHUNK_META_LIMIT: usize = 16 * 1024;
+
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chunk {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+impl ChunkScan {
+    /// Consumes `bytes` up to the end of the body: how many belong to it, and whether it ended.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), &'static str> {
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            match self.state {
+                Chunk::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let d = (b as char).to_digit(16).unwrap_or(0);
+                        self.digits += 1;
+                        if self.digits > 16 {
+                            return Err("chunk size too large");
+                        }
+                        self.size = self.size * 16 + u64::from(d);
+                    }
+                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = Chunk::Extension,
+                    b'\r' if self.digits > 0 => self.state = Chunk::SizeLf,
+                    _ => return Err("invalid chunk size line"),
+                },
+                Chunk::Extension => match b {
+                    b'\r' => self.state = Chunk::SizeLf,
+                    b'\n' => return Err("bare LF in a chunk size line"),
+                    _ => self.count_meta()?,
+                },
+                Chunk::SizeLf => match b {
+                    b'\n' => self.end_size_line(),
+                    _ => return Err("invalid chunk size line"),
+                },
+                Chunk::Data => {
+                    let n = ((bytes.len() - i) as u64).min(self.size);
+                    self.size -= n;
+                    self.data += n;
+                    i += n as usize;
+                    if self.size == 0 {
+                        self.state = Chunk::DataCr;
+                    }
+                    continue;
+                }
+                Chunk::DataCr => match b {
+                    b'\r' => self.state = Chunk::DataLf,
+                    _ => return Err("chunk data longer than its size, or not followed by CRLF"),
+                },
+                Chunk::DataLf => match b {
+                    b'\n' => self.state = Chunk::Size,
+                    _ => return Err("chunk data longer than its size, or not followed by CRLF"),
+                },
+                Chunk::TrailerStart => match b {
+                    b'\r' => self.state = Chunk::EndLf,
+                    b':' | b'\n' | b' ' | b'\t' => return Err("invalid trailer line"),
+                    _ => {
+                        self.colon = false;
+                        self.count_meta()?;
+                        self.state = Chunk::Trailer;
+                    }
+                },
+                Chunk::Trailer => match b {
+                    b'\r' if self.colon => self.state = Chunk::TrailerLf,
+                    b'\r' | b'\n' => return Err("invalid trailer line"),
+                    b':' => {
+                        self.colon = true;
+                        self.count_meta()?;
+                    }
+                    _ => self.count_meta()?,
+                },
+                Chunk::TrailerLf => match b {
+                    b'\n' => self.state = Chunk::TrailerStart,
+                    _ => return Err("invalid trailer line"),
+                },
+                Chunk::EndLf => match b {
+                    b'\n' => {
+                        self.state = Chunk::Done;
+                        return Ok((i + 1, true));
+                    }
+                    _ => return Err("invalid end of chunked body"),
+                },
+                Chunk::Done => return Ok((i, true)),
+            }
+            i += 1;
+            if self.decode && matches!(self.state, Chunk::Data | Chunk::TrailerStart) {
+                return Ok((i, false));
+            }
+        }
+        Ok((i, self.state == Chunk::Done))
+    }
+
+    fn count_meta(&mut self) -> Result<(), &'static str> {
+        self.meta += 1;
+        if self.meta > CHUNK_META_LIMIT {
+            return Err("chunk extensions or trailers over 16 KiB");
+        }
+        Ok(())
+    }
+
+    fn end_size_line(&mut self) {
+        self.digits = 0;
+        self.state = if self.size == 0 { Chunk::TrailerStart } else { Chunk::Data };
+    }
+
+    /// A scanner for a decoder (see [`ChunkScan::decode`]).
+    pub(crate) fn decoder() -> Self {
+        Self { decode: true, ..Self::default() }
+    }
+
+    /// A decoder took `n` data bytes of the current chunk.
+    pub(crate) fn take_data(&mut self, n: u64) {
+        self.size -= n.min(self.size);
+        self.data += n;
+        if self.size == 0 {
+            self.state = Chunk::DataCr;
+        }
+    }
+}
