@@ -65,14 +65,13 @@ use crate::base::reason::Direction;
 use crate::lifecycle::shutdown::{Drain, DRAIN_IDLE_GRACE};
 use crate::proxy::error::{error_response, ProxyError};
 use crate::proxy::inbound::InboundProxy;
-use crate::telemetry::record::{Finish, InFlight, RequestRecord, Strings};
+use crate::telemetry::record::{Finish, RequestRecord, Strings};
 use crate::upstream::pool::AppStreams;
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderValue;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -520,10 +519,10 @@ impl Conn<'_> {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
         let mut req = httparse::Request::new(&mut []);
         let parsed = match req.parse_with_uninit_headers(&rbuf, &mut fields) {
-            Err(httparse::Error::TooManyHeaders) if self.proxy.max_headers > MAX_FIELDS => {
+            Err(httparse::Error::TooManyHeaders) if self.proxy.admission.max_headers() > MAX_FIELDS => {
                 // A configured limit above the inline array: the rare head with that many
                 // fields is parsed into one allocated for it.
-                let mut many = vec![httparse::EMPTY_HEADER; self.proxy.max_headers + 1];
+                let mut many = vec![httparse::EMPTY_HEADER; self.proxy.admission.max_headers() + 1];
                 let mut req = httparse::Request::new(&mut many);
                 match req.parse(&rbuf) {
                     Ok(httparse::Status::Complete(n)) => self.prepare(&req, n),
@@ -544,7 +543,7 @@ impl Conn<'_> {
     fn refuse_unparsed(&mut self, rbuf: &[u8], e: httparse::Error) -> Parsed {
         let err = match e {
             httparse::Error::TooManyHeaders => ProxyError::HeadersTooLarge {
-                what: format!("more than {} header fields", self.proxy.max_headers.max(MAX_FIELDS)),
+                what: format!("more than {} header fields", self.proxy.admission.max_headers().max(MAX_FIELDS)),
             },
             e => ProxyError::BadRequest { what: format!("invalid request head: {e}") },
         };
@@ -655,13 +654,12 @@ impl Conn<'_> {
         if http10 {
             record.protocol = http::Version::HTTP_10;
         }
-        let now = p.in_flight.fetch_add(1, Ordering::AcqRel);
         let strings = Strings { path, authority: logged_authority, user_agent, traceparent, ..Strings::default() };
-        let mut finish = Finish::new(record, None, p.telemetry.clone()).with_guard(InFlight(p.in_flight.clone()));
+        let (mut finish, over) = p.admission.enter(record, None, &p.telemetry);
         let chunked = codings.chunked();
         let bad = |what: &str| Some(ProxyError::BadRequest { what: what.to_owned() });
-        let refusal = if now >= p.max_in_flight {
-            Some(ProxyError::TooManyRequests { limit: p.max_in_flight })
+        let refusal = if over.is_some() {
+            over
         } else if method == "CONNECT" {
             close = true;
             Some(ProxyError::MethodNotAllowed { what: "CONNECT is served on the outbound listener only".into() })
@@ -689,16 +687,8 @@ impl Conn<'_> {
             Some(err)
         } else if expect.is_some_and(|e| !eq(e.trim_ascii(), b"100-continue")) && !http10 {
             Some(ProxyError::ExpectationFailed { what: "only 100-continue is supported".into() })
-        } else if req.headers.len() > p.max_headers {
-            Some(ProxyError::HeadersTooLarge {
-                what: format!("{} header fields, the limit is {}", req.headers.len(), p.max_headers),
-            })
-        } else if size > p.max_header_bytes {
-            Some(ProxyError::HeadersTooLarge {
-                what: format!("request head of {size} bytes, the limit is {}", p.max_header_bytes),
-            })
         } else {
-            None
+            p.admission.head(req.headers.len(), size)
         };
         if let Some(err) = refusal {
             // The client's own strings, as a refused request is logged.

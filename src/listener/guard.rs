@@ -203,23 +203,6 @@ fn trim(mut v: &[u8]) -> &[u8] {
     v
 }
 
-/// hyper's `Content-Length` rule: ASCII digits only, no sign, no list, no overflow.
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.iter().try_fold(
-        0u64,
-        |n, &b| {
-            if b.is_ascii_digit() {
-                n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-            } else {
-                None
-            }
-        },
-    )
-}
-
 fn is_chunked(v: &[u8]) -> bool {
     let last = v.rsplit(|&b| b == b',').next().unwrap_or(v);
     eq_ignore_case(trim(last), b"chunked")
@@ -374,7 +357,7 @@ impl Tracker {
                     match classify(line) {
                         Field::ContentLength(v) => {
                             head.cl_seen = true;
-                            match (parse_length(v), head.cl) {
+                            match (crate::base::fields::parse_length(v), head.cl) {
                                 (Some(n), None) if !head.cl_invalid => head.cl = Some(n),
                                 (Some(n), Some(prev)) if n == prev => {}
                                 _ => {

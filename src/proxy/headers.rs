@@ -85,12 +85,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// Whether `name` is one of the fields [`strip_hop_by_hop`] may remove or rewrite (fields named in
 /// `Connection` are found through `Connection` itself).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::TE
-        || name == header::UPGRADE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+    name == header::TE || crate::base::fields::hop_by_hop(name.as_str().as_bytes())
 }
 
 /// Appends the peer to `x-forwarded-for` and sets `x-forwarded-proto`.
@@ -165,38 +160,6 @@ pub fn request_id_bytes() -> [u8; 36] {
         j += 2;
     }
     out
-}
-
-/// The request-head limits (hyper's own limits sit above these as a backstop).
-pub fn check_head(
-    parts: &http::request::Parts,
-    max_headers: usize,
-    max_bytes: usize,
-) -> Option<crate::proxy::error::ProxyError> {
-    let count = parts.headers.len();
-    if count > max_headers {
-        return Some(crate::proxy::error::ProxyError::HeadersTooLarge {
-            what: format!("{count} header fields, the limit is {max_headers}"),
-        });
-    }
-    let mut size = target_len(&parts.uri);
-    for (name, value) in &parts.headers {
-        size += name.as_str().len() + value.len() + 4;
-    }
-    if size > max_bytes {
-        return Some(crate::proxy::error::ProxyError::HeadersTooLarge {
-            what: format!("request head of {size} bytes, the limit is {max_bytes}"),
-        });
-    }
-    None
-}
-
-/// The request target's length as sent, without formatting it.
-pub fn target_len(uri: &http::Uri) -> usize {
-    let scheme = uri.scheme_str().map(|s| s.len() + 3).unwrap_or(0);
-    let authority = uri.authority().map(|a| a.as_str().len()).unwrap_or(0);
-    let path = uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(1);
-    scheme + authority + path
 }
 
 #[cfg(test)]

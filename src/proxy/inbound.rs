@@ -22,10 +22,11 @@ use crate::base::fields::CL_TE_MARK;
 use crate::base::reason::Direction;
 use crate::config::Inbound as InboundConfig;
 use crate::lifecycle::shutdown::Tracker;
+use crate::proxy::admission::Admission;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::{error_response, ProxyError};
 use crate::proxy::headers;
-use crate::telemetry::record::{Finish, InFlight, RequestRecord};
+use crate::telemetry::record::{Finish, RequestRecord};
 use crate::telemetry::Telemetry;
 use crate::upstream::pool::AppStreams;
 use crate::upstream::pool::{Checkin, Http1Pool, UpstreamClient};
@@ -38,7 +39,7 @@ use hyper::body::Incoming;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,10 +74,7 @@ pub struct InboundProxy {
     pub(crate) app: SocketAddr,
     app_authority: Authority,
     pub(crate) telemetry: Arc<Telemetry>,
-    pub(crate) in_flight: Arc<AtomicUsize>,
-    pub(crate) max_in_flight: usize,
-    pub(crate) max_header_bytes: usize,
-    pub(crate) max_headers: usize,
+    pub(crate) admission: Admission,
     pub(crate) response_timeout: Duration,
     pub(crate) connect_timeout_ms: u64,
     pub(crate) proto: &'static str,
@@ -102,10 +100,11 @@ impl InboundProxy {
             app,
             app_authority,
             telemetry,
-            in_flight: Arc::new(AtomicUsize::new(0)),
-            max_in_flight: cfg.limits.max_in_flight,
-            max_header_bytes: cfg.limits.max_header_bytes.value.0 as usize,
-            max_headers: cfg.limits.max_headers,
+            admission: Admission::new(
+                cfg.limits.max_in_flight,
+                cfg.limits.max_headers,
+                cfg.limits.max_header_bytes.value.0 as usize,
+            ),
             response_timeout: cfg.timeouts.response.value,
             connect_timeout_ms: cfg.timeouts.connect.value.as_millis() as u64,
             proto: if tls { "https" } else { "http" },
@@ -152,7 +151,7 @@ impl InboundProxy {
 
     /// Requests in flight right now.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.admission.in_flight()
     }
 }
 
@@ -245,11 +244,11 @@ impl InboundProxy {
         record.tls = meta.tls.clone();
 
         // Load shed: never queue beyond max_in_flight.
-        let now = self.in_flight.fetch_add(1, Ordering::AcqRel);
+
         // From here on the request is reported exactly once, whichever way it ends.
-        let mut finish = Finish::new(record, None, self.telemetry.clone()).with_guard(InFlight(self.in_flight.clone()));
-        if now >= self.max_in_flight {
-            return Err(self.fail(ProxyError::TooManyRequests { limit: self.max_in_flight }, finish));
+        let (mut finish, over) = self.admission.enter(record, None, &self.telemetry);
+        if let Some(err) = over {
+            return Err(self.fail(err, finish));
         }
 
         // A request smuggling shape: refuse it and close, whatever else it says.
@@ -264,7 +263,7 @@ impl InboundProxy {
         }
 
         // Request-head limits (hyper's own limits sit above these as a backstop).
-        if let Some(err) = headers::check_head(&parts, self.max_headers, self.max_header_bytes) {
+        if let Some(err) = self.admission.parts(&parts) {
             return Err(self.fail(err, finish));
         }
 

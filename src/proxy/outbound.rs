@@ -30,10 +30,11 @@ use crate::base::reason::Reason;
 use crate::config::policy::{Destination, Policy, Verdict, Why};
 use crate::config::Outbound as OutboundConfig;
 use crate::lifecycle::shutdown::Tracker;
+use crate::proxy::admission::Admission;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::{error_response, ProxyError};
 use crate::proxy::headers;
-use crate::telemetry::record::{Finish, InFlight, RequestRecord};
+use crate::telemetry::record::{Finish, RequestRecord};
 use crate::telemetry::Telemetry;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -46,7 +47,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -66,10 +67,7 @@ pub struct OutboundProxy {
     dialer: Arc<Dialer>,
     telemetry: Arc<Telemetry>,
     conns: Arc<Tracker>,
-    in_flight: Arc<AtomicUsize>,
-    max_in_flight: usize,
-    max_header_bytes: usize,
-    max_headers: usize,
+    admission: Admission,
     response_timeout: Duration,
     connect_timeout: Duration,
     tunnel_idle: Duration,
@@ -91,10 +89,11 @@ impl OutboundProxy {
             dialer,
             telemetry,
             conns,
-            in_flight: Arc::new(AtomicUsize::new(0)),
-            max_in_flight: cfg.limits.max_in_flight,
-            max_header_bytes: cfg.limits.max_header_bytes.value.0 as usize,
-            max_headers: cfg.limits.max_headers,
+            admission: Admission::new(
+                cfg.limits.max_in_flight,
+                cfg.limits.max_headers,
+                cfg.limits.max_header_bytes.value.0 as usize,
+            ),
             response_timeout: cfg.timeouts.response.value,
             connect_timeout: cfg.timeouts.connect.value,
             tunnel_idle: cfg.timeouts.idle.value,
@@ -127,7 +126,7 @@ impl OutboundProxy {
 
     /// Requests (and tunnels) in flight right now.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.admission.in_flight()
     }
 }
 
@@ -157,12 +156,9 @@ impl hyper::service::Service<Request<Incoming>> for OutboundService {
 }
 
 impl OutboundProxy {
-    /// Starts the record and takes an in-flight slot; true when that is over `max_in_flight`
-    /// (load shed: answer 503 `UO` at once, never queue).
-    fn admit(&self, record: RequestRecord, received: Option<Arc<AtomicU64>>) -> (Finish, bool) {
-        let now = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let guard = InFlight(self.in_flight.clone());
-        (Finish::new(record, received, self.telemetry.clone()).with_guard(guard), now >= self.max_in_flight)
+    /// Starts the record and takes an in-flight slot ([`Admission::enter`]).
+    fn admit(&self, record: RequestRecord, received: Option<Arc<AtomicU64>>) -> (Finish, Option<ProxyError>) {
+        self.admission.enter(record, received, &self.telemetry)
     }
 
     /// A plain HTTP request: absolute form (`GET http://orders:8080/x`), or origin form with `Host`.
@@ -174,10 +170,10 @@ impl OutboundProxy {
         record.upstream_cluster = PASSTHROUGH;
         let received = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicU64::new(0)));
         let (mut finish, over) = self.admit(record, received.clone());
-        if over {
-            return self.fail(ProxyError::TooManyRequests { limit: self.max_in_flight }, finish);
+        if let Some(err) = over {
+            return self.fail(err, finish);
         }
-        if let Some(err) = headers::check_head(&parts, self.max_headers, self.max_header_bytes) {
+        if let Some(err) = self.admission.parts(&parts) {
             return self.fail(err, finish);
         }
         let authority = match destination(&parts) {
@@ -264,8 +260,8 @@ impl OutboundProxy {
         record.upstream_cluster = PASSTHROUGH;
         let received = Arc::new(AtomicU64::new(0));
         let (mut finish, over) = self.admit(record, Some(received.clone()));
-        if over {
-            return self.fail(ProxyError::TooManyRequests { limit: self.max_in_flight }, finish);
+        if let Some(err) = over {
+            return self.fail(err, finish);
         }
         let Some(authority) = parts.uri.authority().filter(|a| a.port_u16().is_some()).cloned() else {
             let what = "CONNECT needs host:port as its target".to_owned();

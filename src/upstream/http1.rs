@@ -55,7 +55,7 @@ pub async fn send<B>(streams: &Arc<AppStreams>, req: &http::Request<B>) -> Resul
     let head_only = req.method() == http::Method::HEAD;
     // Sent again after a pooled connection ended without an answer only if idempotent (RFC 9110
     // section 9.2.2): the app may have acted on it.
-    let idempotent = req.method().is_idempotent();
+    let idempotent = crate::base::fields::is_idempotent(req.method().as_str().as_bytes());
     'attempt: loop {
         let (mut up, mut buf, reused) = match streams.take_with_buf() {
             Some((s, b)) => (s, b, true),
