@@ -149,6 +149,24 @@ impl Raw {
 
     /// The response on `id`: status, fields, body; or the RST_STREAM code that ended it.
     async fn response(&mut self, id: u32) -> Result<(u16, Vec<(String, String)>, Vec<u8>), u32> {
+        let (status, fields, body, reset) = self.outcome(id).await;
+        match reset {
+            Some(code) => Err(code),
+            None => Ok((status, fields, body)),
+        }
+    }
+
+    /// A malformed request's answer (RFC 9113 section 8.1.1): a response without END_STREAM,
+    /// then RST_STREAM(PROTOCOL_ERROR). Its status and fields.
+    async fn refused(&mut self, id: u32) -> (u16, Vec<(String, String)>) {
+        let (status, fields, _, reset) = self.outcome(id).await;
+        assert_eq!(reset, Some(code::PROTOCOL_ERROR), "stream {id} ends with RST_STREAM(PROTOCOL_ERROR)");
+        (status, fields)
+    }
+
+    /// What came on `id` until END_STREAM or RST_STREAM: status (0 if none), fields, body, and
+    /// the RST_STREAM code.
+    async fn outcome(&mut self, id: u32) -> (u16, Vec<(String, String)>, Vec<u8>, Option<u32>) {
         let mut status = 0;
         let mut fields = Vec::new();
         let mut body = Vec::new();
@@ -174,16 +192,19 @@ impl Raw {
                             .expect("response headers decode");
                     }
                     if flags & END_STREAM != 0 {
-                        return Ok((status, fields, body));
+                        return (status, fields, body, None);
                     }
                 }
                 DATA => {
                     body.extend_from_slice(&payload);
                     if flags & END_STREAM != 0 {
-                        return Ok((status, fields, body));
+                        return (status, fields, body, None);
                     }
                 }
-                RST_STREAM => return Err(u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])),
+                RST_STREAM => {
+                    let code = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    return (status, fields, body, Some(code));
+                }
                 _ => {}
             }
         }
@@ -333,15 +354,15 @@ async fn padded_frames_and_split_cookies_are_understood() {
 }
 
 #[tokio::test]
-async fn a_malformed_request_is_answered_400_logged_and_the_connection_kept() {
+async fn a_malformed_request_is_answered_400_logged_reset_and_the_connection_kept() {
     let (proxy, _dir, log, _echo) = proxy_with_log("h2-malformed").await;
     let mut raw = Raw::connect(proxy.inbound_addr).await;
     raw.request(1, "/", &[("X-Upper", "1")], true).await;
-    let (status, fields, _) = raw.response(1).await.expect("answered");
+    let (status, fields) = raw.refused(1).await;
     assert_eq!(status, 400);
     assert!(fields.iter().any(|(n, v)| n == "x-tandem-error" && v == "DPE"), "{fields:?}");
     raw.request(3, "/", &[("connection", "close")], true).await;
-    assert_eq!(raw.response(3).await.expect("answered").0, 400);
+    assert_eq!(raw.refused(3).await.0, 400);
     // The connection still serves.
     raw.request(5, "/fine", &[], true).await;
     assert_eq!(raw.response(5).await.expect("answered").0, 200);
@@ -547,10 +568,10 @@ async fn a_get_with_a_body_of_unknown_length_reaches_the_app_with_it() {
 async fn content_lengths_that_differ_or_lie_are_refused_400() {
     let (_echo, _proxy, mut raw) = echo_proxy_raw().await;
     raw.request(1, "/", &[("content-length", "0"), ("content-length", "50")], true).await;
-    assert_eq!(raw.response(1).await.expect("answered").0, 400);
+    assert_eq!(raw.refused(1).await.0, 400);
     // A length the stream's END_STREAM already contradicts.
     raw.request(3, "/", &[("content-length", "5")], true).await;
-    assert_eq!(raw.response(3).await.expect("answered").0, 400);
+    assert_eq!(raw.refused(3).await.0, 400);
     raw.request(5, "/", &[("content-length", "0")], true).await;
     assert_eq!(raw.response(5).await.expect("answered").0, 200);
 }

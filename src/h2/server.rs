@@ -17,26 +17,40 @@
 //!   its window and a connection never more than 1 MiB. An answer's body is polled only while
 //!   both windows and the write buffer have room.
 //! - Requests: the pseudo-header and field rules of RFC 9113 section 8 (a malformed request is
-//!   answered 400 `DPE`; a header list over the limit 431 `DPE`; both are logged and counted),
+//!   answered 400 `DPE` without END_STREAM, then reset `PROTOCOL_ERROR`, section 8.1.1; a header
+//!   list over the limit 431 `DPE`; both are logged and counted and never reach the app),
 //!   `content-length` checked against the DATA received, trailers, `cookie` fields joined for
-//!   the HTTP/1.1 app (section 8.2.3).
+//!   the HTTP/1.1 app (section 8.2.3). `:authority` is the app's Host (a differing `host` is
+//!   dropped, section 8.3.1); with neither, the app's own authority is. CONNECT is answered 405
+//!   (tandem makes no tunnels).
 //! - Answers: HEADERS (with CONTINUATION when longer than the peer's frame size), DATA, trailers;
 //!   the connection-specific fields HTTP/2 forbids are never sent. A body that fails resets its
 //!   stream (`INTERNAL_ERROR`); an answer that ends before its request body does is followed by
 //!   `RST_STREAM(NO_ERROR)`.
 //! - `RST_STREAM` from the client cancels the request (reported `DC`). PING is answered, GOAWAY
 //!   from the client lets open streams finish. Frames of unknown type are ignored.
+//! - Stream states (section 5.1): DATA or HEADERS on a stream the client reset or that both
+//!   sides ended is a stream error `STREAM_CLOSED`; on a stream we reset, it is ignored (the
+//!   client may have sent it before it saw our RST_STREAM). HEADERS opening a stream below one
+//!   already opened is a connection error `PROTOCOL_ERROR` (section 5.1.1); a stream made to
+//!   depend on itself, by PRIORITY or HEADERS, a stream error `PROTOCOL_ERROR` (section 5.3.1).
 //! - The stop: GOAWAY with the last possible stream ID and a PING, then, once the PING is
 //!   answered (or after 1 s), GOAWAY naming the last stream taken; open streams finish and the
 //!   connection closes (the [`crate::lifecycle::shutdown`] rules). Idle connections close after
 //!   `timeouts.idle`; a PING every 30 s without traffic, and no answer within 10 s closes the
 //!   connection. A connection quiet for one timer tick with nothing in flight gives its buffers
 //!   back.
-//! - Limits against abuse: streams over 200 are refused (`REFUSED_STREAM`); a client that
-//!   resets more streams than it lets finish (more than 200 ahead) gets GOAWAY
-//!   `ENHANCE_YOUR_CALM` (the rapid-reset attack); a header block is bounded before it is
-//!   decoded; nothing more is read while 64 KiB of answers wait to be written, so PING and
-//!   SETTINGS floods stop at the client's own receive buffer.
+//! - Limits against abuse, each counted in [`abuse`]: streams over 200 are refused
+//!   (`REFUSED_STREAM`); these end the connection with GOAWAY `ENHANCE_YOUR_CALM`: a client
+//!   that resets more streams than it lets finish (more than 200 ahead, the rapid-reset
+//!   attack), more than 1,000 answers to its PING, SETTINGS and bad frames waiting unwritten
+//!   (a flood it does not read, nghttp2's bound), a header block in more CONTINUATION frames
+//!   than its largest size needs (the `h2` crate's rule), more than 100 empty DATA frames
+//!   without END_STREAM (the `h2` crate's bound). A header block is bounded before it is
+//!   decoded; nothing more is read while 64 KiB of answers wait to be written. With an idle
+//!   timeout set, a stream whose answer waits that long for the client (its window at zero, or
+//!   no write room) is reset `CANCEL`, which releases its app connection, and a connection
+//!   whose client reads nothing that long is closed.
 //!
 //! Protocol errors are connection errors (GOAWAY with the code, then close) or stream errors
 //! (`RST_STREAM`), as section 5.4 assigns them.
@@ -121,6 +135,78 @@ const GOAWAY_PING_WAIT: Duration = Duration::from_secs(1);
 const GOAWAY_PING: [u8; 8] = *b"tandem:g";
 const KEEPALIVE_PING: [u8; 8] = *b"tandem:k";
 
+/// Streams we reset whose late frames are ignored (RFC 9113 section 5.1), the most recent this
+/// many; a frame on any other closed stream is a stream error `STREAM_CLOSED`.
+const RESETS_KEPT: usize = 2 * MAX_CONCURRENT_STREAMS;
+/// Ranges of stream IDs the client skipped (never opened), the most recent this many: HEADERS on
+/// one is a stream ID lower than one already used (section 5.1.1).
+const SKIPS_KEPT: usize = 16;
+/// Answers to the client's control frames (PING and SETTINGS acknowledgements, RST_STREAM) that
+/// may wait unwritten: past this the client is flooding without reading (nghttp2's bound).
+const MAX_CTL_UNSENT: u32 = 1000;
+/// Empty DATA frames without END_STREAM one connection may send (the `h2` crate's bound).
+const MAX_EMPTY_DATA: u32 = 100;
+
+/// Abuse this server cut short, counted for the whole process (read by [`abuse::totals`]).
+pub mod abuse {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// What a client did.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Abuse {
+        /// Streams opened and reset (by it, or provoked from us) faster than answered.
+        RapidReset,
+        /// PING or SETTINGS (or frames we must answer with RST_STREAM) sent without reading the
+        /// answers.
+        ControlFlood,
+        /// A header block in more CONTINUATION frames than its size needs.
+        ContinuationFlood,
+        /// Empty DATA frames that do not end their stream.
+        EmptyData,
+        /// A stream whose answer made no progress for the idle timeout (the client's window
+        /// stayed at zero, or it did not read).
+        StalledStream,
+        /// A connection whose answers the client did not read for the idle timeout.
+        Unread,
+    }
+
+    const ALL: [Abuse; 6] = [
+        Abuse::RapidReset,
+        Abuse::ControlFlood,
+        Abuse::ContinuationFlood,
+        Abuse::EmptyData,
+        Abuse::StalledStream,
+        Abuse::Unread,
+    ];
+
+    static COUNTS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+
+    impl Abuse {
+        /// The label this kind is exported under.
+        pub fn as_str(self) -> &'static str {
+            match self {
+                Abuse::RapidReset => "rapid_reset",
+                Abuse::ControlFlood => "control_flood",
+                Abuse::ContinuationFlood => "continuation_flood",
+                Abuse::EmptyData => "empty_data",
+                Abuse::StalledStream => "stalled_stream",
+                Abuse::Unread => "unread",
+            }
+        }
+    }
+
+    pub(super) fn count(kind: Abuse) {
+        COUNTS[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every kind with the times it was seen since the process started.
+    pub fn totals() -> [(Abuse, u64); 6] {
+        ALL.map(|k| (k, COUNTS[k as usize].load(Ordering::Relaxed)))
+    }
+}
+
+use abuse::Abuse;
+
 /// A connection error: GOAWAY with `code`, then close.
 #[derive(Debug)]
 struct ConnError {
@@ -130,6 +216,12 @@ struct ConnError {
 
 fn conn_err(code: u32, why: &'static str) -> ConnError {
     ConnError { code, why }
+}
+
+/// A connection error `ENHANCE_YOUR_CALM` for abuse, counted.
+fn calm(kind: Abuse, why: &'static str) -> ConnError {
+    abuse::count(kind);
+    conn_err(code::ENHANCE_YOUR_CALM, why)
 }
 
 /// Whether `buf` starts with the HTTP/2 preface (or could, with more bytes).
@@ -285,6 +377,11 @@ struct Stream {
     received: u64,
     /// The request went to the app (not refused here).
     forwarded: bool,
+    /// The request is malformed (RFC 9113 section 8.1.1): its answer ends with RST_STREAM
+    /// `PROTOCOL_ERROR` instead of END_STREAM.
+    malformed: bool,
+    /// Since when the answer has been waiting for the client (its window, or write room).
+    stalled_at: Option<tokio::time::Instant>,
     /// Already in `blocked` (waiting for the connection window), and in `deferred` (waiting
     /// for write room): a stream is listed once however often it is woken.
     in_blocked: bool,
@@ -295,7 +392,11 @@ struct Stream {
 struct PendingBlock {
     id: u32,
     end_stream: bool,
+    /// The HEADERS frame made the stream depend on itself (a stream error once decoded).
+    self_dep: bool,
     block: BytesMut,
+    /// CONTINUATION frames so far.
+    continuations: usize,
 }
 
 /// The stop's GOAWAY exchange.
@@ -343,6 +444,18 @@ struct Conn<'a> {
     last_id: u32,
     /// The highest stream the client opened, taken or not (frames above it are on idle streams).
     max_seen: u32,
+    /// Streams we reset recently, whose late frames are ignored.
+    resets: VecDeque<u32>,
+    /// Stream IDs the client skipped (first, last), recently.
+    skips: VecDeque<(u32, u32)>,
+    /// Answers to control frames queued since the write queue was last empty.
+    ctl_unsent: u32,
+    /// Empty DATA frames without END_STREAM received.
+    empty_data: u32,
+    /// Writes that took bytes, and how many the timer last saw (with when).
+    writes: u64,
+    seen_writes: u64,
+    writes_at: tokio::time::Instant,
     pending: Option<PendingBlock>,
     stop: Stop,
     peer_goaway: bool,
@@ -395,6 +508,13 @@ impl<'a> Conn<'a> {
             deferred: Vec::new(),
             last_id: 0,
             max_seen: 0,
+            resets: VecDeque::new(),
+            skips: VecDeque::new(),
+            ctl_unsent: 0,
+            empty_data: 0,
+            writes: 0,
+            seen_writes: 0,
+            writes_at: tokio::time::Instant::now(),
             pending: None,
             stop: Stop::Running,
             peer_goaway: false,
@@ -549,7 +669,10 @@ impl<'a> Conn<'a> {
             }
             self.frame(typ, flags, id, payload)?;
             if self.reset_budget == 0 {
-                return Err(conn_err(code::ENHANCE_YOUR_CALM, "too many streams ended unanswered"));
+                return Err(calm(Abuse::RapidReset, "too many streams ended unanswered"));
+            }
+            if self.ctl_unsent > MAX_CTL_UNSENT {
+                return Err(calm(Abuse::ControlFlood, "control frames sent faster than their answers are read"));
             }
         }
         Ok(())
@@ -571,6 +694,10 @@ impl<'a> Conn<'a> {
                 }
                 if payload.len() != 5 {
                     self.reset(id, code::FRAME_SIZE_ERROR);
+                } else if u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff == id {
+                    // Section 5.3.1: a stream cannot depend on itself (a stream error, even on an
+                    // idle stream, which it does not open).
+                    self.reset(id, code::PROTOCOL_ERROR);
                 }
                 Ok(())
             }
@@ -647,6 +774,7 @@ impl<'a> Conn<'a> {
             }
         }
         frame_head(&mut self.wbuf, 0, SETTINGS, ACK, 0);
+        self.ctl_unsent += 1;
         Ok(())
     }
 
@@ -667,6 +795,7 @@ impl<'a> Conn<'a> {
         }
         frame_head(&mut self.wbuf, 8, PING, ACK, 0);
         self.wbuf.put_slice(&payload);
+        self.ctl_unsent += 1;
         Ok(())
     }
 
@@ -746,15 +875,22 @@ impl<'a> Conn<'a> {
         let padding = (len as usize - data.len()) as u32;
         let n = data.len() as u32;
         self.conn_credit += padding;
+        let end = flags & END_STREAM != 0;
+        if n == 0 && !end {
+            self.empty_data += 1;
+            if self.empty_data > MAX_EMPTY_DATA {
+                return Err(calm(Abuse::EmptyData, "empty DATA frames"));
+            }
+        }
         let Some(&slot) = self.by_id.get(&id) else {
             if id > self.max_seen {
                 return Err(conn_err(code::PROTOCOL_ERROR, "DATA on an idle stream"));
             }
-            // A stream already closed here (answered, or reset): frames in flight are dropped.
+            // A closed stream: its window comes back at once.
             self.conn_credit += n;
+            self.on_closed_stream(id);
             return Ok(());
         };
-        let end = flags & END_STREAM != 0;
         let verdict = match self.streams[slot].as_mut() {
             None => Err(None),
             Some(s) if s.recv_closed => Err(Some(code::STREAM_CLOSED)),
@@ -820,26 +956,24 @@ impl<'a> Conn<'a> {
             return Err(conn_err(code::PROTOCOL_ERROR, "HEADERS on stream 0"));
         }
         let mut block = unpad(flags, payload).ok_or(conn_err(code::PROTOCOL_ERROR, "HEADERS padding too long"))?;
+        let mut self_dep = false;
         if flags & PRIORITY_FLAG != 0 {
             if block.len() < 5 {
                 return Err(conn_err(code::FRAME_SIZE_ERROR, "HEADERS priority fields missing"));
             }
             let dep = u32::from_be_bytes([block[0], block[1], block[2], block[3]]) & 0x7fff_ffff;
             block.advance(5);
-            if dep == id {
-                // A stream depending on itself: a stream error, after keeping HPACK in step.
-                self.decode_and_drop(&block)?;
-                self.reset(id, code::PROTOCOL_ERROR);
-                return Ok(());
-            }
+            // A stream depending on itself (section 5.3.1): a stream error once the block is
+            // decoded (HPACK stays in step).
+            self_dep = dep == id;
         }
         let end_stream = flags & END_STREAM != 0;
         if flags & END_HEADERS != 0 {
-            return self.header_block(id, end_stream, block);
+            return self.header_block(id, end_stream, self_dep, block);
         }
         let mut pending = BytesMut::with_capacity(block.len() * 2);
         pending.extend_from_slice(&block);
-        self.pending = Some(PendingBlock { id, end_stream, block: pending });
+        self.pending = Some(PendingBlock { id, end_stream, self_dep, block: pending, continuations: 0 });
         Ok(())
     }
 
@@ -853,9 +987,13 @@ impl<'a> Conn<'a> {
         if p.block.len() + payload.len() > self.max_block() {
             return Err(conn_err(code::ENHANCE_YOUR_CALM, "header block too large"));
         }
+        p.continuations += 1;
+        if p.continuations > self.max_continuations() {
+            return Err(calm(Abuse::ContinuationFlood, "a header block in too many CONTINUATION frames"));
+        }
         p.block.extend_from_slice(&payload);
         if flags & END_HEADERS != 0 {
-            return self.header_block(id, p.end_stream, p.block.freeze());
+            return self.header_block(id, p.end_stream, p.self_dep, p.block.freeze());
         }
         self.pending = Some(p);
         Ok(())
@@ -866,6 +1004,14 @@ impl<'a> Conn<'a> {
         self.rules.max_list.saturating_mul(2).saturating_add(MAX_FRAME)
     }
 
+    /// The most CONTINUATION frames one header block may take: what the largest block needs in
+    /// full frames, a quarter more for frames not filled, and at least 5 (the `h2` crate's rule).
+    /// Empty or tiny CONTINUATION frames cost a frame each while the block hardly grows.
+    fn max_continuations(&self) -> usize {
+        let full = (self.max_block() / MAX_FRAME).max(1);
+        full.saturating_add(full / 4).max(5)
+    }
+
     fn decode_and_drop(&mut self, block: &Bytes) -> Result<(), ConnError> {
         match self.dec.decode(block, 0, |_, _| {}) {
             Ok(()) | Err(HpackError::ListTooLarge) => Ok(()),
@@ -873,18 +1019,41 @@ impl<'a> Conn<'a> {
         }
     }
 
-    fn header_block(&mut self, id: u32, end_stream: bool, block: Bytes) -> Result<(), ConnError> {
+    fn header_block(&mut self, id: u32, end_stream: bool, self_dep: bool, block: Bytes) -> Result<(), ConnError> {
         if id.is_multiple_of(2) {
             return Err(conn_err(code::PROTOCOL_ERROR, "a client stream with an even ID"));
         }
         if let Some(&slot) = self.by_id.get(&id) {
+            if self_dep {
+                self.decode_and_drop(&block)?;
+                self.reset(id, code::PROTOCOL_ERROR);
+                return Ok(());
+            }
             return self.trailers(slot, id, end_stream, block);
         }
         if id <= self.max_seen {
-            // A stream closed here: keep HPACK in step and drop it.
-            return self.decode_and_drop(&block);
+            if self.skipped(id) {
+                // Section 5.1.1: a new stream must have a higher ID than every one before.
+                return Err(conn_err(code::PROTOCOL_ERROR, "a stream ID lower than one already used"));
+            }
+            // A closed stream: HPACK kept in step, then the frame is dropped or a stream error.
+            self.decode_and_drop(&block)?;
+            self.on_closed_stream(id);
+            return Ok(());
+        }
+        let next = if self.max_seen == 0 { 1 } else { self.max_seen + 2 };
+        if id > next {
+            if self.skips.len() == SKIPS_KEPT {
+                self.skips.pop_front();
+            }
+            self.skips.push_back((next, id - 2));
         }
         self.max_seen = id;
+        if self_dep {
+            self.decode_and_drop(&block)?;
+            self.send_rst(id, code::PROTOCOL_ERROR);
+            return Ok(());
+        }
         let mut head = RequestHead::default();
         let decoded = self.dec.decode(&block, self.rules.max_list, |n, v| head.field(n, v));
         let too_large = match decoded {
@@ -904,14 +1073,26 @@ impl<'a> Conn<'a> {
             return Ok(());
         }
         let slot = self.new_stream(id, end_stream);
+        let mut malformed = false;
         let answer = if too_large {
             self.refuse(ProxyError::HeadersTooLarge {
                 what: format!("HTTP/2 header list over {} bytes", self.rules.max_list),
             })
         } else {
             match head.finish() {
-                Err(what) => self.refuse(ProxyError::BadRequest { what: what.into() }),
-                Ok((parts, expect_len)) => {
+                Err(Refusal::Malformed(what)) => {
+                    malformed = true;
+                    self.refuse(ProxyError::BadRequest { what: what.into() })
+                }
+                Err(Refusal::Connect) => self.refuse(connect_refused()),
+                Ok((mut parts, expect_len)) => {
+                    if parts.uri.authority().is_none() && !parts.headers.contains_key(header::HOST) {
+                        // Neither `:authority` nor `host`: the app gets its own authority as Host,
+                        // as an HTTP/1.0 request without Host does.
+                        if let Ok(v) = HeaderValue::from_str(self.proxy.app_authority()) {
+                            parts.headers.insert(header::HOST, v);
+                        }
+                    }
                     let body = if end_stream {
                         RequestBody::Empty
                     } else {
@@ -928,6 +1109,7 @@ impl<'a> Conn<'a> {
                         RequestBody::H2(RecvBody { shared, hint })
                     };
                     if end_stream && expect_len.is_some_and(|n| n != 0) {
+                        malformed = true;
                         self.refuse(ProxyError::BadRequest { what: "content-length without a body".into() })
                     } else {
                         if let Some(s) = self.streams[slot].as_mut() {
@@ -941,6 +1123,7 @@ impl<'a> Conn<'a> {
         };
         if let Some(s) = self.streams[slot].as_mut() {
             s.answer = Answer::Waiting(answer);
+            s.malformed = malformed;
         }
         self.queue.push(slot);
         Ok(())
@@ -1034,6 +1217,8 @@ impl<'a> Conn<'a> {
             expect_len: None,
             received: 0,
             forwarded: false,
+            malformed: false,
+            stalled_at: None,
             in_blocked: false,
             in_deferred: false,
         });
@@ -1074,6 +1259,30 @@ impl<'a> Conn<'a> {
     fn send_rst(&mut self, id: u32, code: u32) {
         frame_head(&mut self.wbuf, 4, RST_STREAM, 0, id);
         self.wbuf.put_u32(code);
+        self.ctl_unsent += 1;
+        // Section 5.1: what the client sent before it saw this is ignored.
+        if id <= self.max_seen && !self.resets.contains(&id) {
+            if self.resets.len() == RESETS_KEPT {
+                self.resets.pop_front();
+            }
+            self.resets.push_back(id);
+        }
+    }
+
+    /// Whether `id` (at most `max_seen`) is in a range of IDs the client skipped.
+    fn skipped(&self, id: u32) -> bool {
+        self.skips.iter().any(|&(first, last)| (first..=last).contains(&id))
+    }
+
+    /// DATA or HEADERS on a closed stream (section 5.1): ignored if we reset it (the client may
+    /// have sent it before it saw our RST_STREAM) or if it is above the final GOAWAY's; otherwise
+    /// (the client reset it, or both sides ended it) a stream error `STREAM_CLOSED`, after which
+    /// the stream counts as reset by us.
+    fn on_closed_stream(&mut self, id: u32) {
+        let after_goaway = matches!(self.stop, Stop::Final(last) if id > last);
+        if !after_goaway && !self.resets.contains(&id) {
+            self.send_rst(id, code::STREAM_CLOSED);
+        }
     }
 
     /// Drops the stream in `slot` (already out of `by_id`): its request body fails, its answer
@@ -1151,6 +1360,9 @@ impl<'a> Conn<'a> {
             if self.pending_out() >= WRITE_HIGH {
                 if let Some(s) = self.streams[slot].as_mut().filter(|s| !s.in_deferred) {
                     s.in_deferred = true;
+                    if s.stalled_at.is_none() {
+                        s.stalled_at = Some(tokio::time::Instant::now());
+                    }
                     self.deferred.push(slot);
                 }
                 return;
@@ -1162,7 +1374,11 @@ impl<'a> Conn<'a> {
                     return;
                 }
                 Answer::Waiting(f) => match Pin::new(f).poll(&mut cx) {
-                    Poll::Pending => return,
+                    Poll::Pending => {
+                        // The app's turn, not the client's.
+                        s.stalled_at = None;
+                        return;
+                    }
                     Poll::Ready(Ok(resp)) => self.answer_head(slot, resp),
                     Poll::Ready(Err(never)) => match never {},
                 },
@@ -1179,7 +1395,10 @@ impl<'a> Conn<'a> {
     fn after_answer(&mut self, slot: usize) {
         let Some(s) = self.streams[slot].as_ref() else { return };
         let id = s.id;
-        if !s.recv_closed {
+        if s.malformed {
+            // Section 8.1.1: a malformed request is a stream error, after its 400.
+            self.send_rst(id, code::PROTOCOL_ERROR);
+        } else if !s.recv_closed {
             // RFC 9113 section 8.1: the rest of the request is not needed.
             self.send_rst(id, code::NO_ERROR);
         }
@@ -1195,7 +1414,9 @@ impl<'a> Conn<'a> {
         let id = s.id;
         // An empty body is done: dropping it reports the request.
         s.answer = if end { Answer::Done } else { Answer::Body(body) };
-        self.header_frames(id, Some(parts.status.as_u16()), &parts.headers, end);
+        // A malformed request's answer ends with RST_STREAM (after_answer), not END_STREAM.
+        let end_stream = end && !s.malformed;
+        self.header_frames(id, Some(parts.status.as_u16()), &parts.headers, end_stream);
     }
 
     /// Sends a header block on `id` (an answer's head with its `status`, or trailers) as HEADERS
@@ -1235,23 +1456,30 @@ impl<'a> Conn<'a> {
         // Held data first.
         if let Some((mut data, end)) = s.held.take() {
             if data.is_empty() {
-                // The body ended: with its trailers, or an empty DATA frame carrying END_STREAM.
+                // The body ended: with its trailers, or an empty DATA frame carrying END_STREAM
+                // (for a malformed request, RST_STREAM follows instead).
                 s.answer = Answer::Done;
+                let fin = !s.malformed;
                 match s.held_trailers.take() {
-                    Some(t) => self.header_frames(id, None, &t, true),
-                    None => self.data_frame(id, Bytes::new(), true),
+                    Some(t) => self.header_frames(id, None, &t, fin),
+                    None if fin => self.data_frame(id, Bytes::new(), true),
+                    None => {}
                 }
                 return true;
             }
             let window = s.send_window.min(self.send_window);
             if window <= 0 {
                 s.held = Some((data, end));
+                if s.stalled_at.is_none() {
+                    s.stalled_at = Some(tokio::time::Instant::now());
+                }
                 if self.send_window <= 0 && !s.in_blocked {
                     s.in_blocked = true;
                     self.blocked.push(slot);
                 }
                 return false;
             }
+            s.stalled_at = None;
             let n = data.len().min(window as usize).min(self.peer_max_frame);
             let part = data.split_to(n);
             s.send_window -= n as i64;
@@ -1263,12 +1491,17 @@ impl<'a> Conn<'a> {
                 // The rest, or (after the last part) the trailers.
                 s.held = Some((data, end));
             }
-            self.data_frame(id, part, end_here);
+            let fin = end_here && !s.malformed;
+            self.data_frame(id, part, fin);
             return true;
         }
         let Answer::Body(body) = &mut s.answer else { return true };
         match Pin::new(body).poll_frame(cx) {
-            Poll::Pending => false,
+            Poll::Pending => {
+                // The app's turn, not the client's.
+                s.stalled_at = None;
+                false
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 match frame.into_data() {
                     Ok(data) => {
@@ -1381,6 +1614,34 @@ impl<'a> Conn<'a> {
                 return;
             }
         }
+        let idle = self.rules.idle;
+        if self.writes != self.seen_writes || self.pending_out() == 0 {
+            self.seen_writes = self.writes;
+            self.writes_at = now;
+        } else if !idle.is_zero() && now.duration_since(self.writes_at) >= idle {
+            // Answers waiting and nothing taken by the client for the idle timeout.
+            tracing::debug!(peer = %self.meta.peer, "h2 client reads nothing; closing");
+            abuse::count(Abuse::Unread);
+            self.dead = true;
+            self.queue_wake();
+            return;
+        }
+        if !idle.is_zero() {
+            // A stream whose answer waits for the client (a window at zero, or no write room)
+            // for the idle timeout is reset: it must not hold the app's connection.
+            let stalled: Vec<u32> = self
+                .streams
+                .iter()
+                .flatten()
+                .filter(|s| s.stalled_at.is_some_and(|t| now.duration_since(t) >= idle))
+                .map(|s| s.id)
+                .collect();
+            for id in stalled {
+                tracing::debug!(peer = %self.meta.peer, stream = id, "h2 stream stalled by the client; resetting");
+                abuse::count(Abuse::StalledStream);
+                self.reset(id, code::CANCEL);
+            }
+        }
         if self.activity != self.seen_activity {
             self.seen_activity = self.activity;
             self.active_at = now;
@@ -1392,7 +1653,6 @@ impl<'a> Conn<'a> {
             self.hbuf = BytesMut::new();
         }
         let quiet = now.duration_since(self.active_at);
-        let idle = self.rules.idle;
         if !idle.is_zero() && quiet >= idle && self.open_streams() == 0 && self.stop == Stop::Running {
             tracing::debug!(peer = %self.meta.peer, "h2 connection idle; closing");
             self.goaway(self.last_id, code::NO_ERROR);
@@ -1435,6 +1695,7 @@ impl<'a> Conn<'a> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             wrote = true;
+            self.writes += 1;
             let mut n = n;
             while n > 0 {
                 let Some(front) = self.out.front_mut() else { break };
@@ -1450,6 +1711,7 @@ impl<'a> Conn<'a> {
             }
         }
         if self.out.is_empty() {
+            self.ctl_unsent = 0;
             if let Poll::Ready(Err(e)) = Pin::new(&mut *io).poll_flush(cx) {
                 return Poll::Ready(Err(e));
             }
@@ -1511,6 +1773,26 @@ fn digits(v: &[u8]) -> Option<u64> {
         return None;
     }
     v.iter().try_fold(0u64, |n, &b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))
+}
+
+/// Why a request head is answered here instead of going to the app.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Malformed (RFC 9113 section 8.1.1): 400, then a stream error `PROTOCOL_ERROR`.
+    Malformed(&'static str),
+    /// CONNECT: tandem makes no tunnels, and the app must not get it as an HTTP/1.1 request.
+    Connect,
+}
+
+impl From<&'static str> for Refusal {
+    fn from(why: &'static str) -> Self {
+        Refusal::Malformed(why)
+    }
+}
+
+/// The answer to CONNECT (405, as the HTTP/1.1 server answers it).
+fn connect_refused() -> ProxyError {
+    ProxyError::MethodNotAllowed { what: "CONNECT (tandem makes no tunnels)".into() }
 }
 
 /// A request's header list as it is decoded.
@@ -1592,9 +1874,9 @@ impl RequestHead {
     }
 
     /// The request's head, and its declared length.
-    fn finish(mut self) -> Result<(http::request::Parts, Option<u64>), &'static str> {
+    fn finish(mut self) -> Result<(http::request::Parts, Option<u64>), Refusal> {
         if let Some(e) = self.error {
-            return Err(e);
+            return Err(e.into());
         }
         if let Some(c) = self.cookie.take() {
             let v =
@@ -1604,31 +1886,38 @@ impl RequestHead {
         let method = Method::from_bytes(self.method.as_deref().ok_or("no :method")?).map_err(|_| "a bad :method")?;
         let mut uri = http::uri::Parts::default();
         if let Some(a) = self.authority {
+            // Section 8.3.1: no userinfo.
+            if a.contains(&b'@') {
+                return Err("an :authority with userinfo".into());
+            }
             uri.authority = Some(Authority::from_maybe_shared(a).map_err(|_| "a bad :authority")?);
+            // Section 8.3.1: `:authority` names the target; a `host` that differs must not
+            // reach the app (it gets `:authority` as Host, as nghttpx and HAProxy forward it).
+            self.headers.remove(header::HOST);
         }
         if method == Method::CONNECT {
             if self.scheme.is_some() || self.path.is_some() || uri.authority.is_none() {
-                return Err("CONNECT with :scheme or :path, or without :authority");
+                return Err("CONNECT with :scheme or :path, or without :authority".into());
             }
-        } else {
-            let scheme = self.scheme.ok_or("no :scheme")?;
-            let path = self.path.ok_or("no :path")?;
-            if path.is_empty() {
-                return Err("an empty :path");
-            }
-            uri.scheme = Some(match &scheme[..] {
-                b"http" => Scheme::HTTP,
-                b"https" => Scheme::HTTPS,
-                other => std::str::from_utf8(other).ok().and_then(|s| s.parse().ok()).ok_or("a bad :scheme")?,
-            });
-            if path[0] != b'/' && !(&path[..] == b"*" && method == Method::OPTIONS) {
-                return Err("a :path that is not absolute");
-            }
-            uri.path_and_query = Some(PathAndQuery::from_maybe_shared(path).map_err(|_| "a bad :path")?);
-            if uri.authority.is_none() {
-                // No :authority: the URI cannot carry a scheme without one.
-                uri.scheme = None;
-            }
+            return Err(Refusal::Connect);
+        }
+        let scheme = self.scheme.ok_or("no :scheme")?;
+        let path = self.path.ok_or("no :path")?;
+        if path.is_empty() {
+            return Err("an empty :path".into());
+        }
+        uri.scheme = Some(match &scheme[..] {
+            b"http" => Scheme::HTTP,
+            b"https" => Scheme::HTTPS,
+            other => std::str::from_utf8(other).ok().and_then(|s| s.parse().ok()).ok_or("a bad :scheme")?,
+        });
+        if path[0] != b'/' && !(&path[..] == b"*" && method == Method::OPTIONS) {
+            return Err("a :path that is not absolute".into());
+        }
+        uri.path_and_query = Some(PathAndQuery::from_maybe_shared(path).map_err(|_| "a bad :path")?);
+        if uri.authority.is_none() {
+            // No :authority: the URI cannot carry a scheme without one.
+            uri.scheme = None;
         }
         let uri = Uri::from_parts(uri).map_err(|_| "a request target that does not parse")?;
         // RFC 9113 section 8.1.1 and RFC 9110 section 8.6: digits only; repeated fields must agree,
@@ -1641,7 +1930,7 @@ impl RequestHead {
                 let mut repeated = false;
                 for other in lens {
                     if digits(other.as_bytes()) != Some(n) {
-                        return Err("content-length fields that differ");
+                        return Err("content-length fields that differ".into());
                     }
                     repeated = true;
                 }
@@ -1669,7 +1958,10 @@ mod tests {
         for (n, v) in fields {
             h.field(Bytes::copy_from_slice(n.as_bytes()), Bytes::copy_from_slice(v.as_bytes()));
         }
-        h.finish()
+        h.finish().map_err(|r| match r {
+            Refusal::Malformed(why) => why,
+            Refusal::Connect => "CONNECT",
+        })
     }
 
     const GET: [(&str, &str); 4] =
@@ -1734,8 +2026,24 @@ mod tests {
             head(&[(":method", "CONNECT"), (":authority", "a:1"), (":path", "/")]).err(),
             Some("CONNECT with :scheme or :path, or without :authority")
         );
-        assert!(head(&[(":method", "CONNECT"), (":authority", "a:1")]).is_ok());
+        assert_eq!(head(&[(":method", "CONNECT"), (":authority", "a:1")]).err(), Some("CONNECT"));
+        assert_eq!(
+            head(&[(":method", "GET"), (":scheme", "http"), (":authority", "u@a"), (":path", "/")]).err(),
+            Some("an :authority with userinfo")
+        );
         assert!(head(&[(":method", "OPTIONS"), (":scheme", "http"), (":path", "*")]).is_ok());
+    }
+
+    #[test]
+    fn authority_replaces_host() {
+        let mut f = GET.to_vec();
+        f.push(("host", "evil.example"));
+        let (parts, _) = head(&f).unwrap();
+        assert!(parts.headers.get("host").is_none(), "Host comes from :authority");
+        assert_eq!(parts.uri.authority().map(|a| a.as_str()), Some("a.test"));
+        // Without :authority, Host stays.
+        let (parts, _) = head(&[(":method", "GET"), (":scheme", "http"), (":path", "/"), ("host", "b.test")]).unwrap();
+        assert_eq!(parts.headers["host"], "b.test");
     }
 
     #[test]
