@@ -150,6 +150,19 @@ class Server:
     def hwm_kib(self):
         return sum(status_kib(p, "VmHWM") for p in self.pids())
 
+    def reset_hwm(self):
+        """Sets VmHWM back to the current RSS (/proc/PID/clear_refs "5", Linux 4.0+), so that the
+        next hwm_kib() is the peak of what ran in between. False where the kernel refuses; the
+        reading then is the peak since the process started."""
+        ok = True
+        for p in self.pids():
+            try:
+                with open(f"/proc/{p}/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                ok = False
+        return ok
+
     def alive(self):
         return self.proc.poll() is None
 
@@ -475,6 +488,8 @@ def measure(test, target, servers, args, cpus):
         h1, h2, admin = PORTS[target]
         server = servers[target]
     scraper = Scraper(admin) if (target == "tandem-op" and admin) else None
+    # Peak RSS of this run alone (from the RSS the process kept from earlier runs upwards).
+    r_hwm_reset = server.reset_hwm()
     cpu0 = server.cpu_seconds()
     t0 = time.time()
     if test == "h1-small":
@@ -495,6 +510,7 @@ def measure(test, target, servers, args, cpus):
         scraper.stop()
         r["scrapes"] = scraper.count
     r["hwm_kib"] = server.hwm_kib()
+    r["hwm_reset"] = r_hwm_reset
     if not server.alive():
         r["ok"] = False
         r["died"] = True
@@ -531,7 +547,7 @@ def hold_idle_connections(port, n, path=SMALL):
 
 
 def idle_phase(args, d, tandem_bin, out):
-    targets = [t for t in args.targets if t not in ("direct", "tandem-base")]
+    targets = [t for t in args.targets if t != "direct"]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     n = min(args.idle_conns, hard - 500)
@@ -539,7 +555,7 @@ def idle_phase(args, d, tandem_bin, out):
     try:
         for t in targets:
             log(f"idle: {t}")
-            s = start_proxy(t, d, 1, "0", tandem_bin, tag="-idle")
+            s = start_proxy(t, d, 1, "0", tandem_bin, tag="-idle", baseline=args.baseline)
             try:
                 time.sleep(1.0)
                 idle = s.rss_kib()
@@ -588,6 +604,62 @@ def ratio(a, b):
     return a / b
 
 
+AB_LIMIT = 1.03  # a change holds when new / old is at most this, for CPU per request and peak RSS
+
+
+def ab_section(L, results, tests, idle, meta):
+    """--baseline: tandem (new) against tandem-base (old), run in the same rounds; ratios new / old."""
+
+    def by_round(test, target, key):
+        return {r["round"]: r.get(key) for r in results.get(test, {}).get(target, []) if r.get("ok")}
+
+    L.append("")
+    L.append("## A/B: tandem (new) against tandem-base (old, --baseline), same rounds")
+    L.append("")
+    L.append(
+        "Medians over rounds; new / old is the ratio of the medians, per round the ratio inside each round. "
+        f"Peak RSS is each run's own VmHWM (reset before the run{'' if all_hwm_reset(results) else '; NOT reset here, so cumulative'}). "
+        f"CPU and peak RSS hold when new / old <= {AB_LIMIT:.2f}."
+    )
+    L.append("")
+    L.append("| test | figure | new | old | new / old | per round (new / old) | holds |")
+    L.append("| --- | --- | ---: | ---: | ---: | --- | --- |")
+    rows = [("req/s", "rps", 0, False), ("CPU ms / 10k req", "cpu_ms_per_10k", 1, True), ("peak RSS KiB", "hwm_kib", 0, True)]
+    for test in [t for t in tests if t != "latency"]:
+        for label, key, nd, gate in rows:
+            n, o = by_round(test, "tandem", key), by_round(test, "tandem-base", key)
+            nm, om = med(list(n.values())), med(list(o.values()))
+            per = [ratio(n.get(k), o.get(k)) for k in sorted(set(n) & set(o))]
+            q = ratio(nm, om)
+            holds = ("yes" if q is not None and q <= AB_LIMIT else "no") if gate else "-"
+            L.append(
+                f"| {test} | {label} | {fmt(nm, nd)} | {fmt(om, nd)} | {fmt(q, 3)} | "
+                f"{', '.join(fmt(v, 3) for v in per) or '-'} | {holds} |"
+            )
+    if "latency" in tests:
+        for q in ["p50", "p90", "p99"]:
+            n, o = by_round("latency", "tandem", q), by_round("latency", "tandem-base", q)
+            nm, om = med(list(n.values())), med(list(o.values()))
+            per = [ratio(n.get(k), o.get(k)) for k in sorted(set(n) & set(o))]
+            L.append(
+                f"| latency | {q} ms | {fmt(nm, 3)} | {fmt(om, 3)} | {fmt(ratio(nm, om), 3)} | "
+                f"{', '.join(fmt(v, 3) for v in per) or '-'} | - |"
+            )
+    hn, ho = meta["hwm"].get("tandem"), meta["hwm"].get("tandem-base")
+    L.append(f"| all | peak RSS over the whole phase KiB | {fmt(hn)} | {fmt(ho)} | {fmt(ratio(hn, ho), 3)} | - | - |")
+    i_n = idle.get("tandem", {}).get("idle_rss_kib")
+    i_o = idle.get("tandem-base", {}).get("idle_rss_kib")
+    if i_n or i_o:
+        L.append(f"| idle | RSS 1 s after start KiB | {fmt(i_n)} | {fmt(i_o)} | {fmt(ratio(i_n, i_o), 3)} | - | - |")
+        b_n = idle.get("tandem", {}).get("bytes_per_conn")
+        b_o = idle.get("tandem-base", {}).get("bytes_per_conn")
+        L.append(f"| idle | bytes per idle keep-alive conn | {fmt(b_n)} | {fmt(b_o)} | {fmt(ratio(b_n, b_o), 3)} | - | - |")
+
+
+def all_hwm_reset(results):
+    return all(r.get("hwm_reset", False) for runs in results.values() for rs in runs.values() for r in rs)
+
+
 def summarize(results, args, idle, two, meta):
     """Markdown: the table of medians over rounds, ratios, per-round target checks."""
     L = []
@@ -607,6 +679,10 @@ def summarize(results, args, idle, two, meta):
     )
     L.append(f"machine: {meta['cpus']} CPUs; load average before {meta['load_before']}, after {meta['load_after']}")
     L.append(f"tandem: {meta['tandem_bin']} ({meta['binary_size']} bytes stripped, {meta.get('linkage', '?')}), {meta['tandem_rev']}")
+    L.append(f"tandem --version: {meta.get('tandem_version', '?')}")
+    if meta.get("baseline"):
+        b = meta["baseline"]
+        L.append(f"tandem-base (--baseline): {b['bin']} ({b['binary_size']} bytes stripped, {b['linkage']}), {b['version']}")
     L.append(f"nginx {meta['nginx']}, HAProxy {meta['haproxy']}, {meta['oha']}")
     L.append("")
     L.append("## Throughput (requests per second) and proxy CPU per 10k requests")
@@ -673,6 +749,9 @@ def summarize(results, args, idle, two, meta):
                     f"| {test} | {t} | {fmt(rps)} | {fmt(ratio(rps, base_n), 2)} | {fmt(ratio(rps, base_d), 2)} | "
                     f"{fmt(cpu, 1)} | {fmt(ratio(cpu, cpu_n), 2) if t != 'direct' else '-'} |"
                 )
+
+    if "tandem-base" in targets and "tandem" in targets:
+        ab_section(L, results, tests, idle, meta)
 
     # Targets of issue 8, checked per round (a target holds when it holds in 2 of 3 rounds).
     L.append("")
@@ -785,12 +864,22 @@ def main():
         "binary_size": os.path.getsize(tandem_bin),
         "linkage": elf_linkage(tandem_bin),
         "tandem_rev": rev.stdout.strip() or "?",
+        "tandem_version": tool_version([tandem_bin, "--version"]),
         "nginx": tool_version(["nginx", "-v"]),
         "haproxy": tool_version(["haproxy", "-v"]),
         "oha": tool_version(["oha", "--version"]) if shutil.which("oha") else "oha not used",
         "argv": sys.argv,
         "hwm": {},
     }
+    if args.baseline:
+        if not os.access(args.baseline, os.X_OK):
+            raise SystemExit(f"--baseline {args.baseline}: not an executable")
+        meta["baseline"] = {
+            "bin": args.baseline,
+            "binary_size": os.path.getsize(args.baseline),
+            "linkage": elf_linkage(args.baseline),
+            "version": tool_version([args.baseline, "--version"]),
+        }
     log(f"results in {out}; load average {meta['load_before']}")
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -808,6 +897,7 @@ def main():
         time.sleep(1.0)
         meta["idle_rss_main"] = {t: s.rss_kib() for t, s in servers.items()}
         order = list(args.targets)
+        peak = {}  # per target: the highest per-run peak RSS (VmHWM is reset before each run)
         for rnd in range(1, args.rounds + 1):
             k = (rnd - 1) % len(order)
             rot = order[k:] + order[:k]
@@ -817,9 +907,10 @@ def main():
                     r["round"] = rnd
                     results[test][t].append(r)
                     shown = f"{r.get('rps') or 0:,.0f} req/s" if test != "latency" else f"p50 {fmt(r.get('p50'), 3)} p99 {fmt(r.get('p99'), 3)} ms"
-                    log(f"round {rnd} {test:9} {t:10} {shown}  cpu/10k {fmt(r.get('cpu_ms_per_10k'), 1)} ms  errors {r.get('errors')}{'' if r.get('ok') else '  FAILED'}")
+                    peak[t] = max(peak.get(t, 0), r.get("hwm_kib") or 0)
+                    log(f"round {rnd} {test:9} {t:10} {shown}  cpu/10k {fmt(r.get('cpu_ms_per_10k'), 1)} ms  peak {fmt(r.get('hwm_kib'))} KiB  errors {r.get('errors')}{'' if r.get('ok') else '  FAILED'}")
                     time.sleep(0.5)
-        meta["hwm"] = {t: s.hwm_kib() for t, s in servers.items()}
+        meta["hwm"] = {t: max(s.hwm_kib(), peak.get(t, 0)) for t, s in servers.items()}
         if "tandem-op" in servers:
             try:
                 _, body = http_get(PORTS["tandem-op"][2], "/metrics")
