@@ -516,8 +516,9 @@ impl Client {
     /// PING and its ACK: every frame the server sent before is in the stash.
     async fn sync(&mut self) {
         self.send(PING, 0, 0, b"syncsync").await;
-        let f = self.next_where(|f| f.typ == PING && f.flags & ACK != 0).await.expect("PING ACK");
-        assert_eq!(&f.payload[..], b"syncsync");
+        self.next_where(|f| f.typ == PING && f.flags & ACK != 0 && &f.payload[..] == b"syncsync")
+            .await
+            .expect("PING ACK");
     }
 
     /// Frames the server sent on `id` so far (after a [`Client::sync`]).
@@ -1069,4 +1070,124 @@ async fn a_client_that_reads_nothing_is_cut_off_at_the_idle_timeout() {
         }
     }
     assert!(!ended && body < 8 << 20, "the answer was cut ({body} bytes)");
+}
+
+#[tokio::test]
+async fn floods_of_frames_without_requests_end_in_enhance_your_calm_even_when_read() {
+    use tandem::h2::server::abuse::{totals, Abuse};
+    let count = |kind: Abuse| totals().iter().find(|(k, _)| *k == kind).map_or(0, |(_, n)| *n);
+    let ping = [0, 0, 8, PING, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8].to_vec();
+    let settings = [0, 0, 0, SETTINGS, 0, 0, 0, 0, 0].to_vec();
+    let window_update = [0, 0, 4, WINDOW_UPDATE, 0, 0, 0, 0, 0, 0, 0, 0, 1].to_vec();
+    let priority = [0, 0, 5, PRIORITY, 0, 0, 0, 0, 9, 0, 0, 0, 0, 16].to_vec();
+    let cases = [
+        ("PING", ping, Abuse::PingFlood),
+        ("SETTINGS", settings, Abuse::SettingsFlood),
+        ("WINDOW_UPDATE", window_update, Abuse::WindowUpdateFlood),
+        ("PRIORITY", priority, Abuse::FrameFlood),
+    ];
+    for t in BOTH {
+        for (what, frame, kind) in &cases {
+            let (_target, _, mut c) = setup(t).await;
+            let before = count(*kind);
+            let batch: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 500).collect();
+            // 500 at a time, every answer read before the next batch: no answer waits unread.
+            let code = 'flood: {
+                for _ in 0..100 {
+                    c.write(&batch).await;
+                    c.send(PING, 0, 0, b"syncsync").await;
+                    loop {
+                        match c.read_frame().await {
+                            Some(f) if f.typ == GOAWAY => break 'flood Some(f.code()),
+                            Some(f) if f.typ == PING && f.flags & ACK != 0 && &f.payload[..] == b"syncsync" => break,
+                            Some(_) => {}
+                            None => break 'flood None,
+                        }
+                    }
+                }
+                None
+            };
+            assert_eq!(code, Some(ENHANCE_YOUR_CALM), "{t:?}: {what}");
+            assert!(count(*kind) > before, "{t:?}: {what} counted");
+        }
+    }
+}
+
+#[tokio::test]
+async fn requests_between_control_frames_keep_the_connection() {
+    let (_target, _, mut c) = setup(Transport::H2c).await;
+    // 30,000 PINGs, a request after every 5,000: never 10,000 in a row.
+    let ping = [0, 0, 8, PING, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let batch: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 500).collect();
+    let mut id = 1;
+    for i in 0..60 {
+        c.write(&batch).await;
+        c.sync().await;
+        c.stash.clear();
+        if i % 10 == 9 {
+            c.get(id, "/between").await;
+            assert_eq!(c.answered(id).await.0, 200);
+            id += 2;
+        }
+    }
+}
+
+/// A literal with incremental indexing (RFC 7541 section 6.2.1), new name.
+fn indexed_literal(name: &str, value: &str) -> Vec<u8> {
+    let mut b = vec![0x40];
+    for s in [name.as_bytes(), value.as_bytes()] {
+        hpack_int(&mut b, 0x00, 7, s.len());
+        b.extend_from_slice(s);
+    }
+    b
+}
+
+#[tokio::test]
+async fn a_header_list_bomb_from_the_dynamic_table_is_answered_431_and_the_connection_kept() {
+    for t in BOTH {
+        let (_target, hits, mut c) = setup(t).await;
+        // One 4,000-byte entry, then 4,000 one-byte references to it: 16 MB decoded from 8 KB.
+        let mut b = block(&req("GET", "/bomb"));
+        b.extend_from_slice(&indexed_literal("x-bomb", &"a".repeat(4000)));
+        b.extend(std::iter::repeat_n(0xbe, 4000));
+        let (first, rest) = b.split_at(4_000);
+        c.send(HEADERS, END_STREAM, 1, first).await;
+        c.send(CONTINUATION, END_HEADERS, 1, rest).await;
+        let o = c.outcome(1).await;
+        assert_eq!((o.status, o.ended), (Some(431), true), "{t:?}: {o:?}");
+        // The table is in step: the entry is still there for the next block.
+        let mut b = block(&req("GET", "/after"));
+        b.push(0xbe);
+        c.send(HEADERS, END_STREAM | END_HEADERS, 3, &b).await;
+        assert_eq!(c.answered(3).await.0, 200, "{t:?}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+}
+
+#[tokio::test]
+async fn more_fields_than_a_header_map_holds_are_answered_431_not_a_crash() {
+    let (app, _) = counting_app().await;
+    let mut cfg = support::config(app);
+    // A list limit of 8 MiB: 40,000 short fields fit in it.
+    cfg.inbound.limits.max_header_bytes = tandem::config::Human::new(tandem::config::ByteSize(4 << 20));
+    let target = Target::start_with(Transport::H2c, cfg).await;
+    let mut c = Client::connect(&target).await;
+    let mut b = block(&req("GET", "/many"));
+    for i in 0..40_000 {
+        // Distinct names: a header map holds at most 32,768 of them.
+        let name = format!("f{i}");
+        b.extend_from_slice(&[0x00, name.len() as u8]);
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+    }
+    let chunks: Vec<&[u8]> = b.chunks(16_384).collect();
+    for (i, part) in chunks.iter().enumerate() {
+        let typ = if i == 0 { HEADERS } else { CONTINUATION };
+        let flags = if i == 0 { END_STREAM } else { 0 } | if i + 1 == chunks.len() { END_HEADERS } else { 0 };
+        c.send(typ, flags, 1, part).await;
+    }
+    let o = c.outcome(1).await;
+    assert_eq!(o.status, Some(431), "{o:?}");
+    c.get(3, "/after").await;
+    assert_eq!(c.answered(3).await.0, 200);
 }

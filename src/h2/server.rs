@@ -46,11 +46,15 @@
 //!   attack), more than 1,000 answers to its PING, SETTINGS and bad frames waiting unwritten
 //!   (a flood it does not read, nghttp2's bound), a header block in more CONTINUATION frames
 //!   than its largest size needs (the `h2` crate's rule), more than 100 empty DATA frames
-//!   without END_STREAM (the `h2` crate's bound). A header block is bounded before it is
-//!   decoded; nothing more is read while 64 KiB of answers wait to be written. With an idle
-//!   timeout set, a stream whose answer waits that long for the client (its window at zero, or
-//!   no write room) is reset `CANCEL`, which releases its app connection, and a connection
-//!   whose client reads nothing that long is closed.
+//!   without END_STREAM (the `h2` crate's bound), more than 10,000 frames that carry no
+//!   request and no data (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, ...) with neither a new
+//!   stream nor DATA in between (the count halves every timer tick, so keep-alive PINGs never
+//!   add up). A header block is bounded before it is decoded, and a list of more fields than a
+//!   header map holds is answered 431 like one over the size limit; nothing more is read while
+//!   64 KiB of answers wait to be written. With an idle timeout set, a stream whose answer
+//!   waits that long for the client (its window at zero, or no write room) is reset `CANCEL`,
+//!   which releases its app connection, and a connection whose client reads nothing that long
+//!   is closed.
 //!
 //! Protocol errors are connection errors (GOAWAY with the code, then close) or stream errors
 //! (`RST_STREAM`), as section 5.4 assigns them.
@@ -146,6 +150,11 @@ const SKIPS_KEPT: usize = 16;
 const MAX_CTL_UNSENT: u32 = 1000;
 /// Empty DATA frames without END_STREAM one connection may send (the `h2` crate's bound).
 const MAX_EMPTY_DATA: u32 = 100;
+/// Frames that carry no request and no data (PING, SETTINGS, WINDOW_UPDATE, PRIORITY,
+/// RST_STREAM, GOAWAY, unknown types) a client may send with no request opened and no DATA
+/// either way in between. The count halves at every tick of the connection's timer (at most
+/// 10 s), so keep-alive PINGs never add up; a flood of 500 a second for 10 s does.
+const MAX_IDLE_FRAMES: u32 = 10_000;
 
 /// Abuse this server cut short, counted for the whole process (read by [`abuse::totals`]).
 pub mod abuse {
@@ -159,6 +168,14 @@ pub mod abuse {
         /// PING or SETTINGS (or frames we must answer with RST_STREAM) sent without reading the
         /// answers.
         ControlFlood,
+        /// PING frames, far more than requests and data.
+        PingFlood,
+        /// SETTINGS frames, far more than requests and data.
+        SettingsFlood,
+        /// WINDOW_UPDATE frames, far more than requests and data.
+        WindowUpdateFlood,
+        /// PRIORITY, RST_STREAM, GOAWAY or unknown frames, far more than requests and data.
+        FrameFlood,
         /// A header block in more CONTINUATION frames than its size needs.
         ContinuationFlood,
         /// Empty DATA frames that do not end their stream.
@@ -170,16 +187,20 @@ pub mod abuse {
         Unread,
     }
 
-    const ALL: [Abuse; 6] = [
+    const ALL: [Abuse; 10] = [
         Abuse::RapidReset,
         Abuse::ControlFlood,
+        Abuse::PingFlood,
+        Abuse::SettingsFlood,
+        Abuse::WindowUpdateFlood,
+        Abuse::FrameFlood,
         Abuse::ContinuationFlood,
         Abuse::EmptyData,
         Abuse::StalledStream,
         Abuse::Unread,
     ];
 
-    static COUNTS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+    static COUNTS: [AtomicU64; ALL.len()] = [const { AtomicU64::new(0) }; ALL.len()];
 
     impl Abuse {
         /// The label this kind is exported under.
@@ -187,6 +208,10 @@ pub mod abuse {
             match self {
                 Abuse::RapidReset => "rapid_reset",
                 Abuse::ControlFlood => "control_flood",
+                Abuse::PingFlood => "ping_flood",
+                Abuse::SettingsFlood => "settings_flood",
+                Abuse::WindowUpdateFlood => "window_update_flood",
+                Abuse::FrameFlood => "frame_flood",
                 Abuse::ContinuationFlood => "continuation_flood",
                 Abuse::EmptyData => "empty_data",
                 Abuse::StalledStream => "stalled_stream",
@@ -200,7 +225,7 @@ pub mod abuse {
     }
 
     /// Every kind with the times it was seen since the process started.
-    pub fn totals() -> [(Abuse, u64); 6] {
+    pub fn totals() -> [(Abuse, u64); ALL.len()] {
         ALL.map(|k| (k, COUNTS[k as usize].load(Ordering::Relaxed)))
     }
 }
@@ -452,6 +477,8 @@ struct Conn<'a> {
     ctl_unsent: u32,
     /// Empty DATA frames without END_STREAM received.
     empty_data: u32,
+    /// Frames without a request or data since the last that had one (halved every tick).
+    idle_frames: u32,
     /// Writes that took bytes, and how many the timer last saw (with when).
     writes: u64,
     seen_writes: u64,
@@ -512,6 +539,7 @@ impl<'a> Conn<'a> {
             skips: VecDeque::new(),
             ctl_unsent: 0,
             empty_data: 0,
+            idle_frames: 0,
             writes: 0,
             seen_writes: 0,
             writes_at: tokio::time::Instant::now(),
@@ -682,6 +710,18 @@ impl<'a> Conn<'a> {
         if let Some(p) = &self.pending {
             if typ != CONTINUATION || id != p.id {
                 return Err(conn_err(code::PROTOCOL_ERROR, "a header block was interrupted"));
+            }
+        }
+        if !matches!(typ, DATA | HEADERS | CONTINUATION) {
+            self.idle_frames += 1;
+            if self.idle_frames > MAX_IDLE_FRAMES {
+                let kind = match typ {
+                    PING => Abuse::PingFlood,
+                    SETTINGS => Abuse::SettingsFlood,
+                    WINDOW_UPDATE => Abuse::WindowUpdateFlood,
+                    _ => Abuse::FrameFlood,
+                };
+                return Err(calm(kind, "frames that carry no request and no data"));
             }
         }
         match typ {
@@ -881,6 +921,8 @@ impl<'a> Conn<'a> {
             if self.empty_data > MAX_EMPTY_DATA {
                 return Err(calm(Abuse::EmptyData, "empty DATA frames"));
             }
+        } else if n > 0 {
+            self.idle_frames = 0;
         }
         let Some(&slot) = self.by_id.get(&id) else {
             if id > self.max_seen {
@@ -1049,6 +1091,7 @@ impl<'a> Conn<'a> {
             self.skips.push_back((next, id - 2));
         }
         self.max_seen = id;
+        self.idle_frames = 0;
         if self_dep {
             self.decode_and_drop(&block)?;
             self.send_rst(id, code::PROTOCOL_ERROR);
@@ -1057,7 +1100,7 @@ impl<'a> Conn<'a> {
         let mut head = RequestHead::default();
         let decoded = self.dec.decode(&block, self.rules.max_list, |n, v| head.field(n, v));
         let too_large = match decoded {
-            Ok(()) => false,
+            Ok(()) => head.too_many,
             Err(HpackError::ListTooLarge) => true,
             Err(_) => return Err(conn_err(code::COMPRESSION_ERROR, "header block does not decode")),
         };
@@ -1146,8 +1189,12 @@ impl<'a> Conn<'a> {
                 return;
             }
             match (HeaderName::from_lowercase(&n), HeaderValue::from_maybe_shared(v)) {
+                // Section 8.2.2: connection-specific fields make any field section malformed.
+                (Ok(n), Ok(_)) if is_connection_specific(&n) => bad = true,
                 (Ok(n), Ok(v)) => {
-                    trailers.append(n, v);
+                    if trailers.try_append(n, v).is_err() {
+                        bad = true;
+                    }
                 }
                 _ => bad = true,
             }
@@ -1539,6 +1586,9 @@ impl<'a> Conn<'a> {
     }
 
     fn data_frame(&mut self, id: u32, data: Bytes, end_stream: bool) {
+        if !data.is_empty() {
+            self.idle_frames = 0;
+        }
         frame_head(&mut self.wbuf, data.len(), DATA, if end_stream { END_STREAM } else { 0 }, id);
         if data.len() <= COPY_DATA {
             self.wbuf.put_slice(&data);
@@ -1614,6 +1664,7 @@ impl<'a> Conn<'a> {
                 return;
             }
         }
+        self.idle_frames /= 2;
         let idle = self.rules.idle;
         if self.writes != self.seen_writes || self.pending_out() == 0 {
             self.seen_writes = self.writes;
@@ -1806,11 +1857,13 @@ struct RequestHead {
     cookie: Option<BytesMut>,
     regular_seen: bool,
     error: Option<&'static str>,
+    /// More fields than a header map holds: refused like a list over the limit (431).
+    too_many: bool,
 }
 
 impl RequestHead {
     fn field(&mut self, name: Bytes, value: Bytes) {
-        if self.error.is_some() {
+        if self.error.is_some() || self.too_many {
             return;
         }
         if let Some(pseudo) = name.strip_prefix(b":") {
@@ -1867,7 +1920,11 @@ impl RequestHead {
         }
         match HeaderValue::from_maybe_shared(value) {
             Ok(v) => {
-                self.headers.append(name, v);
+                // HeaderMap holds at most 32,768 fields (past that `append` panics); the header
+                // list limit is configurable enough to reach it with empty fields.
+                if self.headers.try_append(name, v).is_err() {
+                    self.too_many = true;
+                }
             }
             Err(_) => self.error = Some("a field value with a control character"),
         }
