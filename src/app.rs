@@ -139,7 +139,6 @@ fn settings(t: &crate::config::Timeouts, l: &crate::config::Limits) -> ConnSetti
         max_header_bytes: l.max_header_bytes.value.0 as usize,
         max_headers: l.max_headers,
         max_connections: l.max_connections,
-        h1_guard: false,
     }
 }
 
@@ -221,8 +220,7 @@ pub async fn start_with_workers(
     let outbound_conns = Tracker::new();
     let outbound = OutboundProxy::new(&config.outbound, telemetry.clone(), outbound_addr, outbound_conns.clone());
     let lanes = Lanes {
-        // The inbound service refuses what the HTTP/1 framing guard marks (CL + TE).
-        inbound_settings: ConnSettings { h1_guard: true, ..settings(&config.inbound.timeouts, &config.inbound.limits) },
+        inbound_settings: settings(&config.inbound.timeouts, &config.inbound.limits),
         outbound_settings: settings(&config.outbound.timeouts, &config.outbound.limits),
         telemetry: telemetry.clone(),
         shutdown: shutdown.clone(),
@@ -350,7 +348,7 @@ impl Lanes {
             self.shutdown.drain(),
             self.inbound_conns.clone(),
             self.tls.clone(),
-            crate::http1::server::Codec::new(&proxy),
+            Some(crate::http1::server::Codec::new(&proxy)),
             move |meta| proxy.service(meta),
         )
     }

@@ -281,3 +281,58 @@ async fn an_unsupported_expectation_is_417_and_100_continue_is_answered_before_t
     assert_eq!(statuses(&rest), vec![200], "{rest}");
     assert!(rest.ends_with("hello"), "{rest}");
 }
+
+/// An h2c app that answers with the request body it read (or 500 if the body failed).
+async fn h2c_echo_app() -> SocketAddr {
+    support::app(true, |req: http::Request<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        match req.into_body().collect().await {
+            Ok(b) => http::Response::new(http_body_util::Full::new(b.to_bytes())),
+            Err(_) => {
+                let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                r
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_h2c_app_gets_http_1_1_requests_from_the_same_server_chunked_bodies_de_chunked() {
+    let app = h2c_echo_app().await;
+    let dir = TempDir::new("h1-to-h2c");
+    let log = dir.join("access.log");
+    let mut config = config_with_log(app, &log);
+    config.inbound.app_protocol = tandem::config::AppProtocol::Http2;
+    let p = proxy(config).await;
+    let req = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n\
+GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let out = raw(p.inbound_addr, req, WAIT).await;
+    assert_eq!(statuses(&out), vec![200, 200], "{out}");
+    assert!(out.contains("hello world"), "{out}");
+    // The rules hold on this path too: the same parser refuses CL+TE and a missing Host.
+    let out = raw(
+        p.inbound_addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert_eq!(statuses(&out), vec![400], "{out}");
+    let out = raw(p.inbound_addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", WAIT).await;
+    assert_eq!(statuses(&out), vec![400], "{out}");
+    let lines = log_lines(&log, 4).await;
+    assert_eq!(lines[0]["bytes_received"], 11, "{}", lines[0]);
+}
+
+#[tokio::test]
+async fn a_broken_chunked_body_to_an_h2c_app_is_the_clients_fault() {
+    let app = h2c_echo_app().await;
+    let mut config = support::config(app);
+    config.inbound.app_protocol = tandem::config::AppProtocol::Http2;
+    let p = proxy(config).await;
+    let req = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n";
+    let out = raw(p.inbound_addr, req, WAIT).await;
+    assert_eq!(statuses(&out), vec![400], "{out}");
+    assert!(out.contains("x-tandem-error: DPE"), "{out}");
+}

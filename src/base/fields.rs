@@ -5,11 +5,6 @@
 /// Fields a request's or response's `Connection` header may name for removal.
 pub const MAX_NAMED: usize = 16;
 
-/// The reserved header name that replaces `Content-Length` in a request that also carries
-/// `Transfer-Encoding` on a connection hyper's HTTP/1 server reads (through
-/// [`crate::listener::guard`]); the inbound service refuses any request that has it.
-pub static CL_TE_MARK: http::HeaderName = http::HeaderName::from_static("x-tandem-cl-te");
-
 /// Compares a field name (or token) with a lower-case one, ignoring ASCII case.
 pub(crate) fn eq(a: &[u8], lower: &[u8]) -> bool {
     a.eq_ignore_ascii_case(lower)

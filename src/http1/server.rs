@@ -1,26 +1,32 @@
-//! The inbound HTTP/1.1 codec: tandem's own request path for plain HTTP/1.1 requests to an
-//! HTTP/1.1 app. A request head is parsed in place, checked, rewritten straight into the upstream
-//! head and written to a pooled TCP connection to the app; the response head is parsed and
-//! rewritten the same way and the body is relayed from one buffer per connection. Nothing is
-//! built per request beyond the access-log record, and no task, channel or header map sits
-//! between the two sockets.
+//! tandem's HTTP/1.x server for the inbound listener (the codec): every HTTP/1.0 and HTTP/1.1
+//! request on that listener, plaintext or TLS, is read, checked and answered here; nothing else
+//! parses the stream. A request head is parsed in place, checked, rewritten straight into the
+//! upstream head and written to a pooled TCP connection to an HTTP/1.1 app; the answer's head is
+//! parsed and rewritten the same way and its body relayed from one buffer per connection.
+//! Nothing is built per request beyond the access-log record. To an app that speaks h2, the
+//! rewritten head goes through the proxy's client for it instead, the body through a pipe
+//! ([`Conn::forward_service`]).
 //!
-//! # What it takes, what it hands over
+//! # What it refuses, what it hands over
 //!
-//! It serves `HTTP/1.1` requests in origin form whose body, if any, is framed by one
-//! `Content-Length`, on plaintext connections and on TLS connections that did not negotiate h2.
-//! At the first request that is anything else it hands the connection, with every byte it has
-//! read and not consumed, to hyper's server (or, for the HTTP/2 preface, to
-//! [`crate::h2::server`]) (the [`crate::listener::accept`] path, with the request-framing
-//! guard) for the rest of the connection: HTTP/1.0, `Transfer-Encoding`, `Upgrade` (WebSocket,
-//! h2c upgrade), `Expect`, `CONNECT`, absolute-form or `*` targets, the HTTP/2 preface (h2c prior
-//! knowledge), more than [`MAX_FIELDS`] header fields, a `Connection` header naming more than
-//! [`MAX_NAMED`] fields or naming one tandem frames or sets (`Content-Length`, `Host`,
-//! `x-forwarded-*`, `x-request-id`), a head over the listener's buffer limit, and anything the
-//! parser refuses.
-//! hyper then answers or refuses it exactly as it does without this codec (400, 414 and 431 are
-//! hyper's, counted in `tandem_http_requests_refused_total`). Hand-over happens only between
-//! requests, so hyper always starts at a request boundary.
+//! Every rule of RFC 9112 about a request's framing and target is checked here, for every
+//! request of a connection (the answer is tandem's, with `x-tandem-error: DPE`, logged and
+//! counted like any request): a head httparse refuses (400), one over the buffer (414 while the
+//! request line has not ended, 431 after), one not complete within `timeouts.header_read` (408);
+//! `CONNECT` (405); a target that is not origin form, absolute form or `*` for `OPTIONS` (400);
+//! no `Host` in HTTP/1.1, two, or an invalid one (400); `Content-Length` invalid or repeated,
+//! or beside `Transfer-Encoding`, or `Transfer-Encoding` in HTTP/1.0 (400, and the connection
+//! closes); a transfer coding other than `chunked` (501) or `chunked` not applied exactly once
+//! and last (400); an expectation other than `100-continue` (417); a `Connection` header naming
+//! more than [`crate::base::fields::MAX_NAMED`] fields (400). An absolute-form target's
+//! authority replaces `Host` (RFC 9112 section 3.2.2); `Connection` cannot remove `Host` or
+//! `Content-Length`; an HTTP/1.0 request without `Host` gets the app's authority. A chunked body
+//! is relayed as it comes and its framing checked on the way ([`crate::base::framing`]): broken
+//! framing is answered 400 before the app answers. `Expect: 100-continue` is answered by tandem
+//! once the app's connection is there. An `Upgrade` (not h2c) goes to the app on a connection of
+//! its own; a `101` turns the client's connection into a tunnel, logged when it ends with the
+//! bytes each way. Only a connection that starts with the HTTP/2 preface line (however TCP
+//! splits it) is handed over: to [`crate::h2::server`], which checks the rest of the preface.
 //!
 //! # The request path
 //!
@@ -36,7 +42,7 @@
 //! by `Content-Length` or chunked encoding is relayed as it arrives (chunked bytes, trailers
 //! included, pass unchanged: the decoder only finds the end); a body that ends with the app's
 //! connection is relayed and the client's connection closes after it (`Connection: close`).
-//! Upstream failures map to the same reasons as the hyper path: `UF` (connect), `UC` (closed or
+//! Upstream failures map to the same reasons as every other path: `UF` (connect), `UC` (closed or
 //! reset before a full response; a body cut short closes the client's connection), `UPE` (not a
 //! valid response head, or one over 1 MiB), `UT` (no response head within `timeouts.response`).
 //! A pooled connection the app closed while it was idle is noticed before use. One that fails
@@ -49,15 +55,17 @@
 //! # Connection rules
 //!
 //! Between requests a connection waits at most `timeouts.idle`; once a request's first byte has
-//! arrived its head must be complete within `timeouts.header_read`, or the connection closes (as
-//! hyper does). A client that goes away while its request is in flight is reported `DC` and the
+//! arrived its head must be complete within `timeouts.header_read`, or it is answered 408 and the
+//! connection closes. A client that goes away while its request is in flight is reported `DC` and the
 //! app's connection is dropped. Once a stop begins, every response carries `Connection: close`
 //! and an idle connection is closed after [`DRAIN_IDLE_GRACE`] without a new request (the
 //! [`crate::lifecycle::shutdown`] rules).
 
+use crate::base::body::{RecvBody, RecvShared, RequestBody};
 use crate::base::conn::ConnMeta;
 use crate::base::conn::H2_PREFACE_LINE as PREFACE_LINE;
 use crate::base::fields::{eq, hop_by_hop, is_idempotent, parse_length, push_decimal, push_field, tokens, Named};
+use crate::base::framing::Chunk;
 use crate::base::framing::{
     final_answer, ChunkScan, Framing, HEAD_TOO_LARGE, MAX_FIELDS, MAX_RESPONSE_HEAD, READ_SIZE,
 };
@@ -69,6 +77,7 @@ use crate::telemetry::record::{Finish, RequestRecord, Strings};
 use crate::upstream::pool::AppStreams;
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderValue;
+use http_body::SizeHint;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -97,14 +106,16 @@ pub enum Outcome {
 /// app.
 pub struct Codec {
     proxy: Arc<InboundProxy>,
-    streams: Arc<AppStreams>,
+    /// The codec's connections to an HTTP/1.1 app (none for an app that speaks h2, whose
+    /// requests go through the proxy's client for it).
+    streams: Option<Arc<AppStreams>>,
 }
 
 impl Codec {
-    /// The codec for `proxy`, if its app speaks HTTP/1.1 (an h2 app is served by hyper).
-    pub fn new(proxy: &Arc<InboundProxy>) -> Option<Self> {
-        let streams = proxy.codec_streams()?.clone();
-        Some(Self { proxy: proxy.clone(), streams })
+    /// The codec for `proxy`'s listener: relaying on its own connections to an HTTP/1.1 app, or
+    /// through the proxy's client to an app that speaks h2.
+    pub fn new(proxy: &Arc<InboundProxy>) -> Self {
+        Self { proxy: proxy.clone(), streams: proxy.codec_streams().cloned() }
     }
 
     /// The worker's inbound proxy (for [`crate::h2::server`], which serves this listener's
@@ -127,7 +138,7 @@ impl Codec {
     {
         let conn = Conn {
             proxy: &self.proxy,
-            streams: &self.streams,
+            streams: self.streams.as_ref(),
             meta,
             peer_ip,
             rules,
@@ -245,8 +256,8 @@ impl Conn<'_> {
 
 /// One client connection's state.
 struct Conn<'a> {
-    proxy: &'a InboundProxy,
-    streams: &'a Arc<AppStreams>,
+    proxy: &'a Arc<InboundProxy>,
+    streams: Option<&'a Arc<AppStreams>>,
     meta: &'a ConnMeta,
     peer_ip: Option<&'a HeaderValue>,
     rules: Rules,
@@ -298,6 +309,8 @@ struct Request {
     continue_100: bool,
     /// An upgrade was asked for (and forwarded): a `101` turns the connection into a tunnel.
     upgrade: bool,
+    /// An HTTP/1.0 request (its answer cannot be chunked).
+    http10: bool,
 }
 
 /// The transfer codings a request's `Transfer-Encoding` fields list, in order (RFC 9112
@@ -790,6 +803,7 @@ impl Conn<'_> {
             idempotent: is_idempotent(method.as_bytes()),
             continue_100: body_pending && !http10 && expect.is_some(),
             upgrade: upgrade.is_some(),
+            http10,
         })
     }
 
@@ -814,6 +828,9 @@ impl Conn<'_> {
         mut req: Request,
         timer: &mut Deadline<'_>,
     ) -> bool {
+        let Some(streams) = self.streams else {
+            return self.forward_service(io, req, timer).await;
+        };
         let p = self.proxy;
         self.rbuf.advance(req.head_len);
 
@@ -846,12 +863,12 @@ impl Conn<'_> {
         // relayed).
         let mut early = false;
         let (mut up, resp) = loop {
-            let (mut up, reused) = match self.streams.take() {
+            let (mut up, reused) = match streams.take() {
                 Some(s) => (s, true),
                 None => {
                     let connected = tokio::select! {
                         biased;
-                        c = self.streams.connect() => Some(c),
+                        c = streams.connect() => Some(c),
                         _ = timer.expired() => None,
                     };
                     match connected {
@@ -957,7 +974,7 @@ impl Conn<'_> {
             Ok(()) if flushed => {
                 req.finish.finish(relay.sent, false);
                 if resp.reusable && self.ubuf.is_empty() && !req.body_pending {
-                    self.streams.put(up);
+                    streams.put(up);
                 }
                 self.ubuf.clear();
                 !close
@@ -1268,6 +1285,228 @@ impl Conn<'_> {
         }
     }
 
+    /// A request to an app that speaks h2: the head this server checked and rewrote goes to the
+    /// proxy's client for that app ([`InboundProxy::forward_checked`]), the client's body
+    /// follows through a pipe as it arrives (at most [`PIPE_LIMIT`] queued), and the answer is
+    /// written back in HTTP/1.1 framing (chunked when it has no length, trailers for a client
+    /// that sent `TE: trailers`). True if the connection stays open.
+    async fn forward_service<IO: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        req: Request,
+        timer: &mut Deadline<'_>,
+    ) -> bool {
+        let Request { mut finish, head_len, body: framing, mut close, head_only, continue_100, http10, .. } = req;
+        self.rbuf.advance(head_len);
+        let (parts, h1_trailers) = match service_parts(&self.out) {
+            Ok(p) => p,
+            Err(what) => {
+                let err = ProxyError::BadRequest { what };
+                self.proxy.fail_record(&err, &mut finish);
+                write_error(&mut self.out, &err, true);
+                let body_len = error_body_len(&self.out);
+                let ok = io.write_all(&self.out).await.is_ok();
+                finish.finish(body_len, !ok);
+                return false;
+            }
+        };
+        let mut inflow = PipeIn::new(framing);
+        let pipe = (!inflow.ended).then(|| Arc::new(RecvShared::default()));
+        let body = match &pipe {
+            Some(shared) => {
+                let hint = match framing {
+                    Framing::Length(n) => SizeHint::with_exact(n),
+                    _ => SizeHint::default(),
+                };
+                RequestBody::H2(RecvBody { shared: shared.clone(), hint })
+            }
+            None => RequestBody::Empty,
+        };
+        if continue_100 && self.rbuf.is_empty() && io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+            return false;
+        }
+        let mut answer = self.proxy.forward_checked(parts, body, finish, h1_trailers);
+
+        // The answer's head, while the body goes to the app.
+        // Broken framing in the request body: the app's request was reset for it, and what
+        // tandem then answers is the client's 400, not the app's failure.
+        let mut broken = None;
+        let resp = loop {
+            if let Some(pipe) = &pipe {
+                if let Err(why) = inflow.feed(&mut self.rbuf, pipe) {
+                    inflow.fail(pipe, why);
+                    broken = Some(why);
+                    close = true;
+                }
+            }
+            let want = pipe.as_ref().filter(|p| !inflow.ended && p.lock().queued() < PIPE_LIMIT);
+            if want.is_some() {
+                self.rbuf.reserve(READ_SIZE);
+            }
+            tokio::select! {
+                biased;
+                resp = answer.as_mut() => break resp,
+                r = io.read_buf(&mut self.rbuf), if want.is_some() => match r {
+                    Ok(0) | Err(_) => {
+                        // The client went away: the request is cancelled (reported DC).
+                        if let Some(pipe) = &pipe {
+                            inflow.fail(pipe, "the client went away");
+                        }
+                        return false;
+                    }
+                    Ok(_) => {}
+                },
+                _ = pipe_room(pipe.as_ref()), if want.is_none() && !inflow.ended => {}
+            }
+        };
+
+        if let Some(why) = broken.filter(|_| resp.headers().contains_key(crate::proxy::error::ERROR_HEADER)) {
+            let err = bad_body(why);
+            let (_, mut body) = resp.into_parts();
+            if let Some(r) = body.record_mut() {
+                r.response_code = err.status().as_u16();
+                r.response_flags = Some(err.reason());
+            }
+            write_error(&mut self.out, &err, true);
+            let _ = io.write_all(&self.out).await;
+            // Reported as the refusal it is, with the bytes of the answer.
+            http_body_util::BodyExt::collect(body).await.ok();
+            return false;
+        }
+
+        // The head: status line, the app's fields, tandem's framing.
+        let (parts, mut body) = resp.into_parts();
+        let status = parts.status.as_u16();
+        let bodiless = head_only || status == 204 || status == 304 || (100..200).contains(&status);
+        let length = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| parse_length(v.as_bytes()));
+        let chunked = !bodiless && length.is_none() && !http10;
+        self.draining = self.draining || self.drain.is_draining();
+        close = close || self.draining || (!bodiless && length.is_none() && http10);
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        push_decimal(out, u64::from(status));
+        out.push(b' ');
+        out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in &parts.headers {
+            push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if io.write_all(&self.out).await.is_err() {
+            return false;
+        }
+
+        // The body, frame by frame, while the rest of the request body still goes to the app.
+        let idle = self.rules.idle;
+        let mut ok = true;
+        let mut trailers_sent = false;
+        if !bodiless {
+            loop {
+                if !idle.is_zero() {
+                    timer.set(tokio::time::Instant::now() + idle);
+                }
+                if let Some(pipe) = &pipe {
+                    if let Err(why) = inflow.feed(&mut self.rbuf, pipe) {
+                        inflow.fail(pipe, why);
+                        close = true;
+                    }
+                }
+                let want = pipe.as_ref().filter(|p| !inflow.ended && p.lock().queued() < PIPE_LIMIT);
+                if want.is_some() {
+                    self.rbuf.reserve(READ_SIZE);
+                }
+                let frame = tokio::select! {
+                    biased;
+                    f = http_body_util::BodyExt::frame(&mut body) => f,
+                    r = io.read_buf(&mut self.rbuf), if want.is_some() => match r {
+                        Ok(0) | Err(_) => {
+                            ok = false;
+                            break;
+                        }
+                        Ok(_) => continue,
+                    },
+                    _ = timer.expired(), if !idle.is_zero() => {
+                        ok = false;
+                        break;
+                    }
+                };
+                let out = &mut self.out;
+                out.clear();
+                let end = match frame {
+                    None => {
+                        if chunked && !trailers_sent {
+                            out.extend_from_slice(b"0\r\n\r\n");
+                        }
+                        true
+                    }
+                    Some(Err(_)) => {
+                        // The app's body failed: the client's connection is cut (reported UC).
+                        ok = false;
+                        break;
+                    }
+                    Some(Ok(f)) => match f.into_data() {
+                        Ok(data) if data.is_empty() => continue,
+                        Ok(data) => {
+                            if chunked {
+                                push_hex(out, data.len() as u64);
+                                out.extend_from_slice(b"\r\n");
+                            }
+                            if io.write_all(out).await.is_err() || io.write_all(&data).await.is_err() {
+                                ok = false;
+                                break;
+                            }
+                            out.clear();
+                            if chunked {
+                                out.extend_from_slice(b"\r\n");
+                            }
+                            false
+                        }
+                        Err(f) => {
+                            // Trailers end the body; a client that did not ask for them gets
+                            // none (HTTP/1.1 cannot carry them without chunked).
+                            if chunked {
+                                out.extend_from_slice(b"0\r\n");
+                                if let Ok(trailers) = f.into_trailers() {
+                                    for (name, value) in trailers.iter().filter(|_| h1_trailers) {
+                                        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+                                    }
+                                }
+                                out.extend_from_slice(b"\r\n");
+                                trailers_sent = true;
+                            }
+                            false
+                        }
+                    },
+                };
+                if !out.is_empty() && io.write_all(out).await.is_err() {
+                    ok = false;
+                    break;
+                }
+                if end {
+                    break;
+                }
+            }
+        }
+        // Polled to its end, the body has made the request's report; dropped early, it reports
+        // the client gone (or the app's failure).
+        drop(body);
+        let flushed = ok && io.flush().await.is_ok();
+        if !inflow.ended {
+            if let Some(pipe) = &pipe {
+                inflow.fail(pipe, "the answer ended before the request body");
+            }
+            close = true;
+        }
+        flushed && !close
+    }
+
     /// After a `101`: the answer's head goes to the client, and from then on bytes are copied
     /// both ways until either side closes (or the drain deadline cuts the connection). The
     /// request is reported when the tunnel ends, with the bytes each way and its duration.
@@ -1358,6 +1597,136 @@ impl Inflow {
     /// Body bytes (chunk data, for a chunked body) received so far.
     fn data(&self) -> u64 {
         self.framing.sent
+    }
+}
+
+/// Most request-body bytes queued for an app that speaks h2 before the client is read again.
+const PIPE_LIMIT: usize = 256 * 1024;
+
+/// A request body on its way into a pipe ([`RecvShared`]): its framing removed, data only.
+struct PipeIn {
+    framing: Framing,
+    chunks: ChunkScan,
+    ended: bool,
+}
+
+impl PipeIn {
+    fn new(framing: Framing) -> Self {
+        Self { framing, chunks: ChunkScan::decoder(), ended: framing == Framing::Length(0) }
+    }
+
+    /// Moves the body bytes at the front of `rbuf` into `pipe`; what follows the body stays.
+    fn feed(&mut self, rbuf: &mut BytesMut, pipe: &RecvShared) -> Result<(), &'static str> {
+        let mut pushed = false;
+        while !self.ended && !rbuf.is_empty() {
+            let data = match &mut self.framing {
+                Framing::Length(left) => {
+                    let n = (rbuf.len() as u64).min(*left) as usize;
+                    *left -= n as u64;
+                    self.ended = *left == 0;
+                    rbuf.split_to(n).freeze()
+                }
+                Framing::Chunked if self.chunks.state == Chunk::Data => {
+                    let n = (rbuf.len() as u64).min(self.chunks.size) as usize;
+                    self.chunks.take_data(n as u64);
+                    rbuf.split_to(n).freeze()
+                }
+                Framing::Chunked | Framing::UntilClose => {
+                    let (used, done) = self.chunks.feed(rbuf)?;
+                    rbuf.advance(used);
+                    self.ended = done;
+                    continue;
+                }
+            };
+            let mut st = pipe.lock();
+            let len = data.len();
+            st.push(data, len);
+            pushed = true;
+        }
+        let mut st = pipe.lock();
+        if self.ended {
+            st.end = true;
+        }
+        let reader = if pushed || self.ended { st.reader.take() } else { None };
+        drop(st);
+        if let Some(w) = reader {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// The body cannot be completed: its reader gets an error (the app's stream is reset).
+    fn fail(&mut self, pipe: &RecvShared, why: &'static str) {
+        self.ended = true;
+        let reader = {
+            let mut st = pipe.lock();
+            st.failed = Some(why);
+            st.reader.take()
+        };
+        if let Some(w) = reader {
+            w.wake();
+        }
+    }
+}
+
+/// Waits until the app has taken from a full pipe (or dropped it).
+async fn pipe_room(pipe: Option<&Arc<RecvShared>>) {
+    let Some(pipe) = pipe else { return std::future::pending().await };
+    std::future::poll_fn(|cx| {
+        let mut st = pipe.lock();
+        if st.dropped || st.queued() < PIPE_LIMIT {
+            Poll::Ready(())
+        } else {
+            st.conn = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// The rewritten head in `out` as request parts for the proxy's client (origin-form target;
+/// the fields that frame HTTP/1.1 or belong to its connection left out), and whether the
+/// client accepts trailers.
+fn service_parts(out: &[u8]) -> Result<(http::request::Parts, bool), String> {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut head = httparse::Request::new(&mut []);
+    let mut many;
+    let parsed = match head.parse_with_uninit_headers(out, &mut fields) {
+        Err(httparse::Error::TooManyHeaders) => {
+            many = vec![httparse::EMPTY_HEADER; 4096];
+            head = httparse::Request::new(&mut many);
+            head.parse(out)
+        }
+        r => r,
+    };
+    if !matches!(parsed, Ok(httparse::Status::Complete(_))) {
+        return Err("cannot rewrite the request for the app".into());
+    }
+    let mut builder = http::Request::builder()
+        .method(head.method.unwrap_or("GET"))
+        .uri(head.path.unwrap_or("/"))
+        .version(http::Version::HTTP_11);
+    let mut trailers = false;
+    for h in head.headers.iter() {
+        let name = h.name.as_bytes();
+        if eq(name, b"transfer-encoding") || eq(name, b"connection") || eq(name, b"upgrade") {
+            continue;
+        }
+        if eq(name, b"te") {
+            trailers = true;
+        }
+        builder = builder.header(h.name, h.value);
+    }
+    let (parts, ()) =
+        builder.body(()).map_err(|e| format!("cannot rewrite the request for the app: {e}"))?.into_parts();
+    Ok((parts, trailers))
+}
+
+/// Writes `n` in hexadecimal (a chunk size).
+fn push_hex(out: &mut Vec<u8>, n: u64) {
+    let nibbles = ((64 - n.leading_zeros() as usize).div_ceil(4)).max(1);
+    for i in (0..nibbles).rev() {
+        out.push(b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize]);
     }
 }
 

@@ -1,21 +1,19 @@
-//! The one accept loop every listener runs: TCP → optional TLS → (on the inbound listener with an
-//! HTTP/1.1 app) tandem's own HTTP/1.1 codec, [`crate::http1::server`], until a request needs hyper →
-//! hyper-util's auto connection (HTTP/1.1 or h2: by ALPN under TLS, by prior knowledge in
-//! plaintext) → the listener's service, with connection limits, idle timeout and a graceful drain
-//! (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY) when a stop begins.
+//! The one accept loop every listener runs: TCP → optional TLS → the protocol choice → a server.
 //!
-//! On listeners that ask for it ([`ConnSettings::h1_guard`]), HTTP/1 connections are read
-//! through [`H1Guard`], which marks requests that carry both `Content-Length` and
-//! `Transfer-Encoding` for the service to refuse. Requests hyper itself refuses before any service
-//! runs (it answers 400, 414 or 431 and closes) get a debug line and are counted in
-//! `tandem_http_requests_refused_total{direction, reason}` (`reason` is `invalid` or
-//! `too_large`); the count is only touched on that error path.
+//! On the inbound listener every connection is served by tandem's own servers: HTTP/1.x by the
+//! codec ([`crate::http1::server`]), which hands a connection that starts with the HTTP/2
+//! preface (or negotiated `h2` by ALPN) to tandem's HTTP/2 server ([`crate::h2::server`]),
+//! whatever protocol the app speaks. The other listeners (outbound, admin, the echo app) are
+//! served by hyper-util's auto connection (HTTP/1.1 or h2c) with the listener's service; the
+//! requests hyper refuses itself there (400, 414 or 431, then the close) get a debug line and
+//! are counted in `tandem_http_requests_refused_total{direction, reason}` (`reason` is
+//! `invalid` or `too_large`). Every listener has connection limits, an idle timeout and a
+//! graceful drain (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY) when a stop begins.
 
 use crate::base::conn::ConnMeta;
 use crate::base::reason::Direction;
 use crate::http1::server::{Codec, Outcome};
 use crate::lifecycle::shutdown::{ConnInfo, Drain, DrainAware, Tracker, DRAIN_IDLE_GRACE};
-use crate::listener::guard::H1Guard;
 use crate::listener::tls::TlsServer;
 use crate::telemetry::Telemetry;
 use bytes::Bytes;
@@ -48,9 +46,6 @@ pub struct ConnSettings {
     pub max_headers: usize,
     /// Connections beyond this are closed at once and counted.
     pub max_connections: usize,
-    /// Read HTTP/1 connections through [`H1Guard`] (the inbound listener: its service refuses
-    /// the requests the guard marks).
-    pub h1_guard: bool,
 }
 
 impl ConnSettings {
@@ -62,7 +57,6 @@ impl ConnSettings {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_connections: 100_000,
-            h1_guard: false,
         }
     }
 }
@@ -140,8 +134,8 @@ where
 {
     let listening = tracker.listening();
     async move {
-        // hyper's HTTP/1 read buffer: a head that does not fit is refused with 431. The guard keeps
-        // back no more than this.
+        // The HTTP/1 read buffer (the codec's and hyper's): a head that does not fit is refused
+        // with 431 (414 while the request line has not ended).
         let max_buf_size = (settings.max_header_bytes * 2).max(16 * 1024);
         let refused = telemetry.as_ref().and_then(|t| Refusals::register(t.metrics.registry(), direction));
         // SETTINGS_MAX_HEADER_LIST_SIZE on HTTP/2 (hyper's server and tandem's own alike).
@@ -227,7 +221,6 @@ where
             let telemetry = telemetry.clone();
             let mut conn_drain = drain.clone();
             let idle = settings.idle_timeout;
-            let guard_h1 = settings.h1_guard;
             let refused = refused.clone();
             let codec = codec.clone();
             let mut codec_drain = drain.clone();
@@ -302,7 +295,7 @@ where
                     }
                 }
                 let service = DrainAware::new(make_service(meta), service_drain, info.clone());
-                let io = TokioIo::new(if guard_h1 { H1Guard::new(io, max_buf_size) } else { H1Guard::passthrough(io) });
+                let io = TokioIo::new(io);
                 // Boxed: hyper's connection state is several KiB, and a connection the codec serves
                 // never needs it (the task stays small while it idles).
                 let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, service));

@@ -4,5 +4,4 @@
 //! listeners hyper serves, the services of [`crate::proxy`] and [`crate::admin`].
 
 pub mod accept;
-pub mod guard;
 pub mod tls;

@@ -56,6 +56,11 @@ impl ProxyBody {
         Self { inner: Inner::Local(None), finish: None, checkin: None, sent: 0 }
     }
 
+    /// The record this body reports when it ends (to correct whose fault a failure was).
+    pub(crate) fn record_mut(&mut self) -> Option<&mut crate::telemetry::record::RequestRecord> {
+        self.finish.as_mut()?.record_mut()
+    }
+
     /// Attaches the completion report for this request.
     pub fn with_finish(mut self, finish: Finish) -> Self {
         // A body that is already complete reports at once: nothing will poll it to its end

@@ -6,9 +6,9 @@
 //! 1. **record** — start the access-log/metrics record; it reports once, when the response body
 //!    ends or the client goes away (`DC`).
 //! 2. **load shed** — over `max_in_flight` answers 503 `UO` at once; nothing queues.
-//! 3. **request checks** — a request with both `Content-Length` and `Transfer-Encoding` (marked
-//!    by [`crate::listener::guard`], since hyper hides the conflict) answers 400 `DPE` and closes the
-//!    connection; a head over `max_header_bytes`/`max_headers` answers 431 `DPE`.
+//! 3. **request checks** — a head over `max_header_bytes`/`max_headers` answers 431 `DPE`
+//!    ([`crate::proxy::admission`]); the HTTP/1.1 server has checked the framing rules itself,
+//!    and the HTTP/2 server its own.
 //! 4. **rewrite** — strip hop-by-hop headers, set `x-forwarded-*`, keep or make `x-request-id`.
 //! 5. **timeout + forward** — pooled client to the app; connect failures `UF`, resets `UC`, garbage
 //!    `UPE`, no response head within `timeouts.response` `UT`.
@@ -18,7 +18,6 @@
 
 use crate::base::body::{CountingBody, RequestBody};
 use crate::base::conn::ConnMeta;
-use crate::base::fields::CL_TE_MARK;
 use crate::base::reason::Direction;
 use crate::config::Inbound as InboundConfig;
 use crate::lifecycle::shutdown::Tracker;
@@ -251,17 +250,6 @@ impl InboundProxy {
             return Err(self.fail(err, finish));
         }
 
-        // A request smuggling shape: refuse it and close, whatever else it says.
-        if parts.headers.contains_key(&CL_TE_MARK) {
-            let err =
-                ProxyError::BadRequest { what: "the request has both Content-Length and Transfer-Encoding".into() };
-            let mut resp = self.fail(err, finish);
-            if parts.version < http::Version::HTTP_2 {
-                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            return Err(resp);
-        }
-
         // Request-head limits (hyper's own limits sit above these as a backstop).
         if let Some(err) = self.admission.parts(&parts) {
             return Err(self.fail(err, finish));
@@ -326,6 +314,39 @@ impl InboundProxy {
         let body = CountingBody::new(body, received.clone());
         finish.set_received(received);
         Ok(Forwarding { req: Request::from_parts(parts, body), finish, downstream_upgrade, h1_trailers })
+    }
+
+    /// Sends a request the HTTP/1.1 server already admitted, checked and rewrote (`parts`:
+    /// origin-form target, its fields as they go to the app) through the app's client: the
+    /// path of HTTP/1.x requests to an app that speaks h2. `h1_trailers`: the client accepts
+    /// trailers.
+    pub(crate) fn forward_checked(
+        self: &Arc<Self>,
+        mut parts: http::request::Parts,
+        body: RequestBody,
+        mut finish: Finish,
+        h1_trailers: bool,
+    ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> {
+        if let AppClient::Http2(_) = &self.client {
+            let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(self.app_authority.clone());
+            uri.path_and_query = Some(path);
+            match Uri::from_parts(uri) {
+                Ok(u) => parts.uri = u,
+                Err(e) => {
+                    let err = ProxyError::BadRequest { what: format!("cannot build upstream URI: {e}") };
+                    let resp = self.fail(err, finish);
+                    return Box::pin(async move { resp });
+                }
+            }
+        }
+        let received = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicU64::new(0)));
+        let body = CountingBody::new(body, received.clone());
+        finish.set_received(received);
+        let fwd = Forwarding { req: Request::from_parts(parts, body), finish, downstream_upgrade: None, h1_trailers };
+        Box::pin(self.clone().forward(fwd))
     }
 
     /// Sends a checked request to the app and turns its answer into the client's response.
