@@ -863,7 +863,10 @@ def main():
         "tandem_bin": tandem_bin,
         "binary_size": os.path.getsize(tandem_bin),
         "linkage": elf_linkage(tandem_bin),
-        "tandem_rev": rev.stdout.strip() or "?",
+        # The tree's revision says which commit the binary is only when it is this tree's build.
+        "tandem_rev": (rev.stdout.strip() or "?")
+        if Path(tandem_bin).resolve().is_relative_to(ROOT / "target")
+        else f"not built from this tree ({ROOT} is at {rev.stdout.strip() or '?'})",
         "tandem_version": tool_version([tandem_bin, "--version"]),
         "nginx": tool_version(["nginx", "-v"]),
         "haproxy": tool_version(["haproxy", "-v"]),
