@@ -233,3 +233,32 @@ async fn connections_are_reused_on_a_multi_thread_runtime_too() {
     let n = conns.load(Ordering::SeqCst);
     assert!(n <= 3, "{n} upstream connections for 200 sequential requests");
 }
+
+#[tokio::test]
+async fn http2_requests_with_and_without_bodies_share_the_one_pool_to_the_app() {
+    // One client per app protocol: an HTTP/2 client's requests, with a body or without, go on
+    // the same keep-alive connections as the HTTP/1.1 server's (before, those with a body took
+    // hyper's own pool, a second connection).
+    let (addr, conns) = app("hello", false).await;
+    let proxy = support::proxy(support::config(addr)).await;
+    let client = support::h2();
+    for i in 0..6 {
+        let url = format!("http://{}/x", proxy.inbound_addr);
+        let req = if i % 2 == 0 {
+            http::Request::get(url).body(Full::new(Bytes::new()))
+        } else {
+            http::Request::post(url).header("content-length", "5").body(Full::new(Bytes::from_static(b"12345")))
+        };
+        let (status, _, body) = support::send(&client, req.expect("request")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body, "hello");
+    }
+    let out = support::raw(
+        proxy.inbound_addr,
+        b"GET /y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    assert_eq!(conns.load(Ordering::SeqCst), 1, "every request on one upstream connection");
+}

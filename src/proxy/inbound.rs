@@ -301,16 +301,6 @@ impl InboundProxy {
         parts.extensions.clear();
 
         let received = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicU64::new(0)));
-        // hyper's HTTP/1.1 client sends a GET or HEAD whose body length is unknown (an HTTP/2
-        // request without content-length, a chunked one handed over) with no body at all unless
-        // the request says chunked: say it, or the body would be dropped.
-        if received.is_some()
-            && matches!(self.client, AppClient::Http1(..))
-            && (parts.method == http::Method::GET || parts.method == http::Method::HEAD)
-            && !parts.headers.contains_key(header::CONTENT_LENGTH)
-        {
-            parts.headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        }
         let body = CountingBody::new(body, received.clone());
         finish.set_received(received);
         Ok(Forwarding { req: Request::from_parts(parts, body), finish, downstream_upgrade, h1_trailers })
@@ -366,12 +356,13 @@ impl InboundProxy {
             // One clock reading for both the service time and the deadline.
             let deadline = tokio::time::Instant::from_std(sent_at) + self.response_timeout;
             let sent = match &self.client {
-                // To an HTTP/1.1 app, a request without a body that asks for no upgrade goes on
-                // the codec's connections ([`crate::upstream::http1`]); the rest on hyper's, whose
-                // [`Checkin`] lives as long as the body.
-                AppClient::Http1(_, streams) if !upgrade && http_body::Body::is_end_stream(req.body()) => {
+                // To an HTTP/1.1 app every request that asks for no upgrade goes on the codec's
+                // connections ([`crate::upstream::http1`]), its body streamed; an upgrade (which
+                // only hyper's server hands over) on hyper's, whose [`Checkin`] lives as long as
+                // the body.
+                AppClient::Http1(_, streams) if !upgrade => {
                     let send =
-                        async { crate::upstream::http1::send(streams, &req).await.map_err(|e| self.app_error(e)) };
+                        async { crate::upstream::http1::send(streams, req).await.map_err(|e| self.app_error(e)) };
                     match tokio::time::timeout_at(deadline, send).await {
                         Ok(sent) => sent.map(Sent::Codec),
                         Err(_) => Err(self.response_timed_out()),
@@ -435,6 +426,9 @@ impl InboundProxy {
             }
             crate::upstream::http1::SendError::Closed => ProxyError::UpstreamClosed { upstream },
             crate::upstream::http1::SendError::Protocol(cause) => ProxyError::UpstreamProtocol { upstream, cause },
+            crate::upstream::http1::SendError::ClientBody => {
+                ProxyError::BadRequest { what: "the request body failed before the app answered".into() }
+            }
         }
     }
 

@@ -14,6 +14,7 @@
 //! is not HTTP/1.1 or is over 1 MiB. A body cut short
 //! ends with an error, which the server turns into a reset stream (h2) or a cut connection.
 
+use crate::base::body::CountingBody;
 use crate::base::framing::{final_answer, Chunk, ChunkScan, Framing, HEAD_TOO_LARGE, MAX_RESPONSE_HEAD, READ_SIZE};
 use crate::upstream::pool::AppStreams;
 use bytes::{Buf, Bytes, BytesMut};
@@ -23,7 +24,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// What polling a body gives.
@@ -46,16 +47,25 @@ pub enum SendError {
     Closed,
     /// The answer head was not valid HTTP/1.1, or over 1 MiB.
     Protocol(String),
+    /// The client's request body failed before the answer came (the client's fault).
+    ClientBody,
 }
 
-/// Sends a request without a body (`req`: origin-form URI, headers already rewritten for the
-/// app; its body is not read) and returns the app's answer, its body still on the connection.
-pub async fn send<B>(streams: &Arc<AppStreams>, req: &http::Request<B>) -> Result<Response<AppBody>, SendError> {
+/// Sends a request (`req`: origin-form URI, headers already rewritten for the app) and
+/// returns the app's answer, its body still on the connection. A request body is streamed as
+/// its frames come (`Content-Length` as the request says, else chunked, trailers included),
+/// before and while the answer arrives: the rest of it goes out as the answer's body is polled
+/// ([`AppBody`]), so an app that answers at once and then reads (an echo) gets all of it.
+pub async fn send(streams: &Arc<AppStreams>, req: http::Request<CountingBody>) -> Result<Response<AppBody>, SendError> {
     let closed = || SendError::Closed;
-    let head_only = req.method() == http::Method::HEAD;
+    let (parts, body) = req.into_parts();
+    let head_only = parts.method == http::Method::HEAD;
     // Sent again after a pooled connection ended without an answer only if idempotent (RFC 9110
-    // section 9.2.2): the app may have acted on it.
-    let idempotent = crate::base::fields::is_idempotent(req.method().as_str().as_bytes());
+    // section 9.2.2), and only while none of its body was taken.
+    let idempotent = crate::base::fields::is_idempotent(parts.method.as_str().as_bytes());
+    let has_body = !body.is_end_stream();
+    let chunked = has_body && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    let mut body = Some(body);
     'attempt: loop {
         let (mut up, mut buf, reused) = match streams.take_with_buf() {
             Some((s, b)) => (s, b, true),
@@ -71,7 +81,7 @@ pub async fn send<B>(streams: &Arc<AppStreams>, req: &http::Request<B>) -> Resul
         if !buf.try_reclaim(FIRST_READ) {
             buf = BytesMut::with_capacity(FIRST_READ);
         }
-        write_head(&mut buf, req);
+        write_head(&mut buf, &parts, chunked);
         if up.write_all(&buf).await.is_err() {
             if reused {
                 continue 'attempt;
@@ -79,42 +89,149 @@ pub async fn send<B>(streams: &Arc<AppStreams>, req: &http::Request<B>) -> Resul
             return Err(closed());
         }
         buf.clear();
+        let mut upload = if has_body {
+            match body.take() {
+                Some(body) => Some(Box::new(Upload { body, out: BytesMut::new(), chunked, done: false })),
+                // A body already partly sent cannot be sent again.
+                None => return Err(closed()),
+            }
+        } else {
+            None
+        };
         loop {
-            match up.read_buf(&mut buf).await {
-                Ok(0) | Err(_) if buf.is_empty() && reused && idempotent => continue 'attempt,
+            let read = std::future::poll_fn(|cx| {
+                if let Some(u) = upload.as_mut() {
+                    match u.poll_send(&up, cx) {
+                        Poll::Ready(Ok(())) => upload = None,
+                        // The app stopped reading: its answer may still come.
+                        Poll::Ready(Err(UploadError::App)) => upload = None,
+                        Poll::Ready(Err(UploadError::Client)) => return Poll::Ready(Err(SendError::ClientBody)),
+                        Poll::Pending => {}
+                    }
+                }
+                if buf.capacity() == buf.len() {
+                    buf.reserve(READ_SIZE);
+                }
+                loop {
+                    ready!(up.poll_read_ready(cx)).map_err(|_| SendError::Closed)?;
+                    match up.try_read_buf(&mut buf) {
+                        Ok(n) => return Poll::Ready(Ok(n)),
+                        // The readiness was stale: it is cleared, and the next poll registers.
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Poll::Ready(Err(SendError::Closed)),
+                    }
+                }
+            });
+            match read.await {
+                Err(SendError::ClientBody) => return Err(SendError::ClientBody),
+                Ok(0) | Err(_) if buf.is_empty() && reused && idempotent && !has_body => continue 'attempt,
                 Ok(0) | Err(_) => return Err(closed()),
                 Ok(_) => {}
             }
             match answer(&mut buf, head_only) {
                 Ok(Some((resp, state, reusable))) => {
                     let done = matches!(state, State::Done);
-                    let mut body = AppBody { stream: Some(up), buf, state, pool: streams.clone(), reusable };
+                    let mut body = AppBody { stream: Some(up), buf, state, pool: streams.clone(), reusable, upload };
                     if done {
-                        // No body: the connection is free at once.
+                        // No body: the connection is free at once (once the upload is done).
                         body.end();
                     }
                     let (parts, ()) = resp.into_parts();
                     return Ok(Response::from_parts(parts, body));
                 }
                 Ok(None) if buf.len() > MAX_RESPONSE_HEAD => return Err(SendError::Protocol(HEAD_TOO_LARGE.into())),
-                Ok(None) => {
-                    if buf.capacity() == buf.len() {
-                        buf.reserve(READ_SIZE);
-                    }
-                }
+                Ok(None) => {}
                 Err(cause) => return Err(SendError::Protocol(cause)),
             }
         }
     }
 }
 
-/// The HTTP/1.1 request head for `req`, appended to `buf`.
-fn write_head<B>(buf: &mut BytesMut, req: &http::Request<B>) {
-    buf.extend_from_slice(req.method().as_str().as_bytes());
+/// A request body on its way to the app, driven by whoever waits for the answer.
+pub struct Upload {
+    body: CountingBody,
+    /// Encoded bytes not yet written.
+    out: BytesMut,
+    chunked: bool,
+    /// The body's last frame has been encoded.
+    done: bool,
+}
+
+enum UploadError {
+    /// The app's connection failed while the body was written.
+    App,
+    /// The client's body failed (its stream reset, its framing broken).
+    Client,
+}
+
+impl Upload {
+    /// Writes what it can: `Ready(Ok)` once the whole body is sent.
+    fn poll_send(&mut self, up: &TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), UploadError>> {
+        loop {
+            while !self.out.is_empty() {
+                if ready!(up.poll_write_ready(cx)).is_err() {
+                    return Poll::Ready(Err(UploadError::App));
+                }
+                match up.try_write(&self.out) {
+                    Ok(n) => self.out.advance(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Poll::Ready(Err(UploadError::App)),
+                }
+            }
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                None => {
+                    if self.chunked {
+                        self.out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    self.done = true;
+                }
+                Some(Err(_)) => return Poll::Ready(Err(UploadError::Client)),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => {
+                        if self.chunked {
+                            self.out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                            self.out.extend_from_slice(&data);
+                            self.out.extend_from_slice(b"\r\n");
+                        } else {
+                            self.out.extend_from_slice(&data);
+                        }
+                    }
+                    Err(frame) => {
+                        if self.chunked {
+                            self.out.extend_from_slice(b"0\r\n");
+                            if let Ok(trailers) = frame.into_trailers() {
+                                for (name, value) in &trailers {
+                                    self.out.extend_from_slice(name.as_str().as_bytes());
+                                    self.out.extend_from_slice(b": ");
+                                    self.out.extend_from_slice(value.as_bytes());
+                                    self.out.extend_from_slice(b"\r\n");
+                                }
+                            }
+                            self.out.extend_from_slice(b"\r\n");
+                        }
+                        self.done = true;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// The HTTP/1.1 request head for `req`, appended to `buf` (with `Transfer-Encoding: chunked`
+/// for a body of unknown length).
+fn write_head(buf: &mut BytesMut, req: &http::request::Parts, chunked: bool) {
+    buf.extend_from_slice(req.method.as_str().as_bytes());
     buf.extend_from_slice(b" ");
-    buf.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    buf.extend_from_slice(req.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
+    if chunked {
+        buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    for (name, value) in &req.headers {
         buf.extend_from_slice(name.as_str().as_bytes());
         buf.extend_from_slice(b": ");
         buf.extend_from_slice(value.as_bytes());
@@ -184,6 +301,8 @@ pub struct AppBody {
     state: State,
     pool: Arc<AppStreams>,
     reusable: bool,
+    /// The rest of the request body, sent while the answer is read.
+    upload: Option<Box<Upload>>,
 }
 
 impl AppBody {
@@ -191,7 +310,8 @@ impl AppBody {
     fn end(&mut self) {
         self.state = State::Done;
         if let Some(s) = self.stream.take() {
-            if self.reusable && self.buf.is_empty() {
+            // A request body not all sent leaves the connection mid-request: it is not reused.
+            if self.reusable && self.buf.is_empty() && self.upload.is_none() {
                 // The buffer goes along for the connection's next answer, unless a long body
                 // grew it.
                 let buf = std::mem::take(&mut self.buf);
@@ -281,6 +401,16 @@ impl Body for AppBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         let this = &mut *self;
+        // The rest of the request body goes out as the answer is read (an app may answer first
+        // and read after).
+        if let (Some(u), Some(stream)) = (this.upload.as_mut(), this.stream.as_ref()) {
+            match u.poll_send(stream, cx) {
+                Poll::Ready(Ok(())) => this.upload = None,
+                Poll::Ready(Err(UploadError::App)) => {}
+                Poll::Ready(Err(UploadError::Client)) => return this.fail("the request body failed"),
+                Poll::Pending => {}
+            }
+        }
         loop {
             if let Some(ready) = this.next_buffered() {
                 return ready;
