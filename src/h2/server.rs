@@ -1306,7 +1306,11 @@ impl<'a> Conn<'a> {
     fn send_rst(&mut self, id: u32, code: u32) {
         frame_head(&mut self.wbuf, 4, RST_STREAM, 0, id);
         self.wbuf.put_u32(code);
-        self.ctl_unsent += 1;
+        // Resets the client provoked count as answers to its frames; ours (an answer that ended
+        // early, failed, or waited too long) do not.
+        if !matches!(code, code::NO_ERROR | code::CANCEL | code::INTERNAL_ERROR) {
+            self.ctl_unsent += 1;
+        }
         // Section 5.1: what the client sent before it saw this is ignored.
         if id <= self.max_seen && !self.resets.contains(&id) {
             if self.resets.len() == RESETS_KEPT {
