@@ -183,7 +183,7 @@ pub async fn start_with_workers(
         None => None,
     };
     let inbound_conns = Tracker::new();
-    let inbound = InboundProxy::new(&config.inbound, telemetry.clone(), tls.is_some(), inbound_conns.clone())?;
+    let inbound = InboundProxy::new(&config.inbound, telemetry.clone(), tls.is_some())?;
     let mut tasks = Vec::new();
     let mut sides = Vec::new();
     if let Some(t) = &tls {
@@ -209,9 +209,9 @@ pub async fn start_with_workers(
         None,
         exit.drain(),
         admin_conns.clone(),
-        None,
-        None,
-        move |meta: crate::base::conn::ConnMeta| AdminService::new(admin_state.clone(), meta.peer),
+        accept::HyperServers::new(move |meta: crate::base::conn::ConnMeta| {
+            AdminService::new(admin_state.clone(), meta.peer)
+        }),
     )));
 
     // 3. The proxy listeners. Outbound keeps serving through the drain, so the app can finish its
@@ -347,9 +347,7 @@ impl Lanes {
             Some(self.telemetry.clone()),
             self.shutdown.drain(),
             self.inbound_conns.clone(),
-            self.tls.clone(),
-            Some(crate::http1::server::Codec::new(&proxy)),
-            move |meta| proxy.service(meta),
+            accept::OwnServers::new(crate::http1::server::Codec::new(&proxy), self.tls.clone()),
         )
     }
 
@@ -366,9 +364,7 @@ impl Lanes {
             Some(self.telemetry.clone()),
             self.exit.drain(),
             self.outbound_conns.clone(),
-            None,
-            None,
-            move |meta: crate::base::conn::ConnMeta| proxy.service(meta.peer),
+            accept::HyperServers::new(move |meta: crate::base::conn::ConnMeta| proxy.service(meta.peer)),
         )
     }
 }
@@ -588,9 +584,7 @@ impl Echo {
             None,
             shutdown.drain(),
             Tracker::new(),
-            None,
-            None,
-            |_| EchoService,
+            accept::HyperServers::new(|_| EchoService),
         ));
         Ok(Self { addr, shutdown, task })
     }

@@ -87,9 +87,7 @@ fn start(
         None,
         shutdown.drain(),
         tracker.clone(),
-        None,
-        None,
-        |_| EchoService,
+        accept::HyperServers::new(|_| EchoService),
     ))
 }
 

@@ -1,5 +1,5 @@
 //! The request body types every layer passes around: the body a server read (hyper's, or one
-//! fed by a connection task of tandem's own through a [`Pipe`]), counted on its way upstream.
+//! fed by a connection task of tandem's own through a pipe, [`RecvShared`]), counted on its way upstream.
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;

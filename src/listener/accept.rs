@@ -12,7 +12,8 @@
 
 use crate::base::conn::ConnMeta;
 use crate::base::reason::Direction;
-use crate::http1::server::{Codec, Outcome};
+use crate::h2::server::H2Rules;
+use crate::http1::server::{Codec, Outcome, Rules};
 use crate::lifecycle::shutdown::{ConnInfo, Drain, DrainAware, Tracker, DRAIN_IDLE_GRACE};
 use crate::listener::tls::TlsServer;
 use crate::telemetry::Telemetry;
@@ -25,7 +26,7 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -102,28 +103,104 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListene
     Ok(socket.into())
 }
 
-/// Serves `listener` until `drain` fires, then stops accepting and asks every open connection to
-/// close gracefully. Stopping refuses new handshakes at once ([`refuse_new_handshakes`]), takes
-/// the connections that still complete for [`HANDSHAKE_GRACE`], and then closes the listener, so
-/// no client is reset on a connection it believes open. `tracker` counts the listener from this
-/// call (not from the loop's first poll: a stop that comes before it still waits for it) until it
-/// closes, and every connection until it closes, so the caller can wait for them (with its
-/// deadline). The future ends once the accept loop has stopped. With `tls`, every connection
-/// is a TLS handshake first (ALPN picks HTTP/2 or HTTP/1.1). With `codec`, HTTP/1.1
-/// connections are served by [`crate::http1::server`] until a request needs hyper, which then takes
-/// the connection over.
-#[allow(clippy::too_many_arguments)]
-pub fn serve<F, S, B>(
-    listener: TcpListener,
-    settings: ConnSettings,
-    direction: Direction,
-    telemetry: Option<Arc<Telemetry>>,
-    mut drain: Drain,
-    tracker: Arc<Tracker>,
+/// What serves a listener's connections once they are accepted and TLS is done:
+/// [`OwnServers`] (tandem's own, the inbound listener) or [`HyperServers`] (hyper's, with a
+/// service per connection: outbound, admin, echo).
+pub trait Servers: Send + Sync + 'static {
+    /// Takes the listener's settings once, before the first connection.
+    fn prepare(&mut self, settings: &ConnSettings, telemetry: Option<&Arc<Telemetry>>, direction: Direction);
+
+    /// Serves one connection until it ends (the accept loop cuts it at the drain deadline).
+    fn serve_conn(&self, conn: Accepted) -> impl Future<Output = ()> + Send;
+}
+
+/// An accepted connection, handed to its server.
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// The stop: a server asks its connection to close gracefully when it fires.
+    pub drain: Drain,
+    /// Bytes moved either way so far (for the idle timeout and the drain's quiet check).
+    pub activity: Arc<AtomicU64>,
+}
+
+/// The inbound listener's servers: every HTTP/1.x connection goes to tandem's codec
+/// ([`crate::http1::server`]), every HTTP/2 one (the preface, or `h2` by ALPN) to tandem's HTTP/2
+/// server ([`crate::h2::server`]).
+pub struct OwnServers {
+    codec: Codec,
+    /// TLS termination: every connection is a handshake first (ALPN picks h2 or HTTP/1.1).
     tls: Option<Arc<TlsServer>>,
-    codec: Option<Codec>,
+    rules: Rules,
+    h2: H2Rules,
+}
+
+impl OwnServers {
+    pub fn new(codec: Codec, tls: Option<Arc<TlsServer>>) -> Self {
+        let rules = Rules { header_read: Duration::ZERO, idle: Duration::ZERO, max_head: 0 };
+        Self { codec, tls, rules, h2: H2Rules { idle: Duration::ZERO, max_list: 0 } }
+    }
+}
+
+impl Servers for OwnServers {
+    fn prepare(&mut self, settings: &ConnSettings, _: Option<&Arc<Telemetry>>, _: Direction) {
+        self.rules = Rules {
+            header_read: settings.header_read_timeout,
+            idle: settings.idle_timeout,
+            max_head: read_buffer(settings),
+        };
+        self.h2 = H2Rules { idle: settings.idle_timeout, max_list: h2_header_list(settings) };
+    }
+
+    async fn serve_conn(&self, conn: Accepted) {
+        let Accepted { stream, peer, mut drain, activity } = conn;
+        let counted = |inner| Counted { inner, activity: activity.clone() };
+        let (mut io, meta) = match &self.tls {
+            None => (Transport::Plain(counted(stream)), ConnMeta { peer, tls: None }),
+            Some(tls) => match tls.accept(stream, counted).await {
+                Some((s, info)) => (Transport::Tls(Box::new(s)), ConnMeta { peer, tls: Some(Arc::new(info)) }),
+                None => return,
+            },
+        };
+        let peer_ip = crate::proxy::headers::peer_ip_value(meta.peer);
+        // Every HTTP/1.x request is the codec's; it stops only at the HTTP/2 preface.
+        let mut handed = bytes::BytesMut::new();
+        if meta.tls.as_ref().is_none_or(|t| t.alpn != Some("h2")) {
+            match self.codec.serve(&mut io, &meta, peer_ip.as_ref(), &mut drain, self.rules).await {
+                Outcome::H2(rest) => handed = rest,
+                Outcome::Closed => return,
+            }
+        }
+        let proxy = self.codec.proxy();
+        crate::h2::server::serve(&mut io, handed, proxy, &meta, peer_ip.as_ref(), &mut drain, self.h2).await;
+    }
+}
+
+/// hyper-util's auto connection (HTTP/1.1, or h2 by ALPN under TLS and by prior knowledge in
+/// plaintext) with a service made per connection by `make_service`.
+pub struct HyperServers<F> {
     make_service: F,
-) -> impl Future<Output = ()> + Send + 'static
+    builder: auto::Builder<TokioExecutor>,
+    idle: Duration,
+    refused: Option<Refusals>,
+    telemetry: Option<Arc<Telemetry>>,
+    direction: Direction,
+}
+
+impl<F> HyperServers<F> {
+    pub fn new(make_service: F) -> Self {
+        Self {
+            make_service,
+            builder: auto::Builder::new(TokioExecutor::new()),
+            idle: Duration::ZERO,
+            refused: None,
+            telemetry: None,
+            direction: Direction::Inbound,
+        }
+    }
+}
+
+impl<F, S, B> Servers for HyperServers<F>
 where
     F: Fn(ConnMeta) -> S + Send + Sync + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
@@ -132,43 +209,145 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let listening = tracker.listening();
-    async move {
-        // The HTTP/1 read buffer (the codec's and hyper's): a head that does not fit is refused
-        // with 431 (414 while the request line has not ended).
-        let max_buf_size = (settings.max_header_bytes * 2).max(16 * 1024);
-        let refused = telemetry.as_ref().and_then(|t| Refusals::register(t.metrics.registry(), direction));
-        // SETTINGS_MAX_HEADER_LIST_SIZE on HTTP/2 (hyper's server and tandem's own alike).
-        let h2_max_list = settings.max_header_bytes.saturating_mul(2);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
+    fn prepare(&mut self, settings: &ConnSettings, telemetry: Option<&Arc<Telemetry>>, direction: Direction) {
+        self.builder
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(settings.header_read_timeout)
-            .max_buf_size(max_buf_size)
+            .max_buf_size(read_buffer(settings))
             .max_headers(parser_max_headers(settings.max_headers));
-        builder
+        self.builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(h2_max_list).unwrap_or(u32::MAX))
+            .max_header_list_size(u32::try_from(h2_header_list(settings)).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10));
-        let builder = Arc::new(builder);
-        let make_service = Arc::new(make_service);
-        let codec = codec.map(Arc::new);
-        let rules = crate::http1::server::Rules {
-            header_read: settings.header_read_timeout,
-            idle: settings.idle_timeout,
-            max_head: max_buf_size,
-        };
+        self.idle = settings.idle_timeout;
+        self.refused = telemetry.and_then(|t| Refusals::register(t.metrics.registry(), direction));
+        self.telemetry = telemetry.cloned();
+        self.direction = direction;
+    }
+
+    async fn serve_conn(&self, conn: Accepted) {
+        let Accepted { stream, peer, mut drain, activity } = conn;
+        let io = Transport::Plain(Counted { inner: stream, activity: activity.clone() });
+        let meta = ConnMeta { peer, tls: None };
+        let (direction, idle) = (self.direction, self.idle);
+        let info = Arc::new(ConnInfo::default());
+        let service = DrainAware::new((self.make_service)(meta), drain.clone(), info.clone());
+        // Boxed: hyper's connection state is several KiB.
+        let mut conn = Box::pin(self.builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+        let mut closing = false;
+        let mut draining = false;
+        let mut last_seen = 0u64;
+        let mut idle_tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + idle.max(Duration::from_millis(1)),
+            idle.max(Duration::from_millis(1)),
+        );
+        // The drain rules are in crate::lifecycle::shutdown: HTTP/2 gets GOAWAY at once; HTTP/1.1
+        // answers with `Connection: close` and is closed once it has been quiet for
+        // DRAIN_IDLE_GRACE.
+        let mut drain_tick = tokio::time::interval(DRAIN_IDLE_GRACE);
+        let mut drain_seen = 0u64;
+        loop {
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        match refusal(e.as_ref()) {
+                            Some(reason) => {
+                                tracing::debug!(
+                                    error = %e,
+                                    %peer,
+                                    reason,
+                                    direction = direction.as_str(),
+                                    "request refused by the HTTP/1 parser before reaching the service"
+                                );
+                                if let Some(r) = &self.refused {
+                                    r.count(reason);
+                                }
+                                // One access-log line and one request count, like every other
+                                // refusal.
+                                if let Some(t) = &self.telemetry {
+                                    t.connection_error(direction, peer, e.as_ref());
+                                }
+                            }
+                            None => tracing::debug!(error = %e, %peer, "connection ended with an error"),
+                        }
+                    }
+                    return;
+                }
+                _ = drain.wait(), if !draining && !closing => {
+                    draining = true;
+                    if info.is_h2() {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    } else {
+                        drain_seen = activity.load(Ordering::Relaxed);
+                        drain_tick.reset();
+                    }
+                }
+                _ = drain_tick.tick(), if draining && !closing => {
+                    let seen = activity.load(Ordering::Relaxed);
+                    if info.is_h2() || seen == drain_seen {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    drain_seen = seen;
+                }
+                _ = idle_tick.tick(), if !closing && !idle.is_zero() => {
+                    let seen = activity.load(Ordering::Relaxed);
+                    if seen == last_seen {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    last_seen = seen;
+                }
+            }
+        }
+    }
+}
+
+/// The HTTP/1 read buffer (the codec's and hyper's): a head that does not fit is refused with
+/// 431 (414 while the request line has not ended).
+fn read_buffer(settings: &ConnSettings) -> usize {
+    (settings.max_header_bytes * 2).max(16 * 1024)
+}
+
+/// SETTINGS_MAX_HEADER_LIST_SIZE on HTTP/2 (hyper's server and tandem's own alike).
+fn h2_header_list(settings: &ConnSettings) -> usize {
+    settings.max_header_bytes.saturating_mul(2)
+}
+
+/// Serves `listener` with `servers` until `drain` fires, then stops accepting and asks every
+/// open connection to close gracefully. Stopping refuses new handshakes at once
+/// ([`refuse_new_handshakes`]), takes the connections that still complete for
+/// [`HANDSHAKE_GRACE`], and then closes the listener, so no client is reset on a connection it
+/// believes open. `tracker` counts the listener from this call (not from the loop's first poll:
+/// a stop that comes before it still waits for it) until it closes, and every connection until
+/// it closes, so the caller can wait for them (with its deadline); at the drain deadline it cuts
+/// them. The future ends once the accept loop has stopped.
+pub fn serve<C: Servers>(
+    listener: TcpListener,
+    settings: ConnSettings,
+    direction: Direction,
+    telemetry: Option<Arc<Telemetry>>,
+    mut drain: Drain,
+    tracker: Arc<Tracker>,
+    mut servers: C,
+) -> impl Future<Output = ()> + Send + 'static {
+    let listening = tracker.listening();
+    servers.prepare(&settings, telemetry.as_ref(), direction);
+    let servers = Arc::new(servers);
+    async move {
         let mut accept_errors = 0u32;
         // Set once the stop has begun: when the listener closes.
         let mut closing: Option<tokio::time::Instant> = None;
         loop {
             let accepted = if let Some(until) = closing {
                 // The stop has begun and new handshakes are refused (see `refuse_new_handshakes`).
-                // Connections the kernel completed, and handshakes under way when the stop began, are
-                // taken (they are served in drain mode) until the grace ends; then the listener closes.
+                // Connections the kernel completed, and handshakes under way when the stop began,
+                // are taken (they are served in drain mode) until the grace ends; then the
+                // listener closes.
                 tokio::select! {
                     biased;
                     a = listener.accept() => a,
@@ -213,160 +392,18 @@ where
             }
             let _ = stream.set_nodelay(true);
             let guard = tracker.open();
-            let make_service = make_service.clone();
-            let tls = tls.clone();
-            let info = Arc::new(ConnInfo::default());
-            let service_drain = drain.clone();
-            let builder = builder.clone();
+            let servers = servers.clone();
             let telemetry = telemetry.clone();
-            let mut conn_drain = drain.clone();
-            let idle = settings.idle_timeout;
-            let refused = refused.clone();
-            let codec = codec.clone();
-            let mut codec_drain = drain.clone();
+            let drain = drain.clone();
             tokio::spawn(async move {
-                let forced = guard.closed_by_force();
-                let mut forced = pin!(forced);
                 if let Some(t) = &telemetry {
                     t.metrics.connection_opened(direction);
                 }
-                let activity = Arc::new(AtomicU64::new(0));
-                let counted = |inner| Counted { inner, activity: activity.clone() };
-                let (mut io, meta) = match &tls {
-                    None => (Transport::Plain(counted(stream)), ConnMeta { peer, tls: None }),
-                    Some(tls) => match tls.accept(stream, counted).await {
-                        Some((s, info)) => (Transport::Tls(Box::new(s)), ConnMeta { peer, tls: Some(Arc::new(info)) }),
-                        None => {
-                            if let Some(t) = &telemetry {
-                                t.metrics.connection_closed(direction);
-                            }
-                            return;
-                        }
-                    },
-                };
-                // HTTP/1.1 goes to the codec first (h2 by ALPN goes straight to hyper).
-                let h2_alpn = meta.tls.as_ref().is_some_and(|t| t.alpn == Some("h2"));
-                if let Some(codec) = codec.as_ref() {
-                    let peer_ip = crate::proxy::headers::peer_ip_value(peer);
-                    // Every HTTP/1.x request is the codec's; it stops only at the HTTP/2 preface.
-                    let mut handed = bytes::BytesMut::new();
-                    if !h2_alpn {
-                        let served = codec.serve(&mut io, &meta, peer_ip.as_ref(), &mut codec_drain, rules);
-                        let outcome = tokio::select! {
-                            o = served => o,
-                            _ = forced.as_mut() => {
-                                tracing::debug!(%peer, "drain deadline: closing the connection");
-                                Outcome::Closed
-                            }
-                        };
-                        match outcome {
-                            // h2c with prior knowledge: the codec stopped at the preface.
-                            Outcome::H2(rest) => handed = rest,
-                            Outcome::Closed => {
-                                if let Some(t) = &telemetry {
-                                    t.metrics.connection_closed(direction);
-                                }
-                                return;
-                            }
-                        }
-                    }
-                    {
-                        // HTTP/2 to an HTTP/1.1 app: tandem's own server (crate::h2::server).
-                        let h2_rules = crate::h2::server::H2Rules { idle, max_list: h2_max_list };
-                        let served = crate::h2::server::serve(
-                            &mut io,
-                            std::mem::take(&mut handed),
-                            codec.proxy(),
-                            &meta,
-                            peer_ip.as_ref(),
-                            &mut codec_drain,
-                            h2_rules,
-                        );
-                        tokio::select! {
-                            () = served => {}
-                            _ = forced.as_mut() => {
-                                tracing::debug!(%peer, "drain deadline: closing the connection");
-                            }
-                        }
-                        if let Some(t) = &telemetry {
-                            t.metrics.connection_closed(direction);
-                        }
-                        return;
-                    }
-                }
-                let service = DrainAware::new(make_service(meta), service_drain, info.clone());
-                let io = TokioIo::new(io);
-                // Boxed: hyper's connection state is several KiB, and a connection the codec serves
-                // never needs it (the task stays small while it idles).
-                let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, service));
-                let mut closing = false;
-                let mut draining = false;
-                let mut last_seen = 0u64;
-                let mut idle_tick = tokio::time::interval_at(
-                    tokio::time::Instant::now() + idle.max(Duration::from_millis(1)),
-                    idle.max(Duration::from_millis(1)),
-                );
-                // The drain rules are in crate::lifecycle::shutdown: HTTP/2 gets GOAWAY at once; HTTP/1.1 answers
-                // with `Connection: close` and is closed once it has been quiet for DRAIN_IDLE_GRACE.
-                let mut drain_tick = tokio::time::interval(DRAIN_IDLE_GRACE);
-                let mut drain_seen = 0u64;
-                loop {
-                    tokio::select! {
-                        res = conn.as_mut() => {
-                            if let Err(e) = res {
-                                match refusal(e.as_ref()) {
-                                    Some(reason) => {
-                                        tracing::debug!(
-                                            error = %e,
-                                            %peer,
-                                            reason,
-                                            direction = direction.as_str(),
-                                            "request refused by the HTTP/1 parser before reaching the service"
-                                        );
-                                        if let Some(r) = &refused {
-                                            r.count(reason);
-                                        }
-                                        // One access-log line and one request count, like every
-                                        // other refusal.
-                                        if let Some(t) = &telemetry {
-                                            t.connection_error(direction, peer, e.as_ref());
-                                        }
-                                    }
-                                    None => tracing::debug!(error = %e, %peer, "connection ended with an error"),
-                                }
-                            }
-                            break;
-                        }
-                        _ = forced.as_mut() => {
-                            tracing::debug!(%peer, "drain deadline: closing the connection");
-                            break;
-                        }
-                        _ = conn_drain.wait(), if !draining && !closing => {
-                            draining = true;
-                            if info.is_h2() {
-                                closing = true;
-                                conn.as_mut().graceful_shutdown();
-                            } else {
-                                drain_seen = activity.load(Ordering::Relaxed);
-                                drain_tick.reset();
-                            }
-                        }
-                        _ = drain_tick.tick(), if draining && !closing => {
-                            let seen = activity.load(Ordering::Relaxed);
-                            if info.is_h2() || seen == drain_seen {
-                                closing = true;
-                                conn.as_mut().graceful_shutdown();
-                            }
-                            drain_seen = seen;
-                        }
-                        _ = idle_tick.tick(), if !closing && !idle.is_zero() => {
-                            let seen = activity.load(Ordering::Relaxed);
-                            if seen == last_seen {
-                                closing = true;
-                                conn.as_mut().graceful_shutdown();
-                            }
-                            last_seen = seen;
-                        }
+                let conn = Accepted { stream, peer, drain, activity: Arc::new(AtomicU64::new(0)) };
+                tokio::select! {
+                    () = servers.serve_conn(conn) => {}
+                    _ = guard.closed_by_force() => {
+                        tracing::debug!(%peer, "drain deadline: closing the connection");
                     }
                 }
                 if let Some(t) = &telemetry {
@@ -381,7 +418,7 @@ where
 }
 
 /// The byte stream under HTTP: plain TCP or TLS over it.
-enum Transport {
+pub enum Transport {
     Plain(Counted),
     Tls(Box<TlsStream<Counted>>),
 }
@@ -467,8 +504,7 @@ fn refusal(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
 
 /// `tandem_http_requests_refused_total` for one listener, registered on the shared registry
 /// with the listener's direction as a constant label.
-#[derive(Clone)]
-struct Refusals {
+pub struct Refusals {
     counter: IntCounterVec,
 }
 
@@ -548,7 +584,7 @@ pub fn refuse_new_handshakes(listener: &TcpListener) -> io::Result<()> {
 }
 
 /// A TCP stream that counts the bytes it moves, for the idle timeout.
-struct Counted {
+pub struct Counted {
     inner: TcpStream,
     activity: Arc<AtomicU64>,
 }

@@ -3,7 +3,6 @@
 
 use crate::telemetry::record::Finish;
 use crate::upstream::http1::AppBody;
-use crate::upstream::pool::Checkin;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -15,8 +14,6 @@ pub struct ProxyBody {
     inner: Inner,
     /// Reported when the body ends, errors, or is dropped early (client gone).
     finish: Option<Finish>,
-    /// The upstream connection, returned to its pool when the body ends (or is dropped).
-    checkin: Option<Checkin>,
     sent: u64,
 }
 
@@ -33,27 +30,35 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 impl ProxyBody {
     /// The upstream's body, streamed frame by frame.
     pub fn upstream(body: Incoming) -> Self {
-        Self { inner: Inner::Upstream(body), finish: None, checkin: None, sent: 0 }
+        Self { inner: Inner::Upstream(body), finish: None, sent: 0 }
+    }
+
+    /// An h2 app's answer split into its head and this body.
+    pub fn split_upstream(resp: http::Response<Incoming>) -> (http::response::Parts, Self) {
+        let (parts, body) = resp.into_parts();
+        (parts, Self::upstream(body))
+    }
+
+    /// An HTTP/1.1 app's answer (read by the codec's client half) split into its head and this
+    /// body.
+    pub fn split_app(resp: http::Response<AppBody>) -> (http::response::Parts, Self) {
+        let (parts, body) = resp.into_parts();
+        (parts, Self::app(body))
     }
 
     /// An answer's body read by the codec's client, streamed frame by frame.
     pub fn app(body: AppBody) -> Self {
-        Self { inner: Inner::App(body), finish: None, checkin: None, sent: 0 }
+        Self { inner: Inner::App(body), finish: None, sent: 0 }
     }
 
     /// A body tandem makes itself (error text, admin answers).
     pub fn local(bytes: Bytes) -> Self {
-        Self {
-            inner: Inner::Local(if bytes.is_empty() { None } else { Some(bytes) }),
-            finish: None,
-            checkin: None,
-            sent: 0,
-        }
+        Self { inner: Inner::Local(if bytes.is_empty() { None } else { Some(bytes) }), finish: None, sent: 0 }
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        Self { inner: Inner::Local(None), finish: None, checkin: None, sent: 0 }
+        Self { inner: Inner::Local(None), finish: None, sent: 0 }
     }
 
     /// The record this body reports when it ends (to correct whose fault a failure was).
@@ -69,15 +74,7 @@ impl ProxyBody {
         self
     }
 
-    /// Holds the upstream connection until the body ends, then gives it back to the pool.
-    pub fn with_checkin(mut self, checkin: Option<Checkin>) -> Self {
-        self.checkin = checkin;
-        self
-    }
-
     fn complete(&mut self, client_gone: bool) {
-        // The connection first, so the next request can have it.
-        self.checkin.take();
         if let Some(f) = self.finish.take() {
             f.finish(self.sent, client_gone);
         }

@@ -151,20 +151,6 @@ impl ProxyError {
 }
 
 impl ProxyError {
-    /// Classifies an error from tandem's own HTTP/1.1 pool ([`crate::upstream::pool::Http1Pool`]) the
-    /// same way as [`ProxyError::from_client`] does hyper-util's.
-    pub fn from_pool(err: &crate::upstream::pool::PoolError, upstream: SocketAddr, connect_timeout_ms: u64) -> Self {
-        match err {
-            crate::upstream::pool::PoolError::Connect(io) => Self::from_connect(io, upstream, connect_timeout_ms),
-            crate::upstream::pool::PoolError::Http(h)
-                if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() =>
-            {
-                ProxyError::UpstreamProtocol { upstream: upstream.to_string(), cause: h.to_string() }
-            }
-            crate::upstream::pool::PoolError::Http(_) => ProxyError::UpstreamClosed { upstream: upstream.to_string() },
-        }
-    }
-
     /// Classifies a failed TCP connect to `upstream` (`TimedOut` is the connect timeout).
     pub fn from_connect(io: &std::io::Error, upstream: SocketAddr, connect_timeout_ms: u64) -> Self {
         let upstream = upstream.to_string();

@@ -1,11 +1,7 @@
-//! The leaf of every stack: the pooled keep-alive upstream clients, and the header rewriting every
-//! forwarded request and response goes through (hop-by-hop removal, `x-forwarded-*`, request id).
-//!
-//! Two clients: [`client`] is hyper-util's general pooled client (any authority, HTTP/1.1 or h2);
-//! [`Http1Pool`] is the lean one for a single HTTP/1.1 upstream (the app on localhost), built on
-//! hyper's connection API. A request through it costs an uncontended lock to check out an idle
-//! connection and nothing else: no pool-key hashing, no connect future raced against the checkout,
-//! and no task spawned per request to return the connection (hyper-util does all three).
+//! The header rewriting every forwarded request and response goes through, on the header maps
+//! of the HTTP/2 server and of the outbound proxy (hop-by-hop removal, `x-forwarded-*`, request
+//! id); the HTTP/1.1 server applies the same rules (one list, [`crate::base::fields`]) to the
+//! bytes of a head.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::SocketAddr;

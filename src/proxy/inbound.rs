@@ -12,7 +12,6 @@
 //! 4. **rewrite** — strip hop-by-hop headers, set `x-forwarded-*`, keep or make `x-request-id`.
 //! 5. **timeout + forward** — pooled client to the app; connect failures `UF`, resets `UC`, garbage
 //!    `UPE`, no response head within `timeouts.response` `UT`.
-//! 6. **upgrade** — a `101` joins the client and app connections into a byte tunnel.
 //! 7. **trailers** — an HTTP/1.1 client that sent `TE: trailers` gets a gRPC response's trailers
 //!    declared in `Trailer` (hyper writes only declared trailer fields).
 
@@ -20,7 +19,6 @@ use crate::base::body::{CountingBody, RequestBody};
 use crate::base::conn::ConnMeta;
 use crate::base::reason::Direction;
 use crate::config::Inbound as InboundConfig;
-use crate::lifecycle::shutdown::Tracker;
 use crate::proxy::admission::Admission;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::{error_response, ProxyError};
@@ -28,13 +26,12 @@ use crate::proxy::headers;
 use crate::telemetry::record::{Finish, RequestRecord};
 use crate::telemetry::Telemetry;
 use crate::upstream::pool::AppStreams;
-use crate::upstream::pool::{Checkin, Http1Pool, UpstreamClient};
+use crate::upstream::pool::UpstreamClient;
 use http::HeaderName;
 
 static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
+use http::{header, HeaderValue, Request, Response, Uri};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -42,22 +39,21 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The client to the app: for an HTTP/1.1 app, the codec's TCP connections
-/// ([`crate::http1::server`]) and hyper's lean pool for what the codec hands over; hyper-util's
-/// pooled client for h2.
+/// The one client per app protocol: for an HTTP/1.1 app the codec's pool of TCP connections
+/// (the HTTP/1.1 server relays on them, and [`crate::upstream::http1`] sends the HTTP/2
+/// server's requests on them); hyper-util's pooled client for h2.
 #[derive(Clone)]
 enum AppClient {
-    Http1(Arc<Http1Pool>, Arc<AppStreams>),
+    Http1(Arc<AppStreams>),
     Http2(Box<UpstreamClient>),
 }
 
 impl AppClient {
     fn new(cfg: &InboundConfig) -> Self {
         match cfg.app_protocol {
-            crate::config::AppProtocol::Http1 => AppClient::Http1(
-                Http1Pool::new(cfg.app.value, &cfg.timeouts, &cfg.limits),
-                AppStreams::new(cfg.app.value, &cfg.timeouts, &cfg.limits),
-            ),
+            crate::config::AppProtocol::Http1 => {
+                AppClient::Http1(AppStreams::new(cfg.app.value, &cfg.timeouts, &cfg.limits))
+            }
             _ => {
                 AppClient::Http2(Box::new(crate::upstream::pool::client(&cfg.timeouts, &cfg.limits, cfg.app_protocol)))
             }
@@ -77,21 +73,13 @@ pub struct InboundProxy {
     pub(crate) response_timeout: Duration,
     pub(crate) connect_timeout_ms: u64,
     pub(crate) proto: &'static str,
-    conns: Arc<Tracker>,
     /// Upstream-failure warnings, rate-limited across every worker.
     errors: Arc<crate::telemetry::ratelimit::RateLimitedLog>,
 }
 
 impl InboundProxy {
-    /// `conns` is the inbound listener's connection tracker: an upgraded connection (WebSocket)
-    /// outlives its HTTP connection and joins it, so the drain waits for it and
-    /// `max_connections` counts it.
-    pub fn new(
-        cfg: &InboundConfig,
-        telemetry: Arc<Telemetry>,
-        tls: bool,
-        conns: Arc<Tracker>,
-    ) -> Result<Arc<Self>, http::Error> {
+    /// The proxy for one inbound side (`tls`: its listener terminates TLS).
+    pub fn new(cfg: &InboundConfig, telemetry: Arc<Telemetry>, tls: bool) -> Result<Arc<Self>, http::Error> {
         let app = cfg.app.value;
         let app_authority = Authority::try_from(app.to_string().as_str())?;
         Ok(Arc::new(Self {
@@ -107,7 +95,6 @@ impl InboundProxy {
             response_timeout: cfg.timeouts.response.value,
             connect_timeout_ms: cfg.timeouts.connect.value.as_millis() as u64,
             proto: if tls { "https" } else { "http" },
-            conns,
             errors: Arc::new(crate::telemetry::ratelimit::RateLimitedLog::new(Duration::from_secs(5))),
         }))
     }
@@ -123,7 +110,7 @@ impl InboundProxy {
     /// whose client multiplexes).
     pub fn app_idle_connections(&self) -> usize {
         match &self.client {
-            AppClient::Http1(pool, streams) => pool.idle_count() + streams.idle_count(),
+            AppClient::Http1(streams) => streams.idle_count(),
             AppClient::Http2(_) => 0,
         }
     }
@@ -132,15 +119,9 @@ impl InboundProxy {
     /// HTTP/1.1 clients of such an app; see [`crate::http1::server`]).
     pub fn codec_streams(&self) -> Option<&Arc<AppStreams>> {
         match &self.client {
-            AppClient::Http1(_, streams) => Some(streams),
+            AppClient::Http1(streams) => Some(streams),
             AppClient::Http2(_) => None,
         }
-    }
-
-    /// The service for one downstream connection.
-    pub fn service(self: &Arc<Self>, meta: ConnMeta) -> InboundService {
-        let peer_ip = headers::peer_ip_value(meta.peer);
-        InboundService { proxy: self.clone(), meta, peer_ip }
     }
 
     /// The app's address as a `Host` value (for a request that names none).
@@ -151,25 +132,6 @@ impl InboundProxy {
     /// Requests in flight right now.
     pub fn in_flight(&self) -> usize {
         self.admission.in_flight()
-    }
-}
-
-/// The inbound service bound to one downstream connection.
-#[derive(Clone)]
-pub struct InboundService {
-    proxy: Arc<InboundProxy>,
-    meta: ConnMeta,
-    /// The peer's address as an `x-forwarded-for` value, made once per connection.
-    peer_ip: Option<HeaderValue>,
-}
-
-impl hyper::service::Service<Request<Incoming>> for InboundService {
-    type Response = Response<ProxyBody>;
-    type Error = std::convert::Infallible;
-    type Future = InboundFuture;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        self.proxy.call(req.map(RequestBody::Hyper), &self.meta, self.peer_ip.as_ref())
     }
 }
 
@@ -192,7 +154,7 @@ impl InboundProxy {
     }
 }
 
-/// The response future of [`InboundService`]: an answer made at once (refusals), or the
+/// The response future of [`InboundProxy::call`]: an answer made at once (refusals), or the
 /// request on its way to the app.
 // hyper keeps this in one allocation per connection, so an inline answer costs no allocation.
 #[allow(clippy::large_enum_variant)]
@@ -217,8 +179,6 @@ impl Future for InboundFuture {
 struct Forwarding {
     req: Request<CountingBody>,
     finish: Finish,
-    /// The client's side of a requested upgrade (WebSocket).
-    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// An HTTP/1.1 client that accepts trailers.
     h1_trailers: bool,
 }
@@ -230,13 +190,11 @@ impl InboundProxy {
     #[allow(clippy::result_large_err)]
     fn head(
         &self,
-        mut req: Request<RequestBody>,
+        req: Request<RequestBody>,
         meta: &ConnMeta,
         peer_ip: Option<&HeaderValue>,
     ) -> Result<Forwarding, Response<ProxyBody>> {
         let peer = meta.peer;
-        let upgrade = headers::wants_upgrade(req.headers(), req.version());
-        let downstream_upgrade = if upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
         let (mut parts, body) = req.into_parts();
         let mut record = RequestRecord::start(Direction::Inbound, peer, &parts);
         record.upstream_host = Some(self.app);
@@ -255,7 +213,7 @@ impl InboundProxy {
             return Err(self.fail(err, finish));
         }
 
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        headers::strip_hop_by_hop(&mut parts.headers, false);
         // An HTTP/1.1 client that accepts trailers (only `TE: trailers` survives the strip).
         let h1_trailers = parts.version < http::Version::HTTP_2 && parts.headers.contains_key(header::TE);
         match peer_ip {
@@ -303,7 +261,7 @@ impl InboundProxy {
         let received = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicU64::new(0)));
         let body = CountingBody::new(body, received.clone());
         finish.set_received(received);
-        Ok(Forwarding { req: Request::from_parts(parts, body), finish, downstream_upgrade, h1_trailers })
+        Ok(Forwarding { req: Request::from_parts(parts, body), finish, h1_trailers })
     }
 
     /// Sends a request the HTTP/1.1 server already admitted, checked and rewrote (`parts`:
@@ -335,7 +293,7 @@ impl InboundProxy {
         let received = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicU64::new(0)));
         let body = CountingBody::new(body, received.clone());
         finish.set_received(received);
-        let fwd = Forwarding { req: Request::from_parts(parts, body), finish, downstream_upgrade: None, h1_trailers };
+        let fwd = Forwarding { req: Request::from_parts(parts, body), finish, h1_trailers };
         Box::pin(self.clone().forward(fwd))
     }
 
@@ -348,67 +306,42 @@ impl InboundProxy {
     /// per-thread cache limit (768 bytes; it was 1,592, and above 1,032 every request paid a
     /// trip through the allocator's bins and, on free, its consolidation).
     fn forward(self: Arc<Self>, fwd: Forwarding) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
-        let Forwarding { req, finish, downstream_upgrade, h1_trailers } = fwd;
+        let Forwarding { req, finish, h1_trailers } = fwd;
         async move {
             let mut finish = finish;
             let sent_at = Instant::now();
-            let upgrade = downstream_upgrade.is_some();
             // One clock reading for both the service time and the deadline.
             let deadline = tokio::time::Instant::from_std(sent_at) + self.response_timeout;
             let sent = match &self.client {
-                // To an HTTP/1.1 app every request that asks for no upgrade goes on the codec's
-                // connections ([`crate::upstream::http1`]), its body streamed; an upgrade (which
-                // only hyper's server hands over) on hyper's, whose [`Checkin`] lives as long as
-                // the body.
-                AppClient::Http1(_, streams) if !upgrade => {
+                // To an HTTP/1.1 app every request goes on the codec's connections
+                // ([`crate::upstream::http1`]), its body streamed.
+                AppClient::Http1(streams) => {
                     let send =
                         async { crate::upstream::http1::send(streams, req).await.map_err(|e| self.app_error(e)) };
                     match tokio::time::timeout_at(deadline, send).await {
-                        Ok(sent) => sent.map(Sent::Codec),
+                        Ok(Ok(resp)) => Ok(ProxyBody::split_app(resp)),
+                        Ok(Err(e)) => Err(e),
                         Err(_) => Err(self.response_timed_out()),
                     }
                 }
-                // hyper's futures are boxed: they are the less common paths here, and inline
-                // they would make every request's future several times larger.
-                AppClient::Http1(pool, _) => match tokio::time::timeout_at(deadline, Box::pin(pool.send(req))).await {
-                    Ok(Ok((resp, checkin))) => Ok(Sent::Hyper(resp, Some(checkin))),
-                    Ok(Err(e)) => Err(ProxyError::from_pool(&e, self.app, self.connect_timeout_ms)),
-                    Err(_) => Err(self.response_timed_out()),
-                },
+                // Boxed: hyper's future would make every request's future several times larger.
                 AppClient::Http2(client) => {
                     match tokio::time::timeout_at(deadline, Box::pin(client.request(req))).await {
-                        Ok(Ok(resp)) => Ok(Sent::Hyper(resp, None)),
+                        Ok(Ok(resp)) => Ok(ProxyBody::split_upstream(resp)),
                         Ok(Err(e)) => Err(ProxyError::from_client(&e, self.app, self.connect_timeout_ms)),
                         Err(_) => Err(self.response_timed_out()),
                     }
                 }
             };
-            let sent = match sent {
+            let (mut parts, body) = match sent {
                 Ok(sent) => sent,
                 Err(e) => return self.fail(e, finish),
-            };
-            let (mut parts, body, upgraded) = match sent {
-                Sent::Hyper(mut resp, checkin) => {
-                    let upgraded = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-                    if upgraded {
-                        if let Some(down) = downstream_upgrade {
-                            let up = hyper::upgrade::on(&mut resp);
-                            tokio::spawn(tunnel(down, up, self.conns.clone(), self.telemetry.clone()));
-                        }
-                    }
-                    let (parts, body) = resp.into_parts();
-                    (parts, ProxyBody::upstream(body).with_checkin(checkin), upgraded)
-                }
-                Sent::Codec(resp) => {
-                    let (parts, body) = resp.into_parts();
-                    (parts, ProxyBody::app(body), false)
-                }
             };
             if let Some(r) = finish.record_mut() {
                 r.upstream_service_time = Some(sent_at.elapsed());
                 r.response_code = parts.status.as_u16();
             }
-            headers::strip_hop_by_hop(&mut parts.headers, upgraded);
+            headers::strip_hop_by_hop(&mut parts.headers, false);
             if h1_trailers {
                 declare_grpc_trailers(&mut parts.headers);
             }
@@ -460,15 +393,8 @@ impl InboundProxy {
     }
 }
 
-/// The app's answer: through hyper's client (with its pooled connection), or the codec's.
-enum Sent {
-    Hyper(Response<hyper::body::Incoming>, Option<Checkin>),
-    Codec(Response<crate::upstream::http1::AppBody>),
-}
-
-/// hyper's HTTP/1.1 server only writes the trailer fields a response declares in `Trailer`; an
-/// h2c gRPC app declares none (HTTP/2 needs no declaration), so for an HTTP/1.1 client its
-/// `grpc-status` would be dropped. Declare the gRPC ones on gRPC responses that declare nothing.
+/// An h2c gRPC app declares no trailers (HTTP/2 needs no declaration); an HTTP/1.1 client that
+/// accepts trailers is told of the gRPC ones in `Trailer`, as HTTP/1.1 expects.
 fn declare_grpc_trailers(headers: &mut http::HeaderMap) {
     let grpc = headers
         .get(header::CONTENT_TYPE)
@@ -476,38 +402,4 @@ fn declare_grpc_trailers(headers: &mut http::HeaderMap) {
     if grpc && !headers.contains_key(header::TRAILER) {
         headers.insert(header::TRAILER, HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"));
     }
-}
-
-/// Copies bytes both ways between the two halves of an upgraded connection.
-///
-/// The HTTP connection that carried the upgrade ends where the tunnel begins, so the tunnel joins
-/// the listener's tracker and connection metrics itself; at the drain deadline it is cut.
-async fn tunnel(
-    down: hyper::upgrade::OnUpgrade,
-    up: hyper::upgrade::OnUpgrade,
-    conns: Arc<Tracker>,
-    telemetry: Arc<Telemetry>,
-) {
-    let (down, up) = match tokio::try_join!(down, up) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let guard = conns.open();
-    telemetry.metrics.connection_opened(Direction::Inbound);
-    let mut down = hyper_util::rt::TokioIo::new(down);
-    let mut up = hyper_util::rt::TokioIo::new(up);
-    tokio::select! {
-        res = tokio::io::copy_bidirectional(&mut down, &mut up) => {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "upgraded connection ended with an error");
-            }
-        }
-        _ = guard.closed_by_force() => {
-            tracing::debug!("drain deadline: closing an upgraded connection");
-        }
-    }
-    telemetry.metrics.connection_closed(Direction::Inbound);
 }

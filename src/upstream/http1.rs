@@ -1,12 +1,9 @@
-//! The codec's client half, for requests the codec did not parse itself (HTTP/2 requests from
-//! [`crate::h2::server`], and the HTTP/1.1 requests [`crate::http1::server`] handed over to hyper): a
-//! request without a body is written to one of the codec's connections to the app
-//! ([`AppStreams`]), and the answer comes back as an `http::Response` whose body ([`AppBody`]) is
-//! read from that connection, de-chunked, as the server polls it; the connection goes back to the
-//! pool when the body has ended.
-//!
-//! Requests with a body, and upgrades, stay on hyper's client ([`crate::upstream::pool::Http1Pool`]),
-//! which streams a request body while the answer is already arriving.
+//! The codec's client half to an HTTP/1.1 app, for requests a server other than the codec
+//! parsed (tandem's HTTP/2 server, [`crate::h2::server`]): the request is written to one of the
+//! codec's connections to the app ([`AppStreams`], the one pool), its body streamed as it comes,
+//! and the answer comes back as an `http::Response` whose body ([`AppBody`]) is read from that
+//! connection, de-chunked, as the server polls it; the rest of the request body goes out
+//! meanwhile. The connection goes back to the pool when both have ended.
 //!
 //! Failures map as on every other path: `UF` for the connect, `UC` for a connection that ends
 //! before a full answer (a pooled one that fails before any answer byte is replaced when the

@@ -1,16 +1,13 @@
-//! Connections to upstreams: the codec's pool of idle TCP connections to the app
-//! ([`AppStreams`]), hyper's lean HTTP/1.1 pool ([`Http1Pool`]) and hyper-util's general client,
-//! each with an idle reaper ([`Reaper`]).
+//! Connections to upstreams: the one pool of idle TCP connections to an HTTP/1.1 app
+//! ([`AppStreams`], with its idle reaper, [`Reaper`]), and hyper-util's pooled client for an app
+//! that speaks h2 and for the outbound side ([`client`]).
 
 use crate::base::body::CountingBody;
 use crate::config::{AppProtocol, Limits, Timeouts};
 use bytes::BytesMut;
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
@@ -43,157 +40,6 @@ pub fn client(timeouts: &Timeouts, limits: &Limits, protocol: AppProtocol) -> Up
             .http2_adaptive_window(true);
     }
     b.build(connector)
-}
-
-/// Pooled HTTP/1.1 keep-alive connections to one upstream address.
-///
-/// Idle connections wait in a LIFO stack (the most recently used is the warmest); a connection
-/// goes back when its response body has ended and hyper says it is ready for the next request.
-/// Connections idle longer than `idle_timeout` are closed by a reaper task, at most
-/// `max_idle` are kept, and a request that fails on a pooled connection before any of it was
-/// written (the app closed the idle connection) is retried on a fresh one, as hyper-util does.
-pub struct Http1Pool {
-    addr: SocketAddr,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-    max_idle: usize,
-    max_buf_size: usize,
-    idle: Mutex<Vec<(http1::SendRequest<CountingBody>, Instant)>>,
-    reaper: Reaper,
-}
-
-/// Why a request through [`Http1Pool`] failed.
-#[derive(Debug)]
-pub enum PoolError {
-    /// The TCP connect failed (refused, unreachable) or timed out.
-    Connect(std::io::Error),
-    /// The connection failed after it was established (closed, reset, invalid response).
-    Http(hyper::Error),
-}
-
-/// Returns a connection to its pool when dropped: held by the response body until it ends.
-pub struct Checkin {
-    pool: Arc<Http1Pool>,
-    tx: Option<http1::SendRequest<CountingBody>>,
-}
-
-impl Drop for Checkin {
-    fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            self.pool.put(tx);
-        }
-    }
-}
-
-impl Http1Pool {
-    pub fn new(addr: SocketAddr, timeouts: &Timeouts, limits: &Limits) -> Arc<Self> {
-        Arc::new(Self {
-            addr,
-            connect_timeout: timeouts.connect.value,
-            idle_timeout: timeouts.upstream_idle.value,
-            max_idle: limits.max_idle_per_upstream,
-            max_buf_size: 1024 * 1024,
-            idle: Mutex::new(Vec::new()),
-            reaper: Reaper::default(),
-        })
-    }
-
-    /// Sends `req` (origin-form URI, Host set) on an idle connection or a new one. The returned
-    /// [`Checkin`] must live as long as the response body: dropping it returns the connection.
-    pub async fn send(
-        self: &Arc<Self>,
-        mut req: Request<CountingBody>,
-    ) -> Result<(Response<Incoming>, Checkin), PoolError> {
-        while let Some(mut tx) = self.take_idle() {
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Checkin { pool: self.clone(), tx: Some(tx) })),
-                Err(mut e) => match e.take_message() {
-                    // Nothing was written: the app closed this idle connection; try another.
-                    Some(r) => req = r,
-                    None => return Err(PoolError::Http(e.into_error())),
-                },
-            }
-        }
-        // Boxed: connecting is rare on a warm pool, and its future (connect timeout, TCP
-        // connect, handshake) would otherwise make every request's future several KiB larger.
-        let mut tx = Box::pin(self.connect()).await?;
-        match tx.try_send_request(req).await {
-            Ok(resp) => Ok((resp, Checkin { pool: self.clone(), tx: Some(tx) })),
-            Err(e) => Err(PoolError::Http(e.into_error())),
-        }
-    }
-
-    /// Idle connections right now (for tests and the admin view).
-    pub fn idle_count(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(http1::SendRequest<CountingBody>, Instant)>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn take_idle(&self) -> Option<http1::SendRequest<CountingBody>> {
-        let mut idle = self.lock();
-        while let Some((tx, _since)) = idle.pop() {
-            if tx.is_ready() {
-                return Some(tx);
-            }
-        }
-        None
-    }
-
-    fn put(self: &Arc<Self>, tx: http1::SendRequest<CountingBody>) {
-        if tx.is_ready() {
-            self.push_idle(tx);
-        } else if !tx.is_closed() {
-            // Still finishing the previous exchange (a request body still streaming, or another
-            // thread's connection task not yet polled): return it once hyper says it is ready.
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let pool = Arc::downgrade(self);
-                rt.spawn(async move {
-                    let mut tx = tx;
-                    if tx.ready().await.is_ok() {
-                        if let Some(pool) = pool.upgrade() {
-                            pool.push_idle(tx);
-                        }
-                    }
-                });
-            }
-        }
-    }
-
-    fn push_idle(&self, tx: http1::SendRequest<CountingBody>) {
-        let mut idle = self.lock();
-        if idle.len() < self.max_idle {
-            idle.push((tx, Instant::now()));
-        }
-    }
-
-    async fn connect(self: &Arc<Self>) -> Result<http1::SendRequest<CountingBody>, PoolError> {
-        let stream = match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(self.addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(PoolError::Connect(e)),
-            Err(_) => return Err(PoolError::Connect(std::io::ErrorKind::TimedOut.into())),
-        };
-        let _ = stream.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        let (tx, conn) = http1::Builder::new()
-            .max_buf_size(self.max_buf_size)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(PoolError::Http)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        self.reaper.start(self, self.idle_timeout, |pool| {
-            let timeout = pool.idle_timeout;
-            pool.lock().retain(|(tx, since)| !tx.is_closed() && since.elapsed() < timeout);
-        });
-        Ok(tx)
-    }
 }
 
 /// A pool's idle-connection reaper: one task per pool, started with its first connection,
