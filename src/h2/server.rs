@@ -1822,14 +1822,6 @@ fn is_connection_specific(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-/// A decimal number of ASCII digits only (no sign, no spaces), if it fits in a `u64`.
-fn digits(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, &b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))
-}
-
 /// Why a request head is answered here instead of going to the app.
 #[derive(Debug, PartialEq, Eq)]
 enum Refusal {
@@ -1987,10 +1979,10 @@ impl RequestHead {
         let expect_len = match lens.next() {
             None => None,
             Some(first) => {
-                let n = digits(first.as_bytes()).ok_or("a bad content-length")?;
+                let n = crate::base::fields::parse_length(first.as_bytes()).ok_or("a bad content-length")?;
                 let mut repeated = false;
                 for other in lens {
-                    if digits(other.as_bytes()) != Some(n) {
+                    if crate::base::fields::parse_length(other.as_bytes()) != Some(n) {
                         return Err("content-length fields that differ".into());
                     }
                     repeated = true;

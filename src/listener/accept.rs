@@ -11,6 +11,7 @@
 //! graceful drain (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY) when a stop begins.
 
 use crate::base::conn::ConnMeta;
+use crate::base::io::Metered;
 use crate::base::reason::Direction;
 use crate::h2::server::H2Rules;
 use crate::http1::server::{Codec, Outcome, Rules};
@@ -154,7 +155,7 @@ impl Servers for OwnServers {
 
     async fn serve_conn(&self, conn: Accepted) {
         let Accepted { stream, peer, mut drain, activity } = conn;
-        let counted = |inner| Counted { inner, activity: activity.clone() };
+        let counted = |inner| Metered::new(inner, activity.clone());
         let (mut io, meta) = match &self.tls {
             None => (Transport::Plain(counted(stream)), ConnMeta { peer, tls: None }),
             Some(tls) => match tls.accept(stream, counted).await {
@@ -230,7 +231,7 @@ where
 
     async fn serve_conn(&self, conn: Accepted) {
         let Accepted { stream, peer, mut drain, activity } = conn;
-        let io = Transport::Plain(Counted { inner: stream, activity: activity.clone() });
+        let io = Transport::Plain(Metered::new(stream, activity.clone()));
         let meta = ConnMeta { peer, tls: None };
         let (direction, idle) = (self.direction, self.idle);
         let info = Arc::new(ConnInfo::default());
@@ -419,8 +420,8 @@ pub fn serve<C: Servers>(
 
 /// The byte stream under HTTP: plain TCP or TLS over it.
 pub enum Transport {
-    Plain(Counted),
-    Tls(Box<TlsStream<Counted>>),
+    Plain(Metered<TcpStream>),
+    Tls(Box<TlsStream<Metered<TcpStream>>>),
 }
 
 impl AsyncRead for Transport {
@@ -476,7 +477,7 @@ impl AsyncWrite for Transport {
 impl crate::http1::server::ReadReady for Transport {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Transport::Plain(s) => s.inner.poll_read_ready(cx),
+            Transport::Plain(s) => s.get_ref().poll_read_ready(cx),
             // rustls may hold decrypted bytes already: read at once.
             Transport::Tls(_) => Poll::Ready(Ok(())),
         }
@@ -580,58 +581,6 @@ pub fn refuse_new_handshakes(listener: &TcpListener) -> io::Result<()> {
     {
         let _ = listener;
         Err(io::Error::new(io::ErrorKind::Unsupported, "socket filters are Linux's"))
-    }
-}
-
-/// A TCP stream that counts the bytes it moves, for the idle timeout.
-pub struct Counted {
-    inner: TcpStream,
-    activity: Arc<AtomicU64>,
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.activity.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.activity.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r {
-            self.activity.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -25,6 +25,7 @@
 //! `max_connections`): the HTTP connection that carried the `CONNECT` ends where the tunnel begins.
 
 use crate::base::body::CountingBody;
+use crate::base::io::Metered;
 use crate::base::reason::Direction;
 use crate::base::reason::Reason;
 use crate::config::policy::{Destination, Policy, Verdict, Why};
@@ -51,7 +52,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The metrics label of every forward-proxy request (never the authority: the label set stays bounded).
@@ -674,64 +674,6 @@ async fn join_upgraded(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUp
     let mut up = TokioIo::new(up);
     if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
         tracing::debug!(error = %e, "upgraded connection ended with an error");
-    }
-}
-
-/// One side of a tunnel: counts bytes each way, notes activity for the idle timeout, and
-/// remembers whether this side failed (so the log can say `UC` or `DC`).
-struct Metered<T> {
-    inner: T,
-    read: u64,
-    written: u64,
-    failed: bool,
-    activity: Arc<AtomicU64>,
-}
-
-impl<T> Metered<T> {
-    fn new(inner: T, activity: Arc<AtomicU64>) -> Self {
-        Self { inner, read: 0, written: 0, failed: false, activity }
-    }
-
-    fn note<R>(&mut self, r: &Poll<io::Result<R>>) {
-        if let Poll::Ready(Err(_)) = r {
-            self.failed = true;
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
-        if n > 0 {
-            self.read += n;
-            self.activity.fetch_add(n, Ordering::Relaxed);
-        }
-        self.note(&r);
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.written += n as u64;
-            self.activity.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        self.note(&r);
-        r
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = Pin::new(&mut self.inner).poll_flush(cx);
-        self.note(&r);
-        r
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
