@@ -30,6 +30,6 @@ if ! oha --version >/dev/null 2>&1; then
   cargo install oha --locked
 fi
 # Debian starts the packaged services on install where it can; this script never uses them.
-# The static binary the image ships (README, "The image"); compare.py runs it by default.
+# The static binary the image ships (docs/operations.md, "The image"); compare.py runs it by default.
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet --target "$(rustc --print host-tuple)"
 exec python3 benches/compare.py "$@"

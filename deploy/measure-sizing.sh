@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures tandem's memory and CPU under a bounded wrk load on loopback: the figures behind the
-# resource requests and limits in deploy/ (README, "Sizing").
+# resource requests and limits in deploy/ (docs/operations.md, "Sizing").
 #
 #   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$(rustc --print host-tuple)"
 #   deploy/measure-sizing.sh [WORKERS] [CONNECTIONS] [DURATION] [PATH]
@@ -11,7 +11,7 @@
 # stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The static release binary the image ships (README, "The image"); TANDEM_BIN overrides.
+# The static release binary the image ships (docs/operations.md, "The image"); TANDEM_BIN overrides.
 B=${TANDEM_BIN:-target/$(rustc --print host-tuple)/release/tandem}
 W=${1:-1}; C=${2:-32}; D=${3:-15s}; Q=${4:-/}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
