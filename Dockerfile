@@ -10,9 +10,9 @@
 # Name lookup needs no NSS plugin: glibc 2.34+ has the `files` and `dns` sources built in. CI builds
 # the same binary with the same command and runs the test suite against it.
 #
-# It runs as uid/gid 1337, not distroless' 65532: transparent mode's iptables rules exempt tandem's
-# uid, so an app that also ran as 65532 (the uid of every distroless "nonroot" image) would have its
-# own traffic exempted too. 1337 is the uid Istio's proxy uses, for the same reason.
+# It runs as uid/gid 1337, not distroless' 65532: the planned transparent mode's iptables rules
+# (issue 20) exempt tandem's uid, so an app that also ran as 65532 (the uid of every distroless
+# "nonroot" image) would have its own traffic exempted too. 1337 is the uid Istio's proxy uses.
 
 ARG RUST_VERSION=1.95
 
