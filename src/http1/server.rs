@@ -710,7 +710,9 @@ impl Conn<'_> {
         timer: &mut Deadline<'_>,
     ) -> bool {
         let Some(streams) = self.streams else {
-            return self.forward_service(io, req, timer).await;
+            // Boxed: the path to an h2 app is the rare one, and inline its state would make every
+            // connection's task larger.
+            return Box::pin(self.forward_service(io, req, timer)).await;
         };
         let p = self.proxy;
         self.rbuf.advance(req.head_len);
@@ -820,7 +822,8 @@ impl Conn<'_> {
             r.response_code = resp.status;
         }
         if resp.status == 101 {
-            return self.tunnel(io, up, req).await;
+            // Boxed for the same reason: an upgrade is rare.
+            return Box::pin(self.tunnel(io, up, req)).await;
         }
 
         // The response head, then its body.
