@@ -304,9 +304,15 @@ impl InboundProxy {
     /// inner `async fn send` would do the same with the request. Destructured here and sent from
     /// one `async` block, the future that every request allocates stays under the allocator's
     /// per-thread cache limit (768 bytes; it was 1,592, and above 1,032 every request paid a
-    /// trip through the allocator's bins and, on free, its consolidation).
+    /// trip through the allocator's bins and, on free, its consolidation). It is 720 bytes with
+    /// the streaming client half, whose `send` borrows the head and takes the body; taking the
+    /// whole request by value made it 1,536.
     fn forward(self: Arc<Self>, fwd: Forwarding) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
         let Forwarding { req, finish, h1_trailers } = fwd;
+        // The head and the body apart, each held once: the client half borrows the head and
+        // takes the body (an `async fn` argument would be a second copy for the request's life).
+        let (head, body) = req.into_parts();
+        let mut body = (!http_body::Body::is_end_stream(&body)).then_some(body);
         async move {
             let mut finish = finish;
             let sent_at = Instant::now();
@@ -316,8 +322,9 @@ impl InboundProxy {
                 // To an HTTP/1.1 app every request goes on the codec's connections
                 // ([`crate::upstream::http1`]), its body streamed.
                 AppClient::Http1(streams) => {
-                    let send =
-                        async { crate::upstream::http1::send(streams, req).await.map_err(|e| self.app_error(e)) };
+                    let send = async {
+                        crate::upstream::http1::send(streams, &head, &mut body).await.map_err(|e| self.app_error(e))
+                    };
                     match tokio::time::timeout_at(deadline, send).await {
                         Ok(Ok(resp)) => Ok(ProxyBody::split_app(resp)),
                         Ok(Err(e)) => Err(e),
@@ -326,6 +333,8 @@ impl InboundProxy {
                 }
                 // Boxed: hyper's future would make every request's future several times larger.
                 AppClient::Http2(client) => {
+                    let body = body.take().unwrap_or_else(|| CountingBody::new(RequestBody::Empty, None));
+                    let req = Request::from_parts(head, body);
                     match tokio::time::timeout_at(deadline, Box::pin(client.request(req))).await {
                         Ok(Ok(resp)) => Ok(ProxyBody::split_upstream(resp)),
                         Ok(Err(e)) => Err(ProxyError::from_client(&e, self.app, self.connect_timeout_ms)),

@@ -48,21 +48,24 @@ pub enum SendError {
     ClientBody,
 }
 
-/// Sends a request (`req`: origin-form URI, headers already rewritten for the app) and
+/// Sends a request (`parts`: origin-form URI, headers already rewritten for the app; `body`,
+/// taken when it is sent, `None` for none) and
 /// returns the app's answer, its body still on the connection. A request body is streamed as
 /// its frames come (`Content-Length` as the request says, else chunked, trailers included),
 /// before and while the answer arrives: the rest of it goes out as the answer's body is polled
 /// ([`AppBody`]), so an app that answers at once and then reads (an echo) gets all of it.
-pub async fn send(streams: &Arc<AppStreams>, req: http::Request<CountingBody>) -> Result<Response<AppBody>, SendError> {
+pub async fn send(
+    streams: &Arc<AppStreams>,
+    parts: &http::request::Parts,
+    body: &mut Option<CountingBody>,
+) -> Result<Response<AppBody>, SendError> {
     let closed = || SendError::Closed;
-    let (parts, body) = req.into_parts();
     let head_only = parts.method == http::Method::HEAD;
     // Sent again after a pooled connection ended without an answer only if idempotent (RFC 9110
     // section 9.2.2), and only while none of its body was taken.
     let idempotent = crate::base::fields::is_idempotent(parts.method.as_str().as_bytes());
-    let has_body = !body.is_end_stream();
+    let has_body = body.is_some();
     let chunked = has_body && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
-    let mut body = Some(body);
     'attempt: loop {
         let (mut up, mut buf, reused) = match streams.take_with_buf() {
             Some((s, b)) => (s, b, true),
@@ -78,7 +81,7 @@ pub async fn send(streams: &Arc<AppStreams>, req: http::Request<CountingBody>) -
         if !buf.try_reclaim(FIRST_READ) {
             buf = BytesMut::with_capacity(FIRST_READ);
         }
-        write_head(&mut buf, &parts, chunked);
+        write_head(&mut buf, parts, chunked);
         if up.write_all(&buf).await.is_err() {
             if reused {
                 continue 'attempt;
