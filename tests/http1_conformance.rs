@@ -143,9 +143,10 @@ async fn host_must_be_there_once_and_valid() {
     let (app, heads) = recording_app(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
     let p = proxy(support::config(app)).await;
     for (what, req) in [
-        ("two Host fields", &b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..]),
-        ("no Host", b"GET / HTTP/1.1\r\nUser-Agent: t\r\n\r\n"),
-        ("an invalid Host", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"),
+        // `Connection: close` so that each answer ends with its connection (nothing waits).
+        ("two Host fields", &b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n"[..]),
+        ("no Host", b"GET / HTTP/1.1\r\nUser-Agent: t\r\nConnection: close\r\n\r\n"),
+        ("an invalid Host", b"GET / HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n"),
     ] {
         let out = raw(p.inbound_addr, req, WAIT).await;
         assert_eq!(statuses(&out), vec![400], "{what}: {out}");
@@ -265,8 +266,12 @@ async fn a_head_not_complete_in_time_is_logged_408_dpe_and_counted() {
 async fn an_unsupported_expectation_is_417_and_100_continue_is_answered_before_the_body() {
     let app = echo().await;
     let p = proxy(support::config(app.addr)).await;
-    let out =
-        raw(p.inbound_addr, b"POST / HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Length: 0\r\n\r\n", WAIT).await;
+    let out = raw(
+        p.inbound_addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
     assert_eq!(statuses(&out), vec![417], "{out}");
     let mut s = tokio::net::TcpStream::connect(p.inbound_addr).await.expect("connect");
     s.write_all(b"POST /?echo_body=1 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")

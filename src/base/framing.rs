@@ -3,7 +3,7 @@
 //! requests and answers), and what an answer's head says ([`final_answer`], [`AnswerHead`]).
 
 use crate::base::fields::{eq, hop_by_hop, parse_length, Named};
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use std::mem::MaybeUninit;
 
 /// Header fields a head is parsed into without an allocation (a request with more, up to the
@@ -279,5 +279,51 @@ impl ChunkScan {
         if self.size == 0 {
             self.state = Chunk::DataCr;
         }
+    }
+}
+
+/// Writes a chunk's size line (RFC 9112 section 7.1): `n` in hexadecimal, then CRLF.
+pub(crate) fn put_chunk_size(out: &mut impl BufMut, n: usize) {
+    let nibbles = ((usize::BITS - n.leading_zeros()) as usize).div_ceil(4).max(1);
+    for i in (0..nibbles).rev() {
+        out.put_u8(b"0123456789abcdef"[(n >> (i * 4)) & 0xf]);
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// Writes the last chunk, the trailer fields (if any), and the empty line that ends the body.
+pub(crate) fn put_last_chunk(out: &mut impl BufMut, trailers: Option<&http::HeaderMap>) {
+    out.put_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_framing_is_written_as_the_scanner_reads_it() {
+        for n in [1usize, 9, 10, 255, 4096, 0x1_0000] {
+            let mut out = Vec::new();
+            put_chunk_size(&mut out, n);
+            assert_eq!(out, format!("{n:x}\r\n").into_bytes());
+        }
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let mut body = Vec::new();
+        put_chunk_size(&mut body, 3);
+        body.extend_from_slice(b"abc\r\n");
+        put_last_chunk(&mut body, Some(&trailers));
+        assert_eq!(body, b"3\r\nabc\r\n0\r\ngrpc-status: 0\r\n\r\n");
+        assert_eq!(ChunkScan::default().feed(&body), Ok((body.len(), true)));
+        let mut end = Vec::new();
+        put_last_chunk(&mut end, None);
+        assert_eq!(end, b"0\r\n\r\n");
     }
 }

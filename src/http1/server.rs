@@ -65,10 +65,10 @@ use crate::base::body::{RecvBody, RecvShared, RequestBody};
 use crate::base::conn::ConnMeta;
 use crate::base::conn::H2_PREFACE_LINE as PREFACE_LINE;
 use crate::base::fields::{eq, hop_by_hop, is_idempotent, parse_length, push_decimal, push_field, tokens, Named};
-use crate::base::framing::Chunk;
 use crate::base::framing::{
     final_answer, ChunkScan, Framing, HEAD_TOO_LARGE, MAX_FIELDS, MAX_RESPONSE_HEAD, READ_SIZE,
 };
+use crate::base::framing::{put_chunk_size, put_last_chunk, Chunk};
 use crate::base::reason::Direction;
 use crate::http1::request::{absolute_form, head_too_large, valid_authority, Codings};
 use crate::lifecycle::shutdown::{Drain, DRAIN_IDLE_GRACE};
@@ -1195,17 +1195,7 @@ impl Conn<'_> {
             }
         };
         let mut inflow = PipeIn::new(framing);
-        let pipe = (!inflow.ended).then(|| Arc::new(RecvShared::default()));
-        let body = match &pipe {
-            Some(shared) => {
-                let hint = match framing {
-                    Framing::Length(n) => SizeHint::with_exact(n),
-                    _ => SizeHint::default(),
-                };
-                RequestBody::H2(RecvBody { shared: shared.clone(), hint })
-            }
-            None => RequestBody::Empty,
-        };
+        let body = inflow.body();
         if continue_100 && self.rbuf.is_empty() && io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
             return false;
         }
@@ -1216,31 +1206,23 @@ impl Conn<'_> {
         // tandem then answers is the client's 400, not the app's failure.
         let mut broken = None;
         let resp = loop {
-            if let Some(pipe) = &pipe {
-                if let Err(why) = inflow.feed(&mut self.rbuf, pipe) {
-                    inflow.fail(pipe, why);
-                    broken = Some(why);
-                    close = true;
-                }
-            }
-            let want = pipe.as_ref().filter(|p| !inflow.ended && p.lock().queued() < PIPE_LIMIT);
-            if want.is_some() {
-                self.rbuf.reserve(READ_SIZE);
-            }
+            let want = inflow.pump(&mut self.rbuf).unwrap_or_else(|why| {
+                broken = Some(why);
+                close = true;
+                false
+            });
             tokio::select! {
                 biased;
                 resp = answer.as_mut() => break resp,
-                r = io.read_buf(&mut self.rbuf), if want.is_some() => match r {
+                r = io.read_buf(&mut self.rbuf), if want => match r {
                     Ok(0) | Err(_) => {
                         // The client went away: the request is cancelled (reported DC).
-                        if let Some(pipe) = &pipe {
-                            inflow.fail(pipe, "the client went away");
-                        }
+                        inflow.fail("the client went away");
                         return false;
                     }
                     Ok(_) => {}
                 },
-                _ = pipe_room(pipe.as_ref()), if want.is_none() && !inflow.ended => {}
+                _ = inflow.room(), if !want => {}
             }
         };
 
@@ -1296,20 +1278,14 @@ impl Conn<'_> {
                 if !idle.is_zero() {
                     timer.set(tokio::time::Instant::now() + idle);
                 }
-                if let Some(pipe) = &pipe {
-                    if let Err(why) = inflow.feed(&mut self.rbuf, pipe) {
-                        inflow.fail(pipe, why);
-                        close = true;
-                    }
-                }
-                let want = pipe.as_ref().filter(|p| !inflow.ended && p.lock().queued() < PIPE_LIMIT);
-                if want.is_some() {
-                    self.rbuf.reserve(READ_SIZE);
-                }
+                let want = inflow.pump(&mut self.rbuf).unwrap_or_else(|_| {
+                    close = true;
+                    false
+                });
                 let frame = tokio::select! {
                     biased;
                     f = http_body_util::BodyExt::frame(&mut body) => f,
-                    r = io.read_buf(&mut self.rbuf), if want.is_some() => match r {
+                    r = io.read_buf(&mut self.rbuf), if want => match r {
                         Ok(0) | Err(_) => {
                             ok = false;
                             break;
@@ -1326,7 +1302,7 @@ impl Conn<'_> {
                 let end = match frame {
                     None => {
                         if chunked && !trailers_sent {
-                            out.extend_from_slice(b"0\r\n\r\n");
+                            put_last_chunk(out, None);
                         }
                         true
                     }
@@ -1339,8 +1315,7 @@ impl Conn<'_> {
                         Ok(data) if data.is_empty() => continue,
                         Ok(data) => {
                             if chunked {
-                                push_hex(out, data.len() as u64);
-                                out.extend_from_slice(b"\r\n");
+                                put_chunk_size(out, data.len());
                             }
                             if io.write_all(out).await.is_err() || io.write_all(&data).await.is_err() {
                                 ok = false;
@@ -1356,13 +1331,8 @@ impl Conn<'_> {
                             // Trailers end the body; a client that did not ask for them gets
                             // none (HTTP/1.1 cannot carry them without chunked).
                             if chunked {
-                                out.extend_from_slice(b"0\r\n");
-                                if let Ok(trailers) = f.into_trailers() {
-                                    for (name, value) in trailers.iter().filter(|_| h1_trailers) {
-                                        push_field(out, name.as_str().as_bytes(), value.as_bytes());
-                                    }
-                                }
-                                out.extend_from_slice(b"\r\n");
+                                let trailers = f.into_trailers().ok().filter(|_| h1_trailers);
+                                put_last_chunk(out, trailers.as_ref());
                                 trailers_sent = true;
                             }
                             false
@@ -1383,9 +1353,7 @@ impl Conn<'_> {
         drop(body);
         let flushed = ok && io.flush().await.is_ok();
         if !inflow.ended {
-            if let Some(pipe) = &pipe {
-                inflow.fail(pipe, "the answer ended before the request body");
-            }
+            inflow.fail("the answer ended before the request body");
             close = true;
         }
         flushed && !close
@@ -1487,8 +1455,11 @@ impl Inflow {
 /// Most request-body bytes queued for an app that speaks h2 before the client is read again.
 const PIPE_LIMIT: usize = 256 * 1024;
 
-/// A request body on its way into a pipe ([`RecvShared`]): its framing removed, data only.
+/// A request body on its way into a pipe ([`RecvShared`]) the app's client reads: its framing
+/// removed, data only, at most [`PIPE_LIMIT`] queued.
 struct PipeIn {
+    /// None for a request without a body.
+    pipe: Option<Arc<RecvShared>>,
     framing: Framing,
     chunks: ChunkScan,
     ended: bool,
@@ -1496,52 +1467,79 @@ struct PipeIn {
 
 impl PipeIn {
     fn new(framing: Framing) -> Self {
-        Self { framing, chunks: ChunkScan::decoder(), ended: framing == Framing::Length(0) }
+        let ended = framing == Framing::Length(0);
+        let pipe = (!ended).then(Arc::default);
+        Self { pipe, framing, chunks: ChunkScan::decoder(), ended }
     }
 
-    /// Moves the body bytes at the front of `rbuf` into `pipe`; what follows the body stays.
-    fn feed(&mut self, rbuf: &mut BytesMut, pipe: &RecvShared) -> Result<(), &'static str> {
+    /// The request body as the app's client takes it.
+    fn body(&self) -> RequestBody {
+        let Some(shared) = &self.pipe else { return RequestBody::Empty };
+        let hint = match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        };
+        RequestBody::H2(RecvBody { shared: shared.clone(), hint })
+    }
+
+    /// Moves the body bytes at the front of `rbuf` into the pipe (what follows the body stays),
+    /// and says whether to read more of it from the client now: true while the body goes on and
+    /// the pipe has room (`rbuf` then has room for the read). `Err` once, when the body's
+    /// framing broke: the pipe fails (the app's stream is reset) and nothing more is read.
+    fn pump(&mut self, rbuf: &mut BytesMut) -> Result<bool, &'static str> {
+        let Self { pipe: Some(pipe), framing, chunks, ended } = self else { return Ok(false) };
+        let mut st = pipe.lock();
+        let was_ended = *ended;
         let mut pushed = false;
-        while !self.ended && !rbuf.is_empty() {
-            let data = match &mut self.framing {
+        while !*ended && !rbuf.is_empty() {
+            let data = match framing {
                 Framing::Length(left) => {
                     let n = (rbuf.len() as u64).min(*left) as usize;
                     *left -= n as u64;
-                    self.ended = *left == 0;
+                    *ended = *left == 0;
                     rbuf.split_to(n).freeze()
                 }
-                Framing::Chunked if self.chunks.state == Chunk::Data => {
-                    let n = (rbuf.len() as u64).min(self.chunks.size) as usize;
-                    self.chunks.take_data(n as u64);
+                Framing::Chunked if chunks.state == Chunk::Data => {
+                    let n = (rbuf.len() as u64).min(chunks.size) as usize;
+                    chunks.take_data(n as u64);
                     rbuf.split_to(n).freeze()
                 }
-                Framing::Chunked | Framing::UntilClose => {
-                    let (used, done) = self.chunks.feed(rbuf)?;
-                    rbuf.advance(used);
-                    self.ended = done;
-                    continue;
-                }
+                Framing::Chunked | Framing::UntilClose => match chunks.feed(rbuf) {
+                    Ok((used, done)) => {
+                        rbuf.advance(used);
+                        *ended = done;
+                        continue;
+                    }
+                    Err(why) => {
+                        drop(st);
+                        self.fail(why);
+                        return Err(why);
+                    }
+                },
             };
-            let mut st = pipe.lock();
             let len = data.len();
             st.push(data, len);
             pushed = true;
         }
-        let mut st = pipe.lock();
-        if self.ended {
+        if *ended {
             st.end = true;
         }
-        let reader = if pushed || self.ended { st.reader.take() } else { None };
+        let want = !*ended && st.queued() < PIPE_LIMIT;
+        let reader = if pushed || (*ended && !was_ended) { st.reader.take() } else { None };
         drop(st);
         if let Some(w) = reader {
             w.wake();
         }
-        Ok(())
+        if want {
+            rbuf.reserve(READ_SIZE);
+        }
+        Ok(want)
     }
 
     /// The body cannot be completed: its reader gets an error (the app's stream is reset).
-    fn fail(&mut self, pipe: &RecvShared, why: &'static str) {
+    fn fail(&mut self, why: &'static str) {
         self.ended = true;
+        let Some(pipe) = &self.pipe else { return };
         let reader = {
             let mut st = pipe.lock();
             st.failed = Some(why);
@@ -1551,21 +1549,22 @@ impl PipeIn {
             w.wake();
         }
     }
-}
 
-/// Waits until the app has taken from a full pipe (or dropped it).
-async fn pipe_room(pipe: Option<&Arc<RecvShared>>) {
-    let Some(pipe) = pipe else { return std::future::pending().await };
-    std::future::poll_fn(|cx| {
-        let mut st = pipe.lock();
-        if st.dropped || st.queued() < PIPE_LIMIT {
-            Poll::Ready(())
-        } else {
-            st.conn = Some(cx.waker().clone());
-            Poll::Pending
-        }
-    })
-    .await
+    /// Waits until the app has taken from a full pipe (or dropped it); never, once the body
+    /// has ended or when there is none.
+    async fn room(&self) {
+        let Some(pipe) = self.pipe.as_ref().filter(|_| !self.ended) else { return std::future::pending().await };
+        std::future::poll_fn(|cx| {
+            let mut st = pipe.lock();
+            if st.dropped || st.queued() < PIPE_LIMIT {
+                Poll::Ready(())
+            } else {
+                st.conn = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 /// The rewritten head in `out` as request parts for the proxy's client (origin-form target;
@@ -1604,14 +1603,6 @@ fn service_parts(out: &[u8]) -> Result<(http::request::Parts, bool), String> {
     let (parts, ()) =
         builder.body(()).map_err(|e| format!("cannot rewrite the request for the app: {e}"))?.into_parts();
     Ok((parts, trailers))
-}
-
-/// Writes `n` in hexadecimal (a chunk size).
-fn push_hex(out: &mut Vec<u8>, n: u64) {
-    let nibbles = ((64 - n.leading_zeros() as usize).div_ceil(4)).max(1);
-    for i in (0..nibbles).rev() {
-        out.push(b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize]);
-    }
 }
 
 /// The client's broken request body, as the error it is answered with.

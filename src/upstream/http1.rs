@@ -12,7 +12,10 @@
 //! ends with an error, which the server turns into a reset stream (h2) or a cut connection.
 
 use crate::base::body::CountingBody;
-use crate::base::framing::{final_answer, Chunk, ChunkScan, Framing, HEAD_TOO_LARGE, MAX_RESPONSE_HEAD, READ_SIZE};
+use crate::base::framing::{
+    final_answer, put_chunk_size, put_last_chunk, Chunk, ChunkScan, Framing, HEAD_TOO_LARGE, MAX_RESPONSE_HEAD,
+    READ_SIZE,
+};
 use crate::upstream::pool::AppStreams;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
@@ -184,7 +187,7 @@ impl Upload {
             match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 None => {
                     if self.chunked {
-                        self.out.extend_from_slice(b"0\r\n\r\n");
+                        put_last_chunk(&mut self.out, None);
                     }
                     self.done = true;
                 }
@@ -193,7 +196,7 @@ impl Upload {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) => {
                         if self.chunked {
-                            self.out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                            put_chunk_size(&mut self.out, data.len());
                             self.out.extend_from_slice(&data);
                             self.out.extend_from_slice(b"\r\n");
                         } else {
@@ -202,16 +205,7 @@ impl Upload {
                     }
                     Err(frame) => {
                         if self.chunked {
-                            self.out.extend_from_slice(b"0\r\n");
-                            if let Ok(trailers) = frame.into_trailers() {
-                                for (name, value) in &trailers {
-                                    self.out.extend_from_slice(name.as_str().as_bytes());
-                                    self.out.extend_from_slice(b": ");
-                                    self.out.extend_from_slice(value.as_bytes());
-                                    self.out.extend_from_slice(b"\r\n");
-                                }
-                            }
-                            self.out.extend_from_slice(b"\r\n");
+                            put_last_chunk(&mut self.out, frame.into_trailers().ok().as_ref());
                         }
                         self.done = true;
                     }
