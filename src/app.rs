@@ -22,6 +22,7 @@ use crate::config::AppCheck;
 use crate::config::Config;
 use crate::echo::EchoService;
 use crate::lifecycle::shutdown::{Shutdown, Tracker};
+use crate::lifecycle::signals::{Signal, Signals};
 use crate::listener::accept::{self, ConnSettings};
 use crate::listener::tls::TlsServer;
 use crate::proxy::inbound::InboundProxy;
@@ -458,10 +459,10 @@ impl Running {
     /// Like [`Running::wait`], with the process's signals: SIGTERM and SIGINT start the stop (a
     /// second one cuts what remains, logged `LR`, and exits at once), SIGUSR1 reopens the access
     /// log.
-    pub async fn wait_with_signals(self) {
+    pub async fn wait_with_signals(self, signals: Signals) {
         let shutdown = self.shutdown.clone();
         let ending = self.ending.clone();
-        let signals = tokio::spawn(async move { handle_signals(shutdown, ending).await });
+        let signals = tokio::spawn(async move { handle_signals(signals, shutdown, ending).await });
         self.wait().await;
         signals.abort();
     }
@@ -518,7 +519,6 @@ impl Ending {
 
     /// The second stop signal: cuts everything at once (requests reported `LR`), waits for their
     /// reports and writes out the access log. The caller exits.
-    #[cfg_attr(not(unix), allow(dead_code))]
     async fn cut_now(&self) {
         self.cut();
         self.exit.trigger();
@@ -528,21 +528,12 @@ impl Ending {
     }
 }
 
-#[cfg(unix)]
-async fn handle_signals(shutdown: Shutdown, ending: Ending) {
-    use tokio::signal::unix::{signal, SignalKind};
+async fn handle_signals(mut signals: Signals, shutdown: Shutdown, ending: Ending) {
     let telemetry = &ending.telemetry;
-    let (Ok(mut term), Ok(mut int), Ok(mut usr1)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::user_defined1()))
-    else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
     loop {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-            _ = usr1.recv() => {
+        let name = match signals.next().await {
+            Signal::Stop(name) => name,
+            Signal::Reopen => {
                 tracing::info!("SIGUSR1: reopening the access log");
                 telemetry.access_log.reopen();
                 continue;
@@ -556,12 +547,6 @@ async fn handle_signals(shutdown: Shutdown, ending: Ending) {
             std::process::exit(0);
         }
     }
-}
-
-#[cfg(not(unix))]
-async fn handle_signals(shutdown: Shutdown, _ending: Ending) {
-    let _ = tokio::signal::ctrl_c().await;
-    shutdown.trigger();
 }
 
 /// A running echo app.
@@ -595,33 +580,10 @@ impl Echo {
     }
 
     /// Serves until SIGTERM or SIGINT.
-    pub async fn wait_with_signals(self) {
-        let _ = shutdown_signal().await;
+    pub async fn wait_with_signals(self, mut signals: Signals) {
+        signals.stop().await;
         self.stop();
         let _ = self.task.await;
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut t), Ok(mut i)) => tokio::select! {
-                _ = t.recv() => "SIGTERM",
-                _ = i.recv() => "SIGINT",
-            },
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "SIGINT"
     }
 }
 

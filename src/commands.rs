@@ -101,9 +101,17 @@ pub fn run(args: &RunArgs) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Before anything is announced: a signal sent once the ready line is out must be handled.
+        let signals = match crate::lifecycle::signals::Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("tandem: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         match app::start_with_workers(config, log, w.count).await {
             Ok(running) => {
-                running.wait_with_signals().await;
+                running.wait_with_signals(signals).await;
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -126,6 +134,14 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Before anything is announced: a signal sent once the ready line is out must be handled.
+        let signals = match crate::lifecycle::signals::Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("tandem: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let echo = match app::Echo::start(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await {
             Ok(e) => e,
             Err(e) => {
@@ -159,7 +175,7 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
             app = echo.addr,
             o = running.outbound_addr
         );
-        running.wait_with_signals().await;
+        running.wait_with_signals(signals).await;
         echo.stop();
         ExitCode::SUCCESS
     })
@@ -177,10 +193,18 @@ pub fn echo(args: &EchoArgs) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Before anything is announced: a signal sent once the ready line is out must be handled.
+        let signals = match crate::lifecycle::signals::Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("tandem: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         match app::Echo::start(args.listen).await {
             Ok(echo) => {
                 tracing::info!(listen = %echo.addr, "echo app listening");
-                echo.wait_with_signals().await;
+                echo.wait_with_signals(signals).await;
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -248,6 +248,20 @@ async fn sigint_and_post_shutdown_start_the_same_stop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_signal_sent_the_moment_ready_is_logged_is_handled() {
+    // The handlers were installed in a task spawned after the ready line, so a signal sent at once
+    // could meet the default action and kill the process (CI saw exit None). Repeated because the
+    // window was narrow; each start is a fresh process.
+    let (_echo, app) = echo().await;
+    for (i, sig) in [libc::SIGINT, libc::SIGTERM].iter().cycle().take(12).enumerate() {
+        let mut t = tandem(app, &[], &[]).await;
+        t.proc.signal(*sig);
+        let code = t.proc.exit(EXIT_LIMIT).await;
+        assert_eq!(code.code(), Some(0), "start {i}, signal {sig}: {code:?}\n{}", t.proc.stderr());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_is_503_until_every_listener_is_bound() {
     // An inbound address already taken: tandem reports the key and exits 1; /ready never says 200.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -7,4 +7,5 @@
 pub mod await_cmd;
 pub mod readiness;
 pub mod shutdown;
+pub mod signals;
 pub mod workers;
