@@ -1852,6 +1852,8 @@ struct RequestHead {
     headers: HeaderMap,
     cookie: Option<BytesMut>,
     regular_seen: bool,
+    /// A `host` field arrived (most HTTP/2 clients send none): only then is there one to drop.
+    host_seen: bool,
     error: Option<&'static str>,
     /// More fields than a header map holds: refused like a list over the limit (431).
     too_many: bool,
@@ -1903,6 +1905,7 @@ impl RequestHead {
             self.error = Some("a field value with leading or trailing white space");
             return;
         }
+        self.host_seen |= name == header::HOST;
         if name == header::COOKIE {
             // RFC 9113 section 8.2.3: joined for HTTP/1.1.
             match self.cookie.as_mut() {
@@ -1946,7 +1949,9 @@ impl RequestHead {
             uri.authority = Some(Authority::from_maybe_shared(a).map_err(|_| "a bad :authority")?);
             // Section 8.3.1: `:authority` names the target; a `host` that differs must not
             // reach the app (it gets `:authority` as Host, as nghttpx and HAProxy forward it).
-            self.headers.remove(header::HOST);
+            if self.host_seen {
+                self.headers.remove(header::HOST);
+            }
         }
         if method == Method::CONNECT {
             if self.scheme.is_some() || self.path.is_some() || uri.authority.is_none() {

@@ -7,9 +7,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::SocketAddr;
 
 /// The header [`set_forwarded`] appends the client's address to.
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub use crate::telemetry::record::X_REQUEST_ID;
+pub use crate::telemetry::record::{X_FORWARDED_FOR, X_REQUEST_ID};
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -81,7 +80,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// Whether `name` is one of the fields [`strip_hop_by_hop`] may remove or rewrite (fields named in
 /// `Connection` are found through `Connection` itself).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::TE || crate::base::fields::hop_by_hop(name.as_str().as_bytes())
+    name == header::TE || crate::base::fields::hop_by_hop_name(name)
 }
 
 /// Appends the peer to `x-forwarded-for` and sets `x-forwarded-proto`.

@@ -189,7 +189,7 @@ impl OutboundProxy {
         let request_id = headers::ensure_request_id(&mut parts.headers);
         if let Some(r) = finish.record_mut() {
             r.request_id = Some(request_id);
-            r.x_forwarded_for = parts.headers.get("x-forwarded-for").cloned();
+            r.x_forwarded_for = parts.headers.get(&headers::X_FORWARDED_FOR).cloned();
         }
         // RFC 9112 §3.2.2: a proxy replaces Host with the authority of an absolute-form target.
         if parts.headers.get(header::HOST).is_none_or(|h| h.as_bytes() != authority.as_str().as_bytes()) {

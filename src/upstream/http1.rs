@@ -115,15 +115,7 @@ pub async fn send(
                 if buf.capacity() == buf.len() {
                     buf.reserve(READ_SIZE);
                 }
-                loop {
-                    ready!(up.poll_read_ready(cx)).map_err(|_| SendError::Closed)?;
-                    match up.try_read_buf(&mut buf) {
-                        Ok(n) => return Poll::Ready(Ok(n)),
-                        // The readiness was stale: it is cleared, and the next poll registers.
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return Poll::Ready(Err(SendError::Closed)),
-                    }
-                }
+                poll_read_app(&mut up, cx, &mut buf).map_err(|_| SendError::Closed)
             });
             match read.await {
                 Err(SendError::ClientBody) => return Err(SendError::ClientBody),
@@ -148,6 +140,14 @@ pub async fn send(
             }
         }
     }
+}
+
+/// Reads what the app sent into `buf` through `AsyncRead`, which clears the socket's readiness
+/// after a short read, so the pool's check of the idle connection ([`AppStreams::take`]) costs
+/// no system call. `try_read_buf` leaves the readiness set: that check then cost a `recvfrom`
+/// (`EAGAIN`) per request, two reads per answer instead of one.
+fn poll_read_app(up: &mut TcpStream, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+    tokio_util::io::poll_read_buf(Pin::new(up), cx, buf)
 }
 
 /// A request body on its way to the app, driven by whoever waits for the answer.
@@ -409,16 +409,11 @@ impl Body for AppBody {
             if let Some(ready) = this.next_buffered() {
                 return ready;
             }
-            let Some(stream) = this.stream.as_ref() else { return this.fail("the app's connection is gone") };
+            let Some(stream) = this.stream.as_mut() else { return this.fail("the app's connection is gone") };
             if this.buf.capacity() - this.buf.len() < 1024 {
                 this.buf.reserve(READ_SIZE);
             }
-            if let Err(e) = ready!(stream.poll_read_ready(cx)) {
-                this.state = State::Done;
-                this.stream = None;
-                return Poll::Ready(Some(Err(e)));
-            }
-            match stream.try_read_buf(&mut this.buf) {
+            match ready!(poll_read_app(stream, cx, &mut this.buf)) {
                 Ok(0) if matches!(this.state, State::UntilClose) => {
                     this.state = State::Done;
                     this.stream = None;
@@ -426,7 +421,6 @@ impl Body for AppBody {
                 }
                 Ok(0) => return this.fail("the app closed the connection before the end of the body"),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     this.state = State::Done;
                     this.stream = None;
