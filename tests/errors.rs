@@ -342,3 +342,49 @@ fn head_with_fields(n: usize) -> String {
     h.push_str("\r\n");
     h
 }
+
+/// An HTTP/1.1 gRPC request (`connection: close`, so the answer is followed by the close).
+fn grpc_h1(extra: &str) -> String {
+    format!(
+        "POST /t.Test/Echo HTTP/1.1\r\nhost: pod.test\r\ncontent-type: application/grpc+proto\r\nte: trailers\r\n\
+         content-length: 0\r\nconnection: close\r\n{extra}\r\n"
+    )
+}
+
+#[tokio::test]
+async fn an_http1_grpc_client_gets_a_200_with_the_status_in_its_head_and_no_body() {
+    let (_socket, app) = support::refusing_port();
+    let message = format!("upstream connect failed (UF): connection refused by {app}");
+    // To an HTTP/1.1 app (the codec relays) and to an h2 app (the proxy's client).
+    for protocol in [tandem::config::AppProtocol::Http1, tandem::config::AppProtocol::Http2] {
+        let mut cfg = support::config(app);
+        cfg.inbound.app_protocol = protocol;
+        let proxy = support::proxy(cfg).await;
+        let out = support::raw(proxy.inbound_addr, grpc_h1("").as_bytes(), Duration::from_secs(5)).await;
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{protocol:?}: {out}");
+        for field in [
+            "content-type: application/grpc\r\n".to_owned(),
+            "grpc-status: 14\r\n".to_owned(),
+            format!("grpc-message: {message}\r\n"),
+            "x-tandem-error: UF\r\n".to_owned(),
+            "content-length: 0\r\n".to_owned(),
+        ] {
+            assert!(out.contains(&field), "{protocol:?}: {field:?} in {out}");
+        }
+        assert!(out.ends_with("\r\n\r\n"), "{protocol:?}: no body: {out}");
+    }
+}
+
+#[tokio::test]
+async fn an_http1_grpc_request_the_codec_refuses_gets_invalid_argument() {
+    let proxy = support::proxy(support::config(support::dead_addr())).await;
+    let out =
+        support::raw(proxy.inbound_addr, grpc_h1("host: other.test\r\n").as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(
+        out.contains("grpc-status: 3\r\n")
+            && out.contains("grpc-message: bad request (DPE): more than one Host field\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("x-tandem-error: DPE\r\n"), "{out}");
+}

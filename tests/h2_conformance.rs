@@ -867,6 +867,91 @@ async fn malformed_requests_get_400_then_rst_stream_protocol_error_and_never_rea
     }
 }
 
+// gRPC (issue 19): tandem's own answers to a gRPC request are trailers-only, one HEADERS frame.
+
+fn grpc_req(path: &str) -> Vec<(&str, &str)> {
+    let mut f = req("POST", path);
+    f.extend([("content-type", "application/grpc"), ("te", "trailers")]);
+    f
+}
+
+/// Every field of the one HEADERS frame tandem answered `id` with, checked to carry END_STREAM
+/// and END_HEADERS; and the frames that followed it on `id` (up to a [`Client::sync`]).
+async fn trailers_only(c: &mut Client, id: u32) -> (Vec<(String, String)>, Vec<(u8, u32)>) {
+    let first = c.next_where(|f| f.id == id).await.expect("an answer");
+    c.sync().await;
+    let after: Vec<(u8, u32)> =
+        c.stashed_on(id).iter().map(|f| (f.typ, if f.typ == RST_STREAM { f.code() } else { 0 })).collect();
+    c.stash.retain(|f| f.id != id);
+    assert_eq!((first.typ, first.flags), (HEADERS, END_STREAM | END_HEADERS), "one HEADERS frame ends it: {first:?}");
+    (first.fields.expect("a complete header block"), after)
+}
+
+fn fields(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+}
+
+#[tokio::test]
+async fn a_grpc_request_to_an_app_that_is_down_gets_one_trailers_only_headers_frame() {
+    let (_socket, app) = support::refusing_port();
+    for t in BOTH {
+        let target = Target::start(t, app).await;
+        let mut c = Client::connect(&target).await;
+        c.headers(1, END_STREAM, &grpc_req("/t.Test/Echo")).await;
+        let (got, after) = trailers_only(&mut c, 1).await;
+        let message = format!("upstream connect failed (UF): connection refused by {app}");
+        let want = [
+            (":status", "200"),
+            ("content-type", "application/grpc"),
+            ("grpc-status", "14"),
+            ("grpc-message", message.as_str()),
+            ("x-tandem-error", "UF"),
+        ];
+        assert_eq!(got, fields(&want), "{t:?}");
+        assert!(after.is_empty(), "{t:?}: the stream is closed, nothing follows: {after:?}");
+        // The client's side still open: the answer ends ours, RST_STREAM(NO_ERROR) follows.
+        c.headers(3, 0, &grpc_req("/t.Test/Echo")).await;
+        let (got, after) = trailers_only(&mut c, 3).await;
+        assert_eq!(got, fields(&want), "{t:?}");
+        assert_eq!(after, [(RST_STREAM, NO_ERROR)], "{t:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_or_oversized_grpc_request_gets_a_grpc_status_before_the_stream_error() {
+    for t in BOTH {
+        let (_target, hits, mut c) = setup(t).await;
+        let mut bad = grpc_req("/t.Test/Echo");
+        bad.push(("X-Upper", "1"));
+        c.headers(1, 0, &bad).await;
+        let (got, after) = trailers_only(&mut c, 1).await;
+        let status = |f: &[(String, String)], name: &str| f.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        assert_eq!(status(&got, ":status").as_deref(), Some("200"), "{t:?}: {got:?}");
+        assert_eq!(status(&got, "grpc-status").as_deref(), Some("3"), "{t:?}: INVALID_ARGUMENT");
+        assert_eq!(
+            status(&got, "grpc-message").as_deref(),
+            Some("bad request (DPE): a field name that is not lower-case token characters")
+        );
+        assert_eq!(status(&got, "x-tandem-error").as_deref(), Some("DPE"));
+        assert_eq!(after, [(RST_STREAM, PROTOCOL_ERROR)], "{t:?}: section 8.1.1's stream error follows");
+        // The client's side already closed: the answer closes the stream, nothing may follow.
+        c.headers(3, END_STREAM, &bad).await;
+        let (got, after) = trailers_only(&mut c, 3).await;
+        assert_eq!(status(&got, "grpc-status").as_deref(), Some("3"));
+        assert!(after.is_empty(), "{t:?}: {after:?}");
+        // A header list over the limit: RESOURCE_EXHAUSTED.
+        // One 4,000-byte entry and 40 references to it: 160 KB decoded, over the 128 KiB limit.
+        let mut big = block(&grpc_req("/t.Test/Echo"));
+        big.extend_from_slice(&indexed_literal("x-big", &"a".repeat(4000)));
+        big.extend(std::iter::repeat_n(0xbe, 40));
+        c.send(HEADERS, END_STREAM | END_HEADERS, 5, &big).await;
+        let (got, after) = trailers_only(&mut c, 5).await;
+        assert_eq!(status(&got, "grpc-status").as_deref(), Some("8"), "{t:?}: {got:?}");
+        assert!(after.is_empty(), "{t:?}: {after:?}");
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "{t:?}: none reached the app");
+    }
+}
+
 // Section 8.3.1: `:authority` and `host`.
 
 #[tokio::test]

@@ -34,6 +34,7 @@ pub(crate) fn final_answer<R>(
                 Ok(httparse::Status::Complete(n)) if n > MAX_RESPONSE_HEAD => return Err(HEAD_TOO_LARGE.to_owned()),
                 Ok(httparse::Status::Complete(n)) => n,
                 Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::Version) => return Err(not_http1(buf)),
                 Err(e) => return Err(format!("invalid response head: {e}")),
             };
         let (Some(status), Some(version)) = (resp.code, resp.version) else {
@@ -53,6 +54,22 @@ pub(crate) fn final_answer<R>(
         }
         let answer = AnswerHead::read(resp.headers, status, version, head_only)?;
         return f(&resp, answer, &buf[..len]).map(|r| Some((r, len)));
+    }
+}
+
+/// The error for an answer that does not start with `HTTP/1.x`: most often an app that speaks
+/// only HTTP/2 (a gRPC server), which answers an HTTP/1.1 request with its SETTINGS frame.
+fn not_http1(buf: &[u8]) -> String {
+    // A frame header (RFC 9113 section 4.1): type 0x4 (SETTINGS), stream 0.
+    let settings = buf.len() >= 9 && buf[3] == 0x4 && buf[5..9] == [0; 4];
+    if settings {
+        "an HTTP/2 SETTINGS frame, not an HTTP/1.x answer: the app speaks only HTTP/2 (as gRPC servers \
+         do) and needs `app_protocol: http2`"
+            .to_owned()
+    } else {
+        "invalid HTTP version (the app may need `app_protocol: http2`: an app that speaks only HTTP/2, as \
+         gRPC servers do, cannot answer HTTP/1.1)"
+            .to_owned()
     }
 }
 
@@ -306,6 +323,19 @@ pub(crate) fn put_last_chunk(out: &mut impl BufMut, trailers: Option<&http::Head
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_http2_answer_names_app_protocol() {
+        let head = |bytes: &[u8]| {
+            let mut buf = BytesMut::from(bytes);
+            final_answer(&mut buf, false, false, |_, _, _| Ok(())).expect_err("refused")
+        };
+        // What an HTTP/2-only server (grpcio's) writes first: its SETTINGS frame.
+        let settings = head(b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x64");
+        assert!(settings.contains("SETTINGS") && settings.contains("`app_protocol: http2`"), "{settings}");
+        let other = head(b"SSH-2.0-OpenSSH\r\n\r\n");
+        assert!(other.starts_with("invalid HTTP version") && other.contains("`app_protocol: http2`"), "{other}");
+    }
 
     #[test]
     fn chunk_framing_is_written_as_the_scanner_reads_it() {

@@ -17,7 +17,9 @@
 //!   its window and a connection never more than 1 MiB. An answer's body is polled only while
 //!   both windows and the write buffer have room.
 //! - Requests: the pseudo-header and field rules of RFC 9113 section 8 (a malformed request is
-//!   answered 400 `DPE` without END_STREAM, then reset `PROTOCOL_ERROR`, section 8.1.1; a header
+//!   answered 400 `DPE` without END_STREAM, then reset `PROTOCOL_ERROR`, section 8.1.1; a gRPC
+//!   one gets its trailers-only answer with END_STREAM, the reset following while the client's
+//!   side is open, so that the client reads the status; a header
 //!   list over the limit 431 `DPE`; both are logged and counted and never reach the app),
 //!   `content-length` checked against the DATA received, trailers, `cookie` fields joined for
 //!   the HTTP/1.1 app (section 8.2.3). `:authority` is the app's Host (a differing `host` is
@@ -405,6 +407,9 @@ struct Stream {
     /// The request is malformed (RFC 9113 section 8.1.1): its answer ends with RST_STREAM
     /// `PROTOCOL_ERROR` instead of END_STREAM.
     malformed: bool,
+    /// A malformed gRPC request: its trailers-only answer ends the stream (so the client reads
+    /// the status), and RST_STREAM `PROTOCOL_ERROR` follows while the client's side is open.
+    malformed_grpc: bool,
     /// Since when the answer has been waiting for the client (its window, or write room).
     stalled_at: Option<tokio::time::Instant>,
     /// Already in `blocked` (waiting for the connection window), and in `deferred` (waiting
@@ -1117,17 +1122,19 @@ impl<'a> Conn<'a> {
         }
         let slot = self.new_stream(id, end_stream);
         let mut malformed = false;
+        let grpc = head.grpc;
         let answer = if too_large {
-            self.refuse(ProxyError::HeadersTooLarge {
-                what: format!("HTTP/2 header list over {} bytes", self.rules.max_list),
-            })
+            self.refuse(
+                ProxyError::HeadersTooLarge { what: format!("HTTP/2 header list over {} bytes", self.rules.max_list) },
+                grpc,
+            )
         } else {
             match head.finish() {
                 Err(Refusal::Malformed(what)) => {
                     malformed = true;
-                    self.refuse(ProxyError::BadRequest { what: what.into() })
+                    self.refuse(ProxyError::BadRequest { what: what.into() }, grpc)
                 }
-                Err(Refusal::Connect) => self.refuse(connect_refused()),
+                Err(Refusal::Connect) => self.refuse(connect_refused(), grpc),
                 Ok((mut parts, expect_len)) => {
                     if parts.uri.authority().is_none() && !parts.headers.contains_key(header::HOST) {
                         // Neither `:authority` nor `host`: the app gets its own authority as Host,
@@ -1153,7 +1160,7 @@ impl<'a> Conn<'a> {
                     };
                     if end_stream && expect_len.is_some_and(|n| n != 0) {
                         malformed = true;
-                        self.refuse(ProxyError::BadRequest { what: "content-length without a body".into() })
+                        self.refuse(ProxyError::BadRequest { what: "content-length without a body".into() }, grpc)
                     } else {
                         if let Some(s) = self.streams[slot].as_mut() {
                             s.forwarded = true;
@@ -1166,18 +1173,20 @@ impl<'a> Conn<'a> {
         };
         if let Some(s) = self.streams[slot].as_mut() {
             s.answer = Answer::Waiting(answer);
-            s.malformed = malformed;
+            s.malformed = malformed && !grpc;
+            s.malformed_grpc = malformed && grpc;
         }
         self.queue.push(slot);
         Ok(())
     }
 
-    /// An answer made here for a request the proxy never sees: logged and counted like every
-    /// refusal.
-    fn refuse(&self, err: ProxyError) -> InboundFuture {
-        let status = err.status().as_u16();
-        self.proxy.telemetry.refused(Direction::Inbound, self.meta.peer, status, Version::HTTP_2);
-        InboundFuture::Ready(Some(error_response(&err)))
+    /// An answer made here for a request the proxy never sees (in gRPC's form for a gRPC
+    /// request): logged and counted like every refusal.
+    fn refuse(&self, err: ProxyError, grpc: bool) -> InboundFuture {
+        let status = err.answer_status(grpc).as_u16();
+        let grpc_status = grpc.then(|| err.grpc_status());
+        self.proxy.telemetry.refused(Direction::Inbound, self.meta.peer, status, Version::HTTP_2, grpc_status);
+        InboundFuture::Ready(Some(error_response(&err, grpc)))
     }
 
     fn trailers(&mut self, slot: usize, id: u32, end_stream: bool, block: Bytes) -> Result<(), ConnError> {
@@ -1265,6 +1274,7 @@ impl<'a> Conn<'a> {
             received: 0,
             forwarded: false,
             malformed: false,
+            malformed_grpc: false,
             stalled_at: None,
             in_blocked: false,
             in_deferred: false,
@@ -1446,8 +1456,8 @@ impl<'a> Conn<'a> {
     fn after_answer(&mut self, slot: usize) {
         let Some(s) = self.streams[slot].as_ref() else { return };
         let id = s.id;
-        if s.malformed {
-            // Section 8.1.1: a malformed request is a stream error, after its 400.
+        if s.malformed || (s.malformed_grpc && !s.recv_closed) {
+            // Section 8.1.1: a malformed request is a stream error, after its answer.
             self.send_rst(id, code::PROTOCOL_ERROR);
         } else if !s.recv_closed {
             // RFC 9113 section 8.1: the rest of the request is not needed.
@@ -1857,10 +1867,16 @@ struct RequestHead {
     error: Option<&'static str>,
     /// More fields than a header map holds: refused like a list over the limit (431).
     too_many: bool,
+    /// `content-type` says gRPC (seen even after a malformed field, so that the refusal is a
+    /// gRPC answer).
+    grpc: bool,
 }
 
 impl RequestHead {
     fn field(&mut self, name: Bytes, value: Bytes) {
+        if name.len() == 12 && &name[..] == b"content-type" && crate::base::grpc::is_grpc(&value) {
+            self.grpc = true;
+        }
         if self.error.is_some() || self.too_many {
             return;
         }

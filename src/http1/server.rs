@@ -461,8 +461,9 @@ impl Conn<'_> {
         if let Some(r) = finish.record_mut().filter(|_| p.telemetry.access_log.enabled()) {
             r.set_strings(&Strings { path, ..Strings::default() });
         }
-        p.fail_record(&err, &mut finish);
-        write_error(&mut self.out, &err, true);
+        // The head did not parse: whether it was gRPC is unknown, and the answer is plain HTTP.
+        let grpc = p.fail_record(&err, &mut finish);
+        write_error(&mut self.out, &err, grpc, true);
         Parsed::Refused { finish, head_len: rbuf.len(), close: true }
     }
 
@@ -505,6 +506,7 @@ impl Conn<'_> {
         let mut traceparent = None;
         let mut expect: Option<&[u8]> = None;
         let mut upgrade: Option<&[u8]> = None;
+        let mut grpc = false;
         for h in req.headers.iter() {
             let (name, value) = (h.name.as_bytes(), h.value);
             size += name.len() + value.len() + 4;
@@ -519,6 +521,7 @@ impl Conn<'_> {
                 10 if eq(name, b"user-agent") => user_agent = user_agent.or(Some(value)),
                 11 if eq(name, b"traceparent") => traceparent = traceparent.or(Some(value)),
                 12 if eq(name, b"x-request-id") => request_id = request_id.or(Some(value)),
+                12 if eq(name, b"content-type") => grpc = crate::base::grpc::is_grpc(value),
                 14 if eq(name, b"content-length") => match (length, parse_length(value)) {
                     (None, Some(n)) => length = Some(n),
                     _ => bad_length = true,
@@ -548,6 +551,7 @@ impl Conn<'_> {
         if http10 {
             record.protocol = http::Version::HTTP_10;
         }
+        record.grpc = grpc;
         let strings = Strings { path, authority: logged_authority, user_agent, traceparent, ..Strings::default() };
         let (mut finish, over) = p.admission.enter(record, None, &p.telemetry);
         let chunked = codings.chunked();
@@ -591,10 +595,10 @@ impl Conn<'_> {
                 let request_id = request_id.filter(|v| !v.is_empty());
                 r.set_strings(&Strings { request_id, x_forwarded_for: &xff, ..strings });
             }
-            p.fail_record(&err, &mut finish);
+            let grpc = p.fail_record(&err, &mut finish);
             // An unread body would be taken for the next request: close after the answer.
             let close = close || length.is_some_and(|n| n > 0) || chunked;
-            write_error(&mut self.out, &err, close);
+            write_error(&mut self.out, &err, grpc, close);
             return Parsed::Refused { finish, head_len, close };
         }
         // An upgrade other than h2c (which tandem's own HTTP/2 server would take) goes to the
@@ -1186,8 +1190,8 @@ impl Conn<'_> {
             Ok(p) => p,
             Err(what) => {
                 let err = ProxyError::BadRequest { what };
-                self.proxy.fail_record(&err, &mut finish);
-                write_error(&mut self.out, &err, true);
+                let grpc = self.proxy.fail_record(&err, &mut finish);
+                write_error(&mut self.out, &err, grpc, true);
                 let body_len = error_body_len(&self.out);
                 let ok = io.write_all(&self.out).await.is_ok();
                 finish.finish(body_len, !ok);
@@ -1229,11 +1233,8 @@ impl Conn<'_> {
         if let Some(why) = broken.filter(|_| resp.headers().contains_key(crate::proxy::error::ERROR_HEADER)) {
             let err = bad_body(why);
             let (_, mut body) = resp.into_parts();
-            if let Some(r) = body.record_mut() {
-                r.response_code = err.status().as_u16();
-                r.response_flags = Some(err.reason());
-            }
-            write_error(&mut self.out, &err, true);
+            let grpc = crate::proxy::error::note_error(&err, body.record_mut());
+            write_error(&mut self.out, &err, grpc, true);
             let _ = io.write_all(&self.out).await;
             // Reported as the refusal it is, with the bytes of the answer.
             http_body_util::BodyExt::collect(body).await.ok();
@@ -1245,9 +1246,13 @@ impl Conn<'_> {
         let status = parts.status.as_u16();
         let bodiless = head_only || status == 204 || status == 304 || (100..200).contains(&status);
         let length = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| parse_length(v.as_bytes()));
-        let chunked = !bodiless && length.is_none() && !http10;
+        // An answer that ended with its head (a gRPC trailers-only answer, tandem's own to a
+        // gRPC request) is sent with `content-length: 0`, not as an empty chunked body.
+        let empty = !bodiless && length.is_none() && http_body::Body::is_end_stream(&body);
+        let open_ended = !bodiless && length.is_none() && !empty;
+        let chunked = open_ended && !http10;
         self.draining = self.draining || self.drain.is_draining();
-        close = close || self.draining || (!bodiless && length.is_none() && http10);
+        close = close || self.draining || (open_ended && http10);
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
@@ -1260,6 +1265,8 @@ impl Conn<'_> {
         }
         if chunked {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        } else if empty {
+            out.extend_from_slice(b"content-length: 0\r\n");
         }
         if close {
             out.extend_from_slice(b"connection: close\r\n");
@@ -1391,11 +1398,11 @@ impl Conn<'_> {
 
     /// Answers a request that could not be forwarded; true if the connection stays open.
     async fn answer_error<IO: AsyncWrite + Unpin>(&mut self, io: &mut IO, mut req: Request, err: ProxyError) -> bool {
-        self.proxy.fail_record(&err, &mut req.finish);
+        let grpc = self.proxy.fail_record(&err, &mut req.finish);
         self.draining = self.draining || self.drain.is_draining();
         // The client's unsent body (if any) is still in the way: close after the answer.
         let close = req.close || self.draining || req.body_pending;
-        write_error(&mut self.out, &err, close);
+        write_error(&mut self.out, &err, grpc, close);
         let body_len = error_body_len(&self.out);
         let ok = io.write_all(&self.out).await.is_ok() && io.flush().await.is_ok();
         req.finish.finish(body_len, !ok);
@@ -1689,9 +1696,11 @@ impl Relay {
     }
 }
 
-/// Writes tandem's answer for `err` (status, `x-tandem-error`, the one-line body) into `out`.
-fn write_error(out: &mut Vec<u8>, err: &ProxyError, close: bool) {
-    let resp: http::Response<Bytes> = error_response(err);
+/// Writes tandem's answer for `err` (status, `x-tandem-error`, the one-line body; for a gRPC
+/// request, `grpc`, a 200 with the error in `grpc-status` and `grpc-message` and no body, as
+/// Envoy answers an HTTP/1.1 gRPC client) into `out`.
+fn write_error(out: &mut Vec<u8>, err: &ProxyError, grpc: bool, close: bool) {
+    let resp: http::Response<Bytes> = error_response(err, grpc);
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(resp.status().as_str().as_bytes());
@@ -1821,7 +1830,7 @@ mod tests {
     fn error_answers_carry_status_reason_code_and_length() {
         let err = ProxyError::TooManyRequests { limit: 3 };
         let mut out = Vec::new();
-        write_error(&mut out, &err, true);
+        write_error(&mut out, &err, false, true);
         let text = String::from_utf8(out.clone()).expect("utf8");
         assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{text}");
         assert!(text.contains("x-tandem-error: UO\r\n"), "{text}");

@@ -102,6 +102,11 @@ impl Body for ProxyBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.sent += d.len() as u64;
+                } else if let Some(t) = frame.trailers_ref() {
+                    // A gRPC answer's status is in its trailers.
+                    if let Some(r) = this.record_mut() {
+                        r.note_grpc_status(t);
+                    }
                 }
                 if this.is_end_stream() {
                     this.complete(false);

@@ -16,14 +16,23 @@
 //! | `DPE` | 400/405/408/413/414/417/431/501 | the client sent something invalid, too large or too slow, a method (`CONNECT` inbound), an expectation or a transfer coding tandem does not serve |
 //! | `DC` | (none) | the client went away mid-request |
 //! | `LR` | (none) | tandem cut the request itself (local reset): its connection was still open at the drain deadline, or at a second stop signal |
+//!
+//! A gRPC request (`content-type: application/grpc`, [`crate::base::grpc::is_grpc`]) gets the
+//! same error as a gRPC answer, as Envoy and Linkerd give it: HTTP 200, trailers-only (the
+//! head ends the stream), `grpc-status` from the table in [`crate::base::grpc`],
+//! `grpc-message` with the one-line text, and `x-tandem-error` as always.
 
+use crate::base::grpc;
 use crate::base::reason::Reason;
+use crate::telemetry::record::RequestRecord;
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 use std::net::SocketAddr;
 
 /// The header that marks every response tandem makes itself.
 pub const ERROR_HEADER: &str = "x-tandem-error";
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// Everything that can go wrong on the request path.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +113,21 @@ impl ProxyError {
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             ProxyError::ExpectationFailed { .. } => StatusCode::EXPECTATION_FAILED,
+        }
+    }
+
+    /// The `grpc-status` a gRPC client is answered with (the table in [`crate::base::grpc`]).
+    pub fn grpc_status(&self) -> u16 {
+        grpc::status_for(self.reason(), self.status().as_u16())
+    }
+
+    /// The status of the answer as sent: 200 for a gRPC request (its status is in
+    /// `grpc-status`), [`ProxyError::status`] otherwise.
+    pub fn answer_status(&self, grpc: bool) -> StatusCode {
+        if grpc {
+            StatusCode::OK
+        } else {
+            self.status()
         }
     }
 
@@ -188,9 +212,34 @@ fn describe_io(e: &std::io::Error) -> String {
     }
 }
 
+/// Notes `err` as the answer in a request's record: the status sent, the reason, and for a gRPC
+/// request the `grpc-status` it is given. True if the request is gRPC (answer it in that form).
+pub fn note_error(err: &ProxyError, record: Option<&mut RequestRecord>) -> bool {
+    let Some(r) = record else { return false };
+    r.response_code = err.answer_status(r.grpc).as_u16();
+    r.response_flags = Some(err.reason());
+    if r.grpc {
+        r.grpc_status = Some(err.grpc_status());
+    }
+    r.grpc
+}
+
 /// The one function that maps an error to the response tandem sends: its status, the
-/// `x-tandem-error` header, and a one-line plain-text body.
-pub fn error_response<B: From<Bytes>>(err: &ProxyError) -> Response<B> {
+/// `x-tandem-error` header, and a one-line plain-text body; to a gRPC request (`grpc`), HTTP 200
+/// with no body and the error in `grpc-status` and `grpc-message` (a trailers-only answer).
+pub fn error_response<B: From<Bytes>>(err: &ProxyError, grpc: bool) -> Response<B> {
+    if grpc {
+        let mut resp = Response::new(B::from(Bytes::new()));
+        let h = resp.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert(&GRPC_STATUS, HeaderValue::from(err.grpc_status()));
+        // Visible ASCII only after the encoding: always a valid value.
+        if let Ok(v) = HeaderValue::from_maybe_shared(grpc::encode_message(&err.to_string())) {
+            h.insert(&GRPC_MESSAGE, v);
+        }
+        h.insert(ERROR_HEADER, HeaderValue::from_static(err.reason().as_str()));
+        return resp;
+    }
     let mut body = err.to_string();
     body.push('\n');
     let mut resp = Response::new(B::from(Bytes::from(body)));
@@ -221,12 +270,27 @@ mod tests {
             (ProxyError::HeadersTooLarge { what: "x".into() }, 431, "DPE"),
         ];
         for (err, status, code) in cases {
-            let resp: Response<Bytes> = error_response(&err);
+            let resp: Response<Bytes> = error_response(&err, false);
             assert_eq!(resp.status().as_u16(), status, "{err}");
             assert_eq!(resp.headers()[ERROR_HEADER], code);
             let body = resp.body();
             assert!(body.ends_with(b"\n") && !body[..body.len() - 1].contains(&b'\n'));
         }
+    }
+
+    #[test]
+    fn a_grpc_request_gets_a_trailers_only_answer() {
+        let err = ProxyError::UpstreamTimeout { upstream: "127.0.0.1:8080".into(), timeout_ms: 250 };
+        let resp: Response<Bytes> = error_response(&err, true);
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.body().is_empty());
+        let h = resp.headers();
+        assert_eq!(h["content-type"], "application/grpc");
+        assert_eq!(h["grpc-status"], "4");
+        assert_eq!(h["grpc-message"], "upstream timed out (UT): no response from 127.0.0.1:8080 within 250ms");
+        assert_eq!(h[ERROR_HEADER], "UT");
+        assert_eq!(err.answer_status(true), StatusCode::OK);
+        assert_eq!(err.answer_status(false), StatusCode::GATEWAY_TIMEOUT);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::base::reason::Direction;
 use crate::config::Inbound as InboundConfig;
 use crate::proxy::admission::Admission;
 use crate::proxy::body::ProxyBody;
-use crate::proxy::error::{error_response, ProxyError};
+use crate::proxy::error::{error_response, note_error, ProxyError};
 use crate::proxy::headers;
 use crate::telemetry::record::{Finish, RequestRecord};
 use crate::telemetry::Telemetry;
@@ -349,6 +349,7 @@ impl InboundProxy {
             if let Some(r) = finish.record_mut() {
                 r.upstream_service_time = Some(sent_at.elapsed());
                 r.response_code = parts.status.as_u16();
+                r.note_grpc_status(&parts.headers);
             }
             headers::strip_hop_by_hop(&mut parts.headers, false);
             if h1_trailers {
@@ -358,7 +359,6 @@ impl InboundProxy {
         }
     }
 
-    /// Answers with tandem's own error response, logging upstream failures (rate-limited).
     /// The error for a request the codec's client could not get an answer to.
     pub(crate) fn app_error(&self, err: crate::upstream::http1::SendError) -> ProxyError {
         let upstream = self.app.to_string();
@@ -382,23 +382,23 @@ impl InboundProxy {
         }
     }
 
+    /// Answers with tandem's own error response (in gRPC's form to a gRPC request), logging
+    /// upstream failures (rate-limited).
     fn fail(&self, err: ProxyError, mut finish: Finish) -> Response<ProxyBody> {
-        let resp: Response<ProxyBody> = error_response(&err);
-        self.fail_record(&err, &mut finish);
+        let grpc = self.fail_record(&err, &mut finish);
+        let resp: Response<ProxyBody> = error_response(&err, grpc);
         let (parts, body) = resp.into_parts();
         Response::from_parts(parts, body.with_finish(finish))
     }
 
     /// Notes an error answer in the request's record, and logs upstream failures
-    /// (rate-limited).
-    pub(crate) fn fail_record(&self, err: &ProxyError, finish: &mut Finish) {
-        if let Some(r) = finish.record_mut() {
-            r.response_code = err.status().as_u16();
-            r.response_flags = Some(err.reason());
-        }
+    /// (rate-limited). True if the request is gRPC (answer it in that form).
+    pub(crate) fn fail_record(&self, err: &ProxyError, finish: &mut Finish) -> bool {
+        let grpc = note_error(err, finish.record_mut());
         if err.status().is_server_error() {
             self.errors.warn(err.reason().as_str(), err);
         }
+        grpc
     }
 }
 

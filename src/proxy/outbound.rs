@@ -33,7 +33,7 @@ use crate::config::Outbound as OutboundConfig;
 use crate::lifecycle::shutdown::Tracker;
 use crate::proxy::admission::Admission;
 use crate::proxy::body::ProxyBody;
-use crate::proxy::error::{error_response, ProxyError};
+use crate::proxy::error::{error_response, note_error, ProxyError};
 use crate::proxy::headers;
 use crate::telemetry::record::{Finish, RequestRecord};
 use crate::telemetry::Telemetry;
@@ -248,6 +248,9 @@ impl OutboundProxy {
             }
         }
         headers::strip_hop_by_hop(resp.headers_mut(), upgraded);
+        if let Some(r) = finish.record_mut() {
+            r.note_grpc_status(resp.headers());
+        }
         let (parts, body) = resp.into_parts();
         Response::from_parts(parts, ProxyBody::upstream(body).with_finish(finish))
     }
@@ -378,11 +381,8 @@ impl OutboundProxy {
     /// Answers with tandem's own error response; upstream failures and denials go to tandem's own
     /// log too (rate-limited), every one to the access log.
     fn fail(&self, err: ProxyError, mut finish: Finish) -> Response<ProxyBody> {
-        let resp: Response<ProxyBody> = error_response(&err);
-        if let Some(r) = finish.record_mut() {
-            r.response_code = resp.status().as_u16();
-            r.response_flags = Some(err.reason());
-        }
+        let grpc = note_error(&err, finish.record_mut());
+        let resp: Response<ProxyBody> = error_response(&err, grpc);
         if err.status().is_server_error() || err.reason() == Reason::NR {
             self.errors.warn(err.reason().as_str(), &format_args!("outbound: {err}"));
         }

@@ -667,7 +667,15 @@ pub fn format_json(r: &RequestRecord, out: &mut Vec<u8>) {
         Some(t) => json_str(t.as_bytes(), out),
         None => out.extend_from_slice(b"null"),
     }
-    // Plaintext lines carry exactly DESIGN.md's keys; TLS adds its three.
+    // Plaintext lines carry exactly DESIGN.md's keys; a gRPC request adds `grpc_status`, TLS
+    // its three.
+    if r.grpc {
+        out.extend_from_slice(b",\"grpc_status\":");
+        match r.grpc_status {
+            Some(s) => push_u64(out, u64::from(s)),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
     if let Some(t) = &r.tls {
         let _ = write!(out, ",\"tls_version\":\"{}\",\"alpn\":", t.version);
         match t.alpn {

@@ -99,15 +99,22 @@ impl Telemetry {
         err: &(dyn std::error::Error + 'static),
     ) -> bool {
         let Some(status) = codec_refusal(err) else { return false };
-        self.refused(direction, peer, status, http::Version::HTTP_11);
+        self.refused(direction, peer, status, http::Version::HTTP_11, None);
         true
     }
 
     /// Logs and counts a request refused before tandem's stack saw it (by hyper's HTTP/1.1
     /// parser, or by [`crate::h2::server`] for a malformed HTTP/2 request): one access-log line
     /// with method `-`, `status`, `DPE` and the connection's protocol, and one count in the
-    /// metrics.
-    pub fn refused(&self, direction: Direction, peer: SocketAddr, status: u16, protocol: http::Version) {
+    /// metrics. `grpc_status`: the request was gRPC and was answered with that status.
+    pub fn refused(
+        &self,
+        direction: Direction,
+        peer: SocketAddr,
+        status: u16,
+        protocol: http::Version,
+        grpc_status: Option<u16>,
+    ) {
         let record = RequestRecord {
             method: http::Method::from_bytes(b"-").unwrap_or_default(),
             response_code: status,
@@ -117,6 +124,8 @@ impl Telemetry {
                 Direction::Outbound => "-",
             },
             protocol,
+            grpc: grpc_status.is_some(),
+            grpc_status,
             ..RequestRecord::empty(direction, peer)
         };
         self.request_started(direction);

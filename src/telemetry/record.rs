@@ -1,6 +1,7 @@
 //! The record of one request as it crosses the proxy, and its completion report: when the response
 //! ends (or the client goes away) the record goes once to the metrics and the access log.
 
+use crate::base::grpc;
 use crate::base::reason::Direction;
 use crate::base::reason::Reason;
 use crate::telemetry::Telemetry;
@@ -16,6 +17,7 @@ pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-req
 pub static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 /// Looked up by a ready-made name: a `&str` key is parsed and validated on every lookup.
 static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// What is known about one request; cheap to fill (header values are reference-counted bytes).
 #[derive(Debug)]
@@ -49,6 +51,12 @@ pub struct RequestRecord {
     pub traceparent: Option<HeaderValue>,
     /// What TLS negotiated on the downstream connection (absent in plaintext).
     pub tls: Option<Arc<crate::base::conn::ConnTls>>,
+    /// A gRPC request ([`grpc::is_grpc`]): tandem answers it in gRPC's form, and its line
+    /// carries `grpc_status`.
+    pub grpc: bool,
+    /// The `grpc-status` the client was given: the app's (in its answer's head or trailers) or
+    /// that of tandem's own answer.
+    pub grpc_status: Option<u16>,
     /// The strings already sit in a buffer of the record's own ([`RequestRecord::set_strings`]):
     /// [`RequestRecord::detach`] has nothing to do.
     pub detached: bool,
@@ -86,6 +94,7 @@ impl RequestRecord {
             user_agent: req.headers.get(http::header::USER_AGENT).cloned(),
             request_id: req.headers.get(&X_REQUEST_ID).filter(|v| !v.is_empty()).cloned(),
             traceparent: req.headers.get(&TRACEPARENT).cloned(),
+            grpc: req.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| grpc::is_grpc(v.as_bytes())),
             ..Self::empty(direction, peer)
         }
     }
@@ -116,7 +125,19 @@ impl RequestRecord {
             request_id: None,
             traceparent: None,
             tls: None,
+            grpc: false,
+            grpc_status: None,
             detached: false,
+        }
+    }
+
+    /// Takes the app's `grpc-status` from an answer's head (a trailers-only answer) or its
+    /// trailers, for a gRPC request; nothing is looked up for any other.
+    pub fn note_grpc_status(&mut self, fields: &http::HeaderMap) {
+        if self.grpc {
+            if let Some(s) = fields.get(&GRPC_STATUS).and_then(|v| grpc::parse_status(v.as_bytes())) {
+                self.grpc_status = Some(s);
+            }
         }
     }
 
@@ -286,6 +307,13 @@ impl Finish {
         }
         if client_gone && r.response_flags.is_none() {
             r.response_flags = Some(self.telemetry.cut_reason());
+        }
+        // A gRPC request that ended with no status sent (the client left, tandem cut it, the
+        // app's body broke off): the status of its reason, from the one table.
+        if r.grpc && r.grpc_status.is_none() {
+            if let Some(reason) = r.response_flags {
+                r.grpc_status = Some(grpc::status_for(reason, r.response_code));
+            }
         }
         self.telemetry.request_finished(&r);
         self.telemetry.log(r);
