@@ -273,13 +273,23 @@ pub async fn try_get_owned(url: String) -> Option<(http::StatusCode, Bytes)> {
 // ---- observability helpers -------------------------------------------------------------------
 
 /// Polls `f` every 10 ms until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub async fn poll<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    match poll_for(timeout, f).await {
+        Some(v) => v,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// Polls `f` every 10 ms until it returns `Some`, or gives `None` after `timeout`.
+pub async fn poll_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
-        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
