@@ -6,14 +6,15 @@ use crate::cli::{AwaitArgs, CheckArgs, ConfigArgs, CopySelfArgs, DemoArgs, EchoA
 use crate::config::{Config, Loaded, Sources};
 use std::process::ExitCode;
 
-/// Loads the configuration from the file, the process environment and the flags.
-pub fn load(args: &ConfigArgs) -> Result<Loaded, crate::config::Problems> {
+/// Loads the configuration from the file, the process environment and the flags; with it, the
+/// warnings about `TANDEM_*` variables that name no key, whether it loads or not.
+pub fn load(args: &ConfigArgs) -> (Result<Loaded, crate::config::Problems>, Vec<String>) {
     let sources = Sources {
         file: args.config.clone(),
         env: std::env::vars().filter(|(k, _)| k.starts_with("TANDEM_")).collect(),
         flags: args.overrides(),
     };
-    Config::load_checking(&sources, crate::listener::tls::check_config_files)
+    (Config::load_checking(&sources, crate::listener::tls::check_config_files), sources.unknown_variables())
 }
 
 fn report(problems: &crate::config::Problems) {
@@ -53,10 +54,14 @@ fn raise_nofile_limit() {
 
 /// `tandem check`: every problem with its key and exit 1, or the effective configuration and exit 0.
 pub fn check(args: &CheckArgs) -> ExitCode {
-    match load(&args.config) {
+    let (loaded, warnings) = load(&args.config);
+    for warning in &warnings {
+        eprintln!("tandem: warning: {warning}");
+    }
+    match loaded {
         Ok(loaded) => {
-            for name in &loaded.ignored_env {
-                eprintln!("tandem: note: {name} names no configuration key; ignored");
+            for note in &loaded.notes {
+                eprintln!("tandem: {note}");
             }
             print!("{}", loaded.config.to_yaml());
             if let Some(tls) = &loaded.config.inbound.tls {
@@ -76,17 +81,24 @@ pub fn check(args: &CheckArgs) -> ExitCode {
 
 /// `tandem run`: validate, then bind everything, then serve until stopped.
 pub fn run(args: &RunArgs) -> ExitCode {
-    let loaded = match load(&args.config) {
+    let (loaded, warnings) = load(&args.config);
+    let loaded = match loaded {
         Ok(l) => l,
         Err(p) => {
+            for warning in &warnings {
+                eprintln!("tandem: warning: {warning}");
+            }
             report(&p);
             return ExitCode::FAILURE;
         }
     };
     let config = loaded.config;
     let log = crate::telemetry::logging::init(&config.log.level, config.log.format);
-    for name in &loaded.ignored_env {
-        tracing::warn!(variable = %name, "environment variable names no configuration key; ignored");
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
+    for note in &loaded.notes {
+        tracing::info!("{note}");
     }
     raise_nofile_limit();
     // One event loop per worker: this thread runs the first (with admin and outbound), and each

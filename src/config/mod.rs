@@ -1,22 +1,19 @@
 //! Configuration: the serde structs, their production defaults, loading (file, then `TANDEM_*`
-//! environment, then flags), and validation that names the key of every problem.
+//! environment, then flags; see [`load`]), and validation that names the key of every problem.
 //!
-//! Loading works on a YAML value tree first, so that every source speaks the same key paths:
-//!
-//! 1. the file (if any) is parsed into a tree;
-//! 2. every `TANDEM_<KEY_PATH>` environment variable for a known key is laid over it
-//!    (`TANDEM_INBOUND_TIMEOUTS_CONNECT=250ms` sets `inbound.timeouts.connect`);
-//! 3. flags are laid over that, by the same key paths;
-//! 4. keys the tree has but the defaults do not are all reported ("unknown key");
-//! 5. the tree is deserialized (`deny_unknown_fields` as a backstop, type errors carry their path);
-//! 6. [`Config::validate`] checks values (durations, sizes, addresses, ranges) and reports them all.
+//! The rules every source shares: a duration of 0 turns the two `idle` timeouts off and is refused
+//! for every other duration (no timeout fires at once); a list takes a YAML sequence, or one
+//! comma-separated string (what a variable or a flag can carry); `inbound.app` takes an IP address
+//! or a host name resolved at start, the listen addresses an IP address.
 
+pub mod load;
 pub mod policy;
+
+pub use load::{env_name, Loaded, Sources};
 
 use crate::config::policy::Rule;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
-use serde_yaml_ng::Value;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -141,10 +138,8 @@ pub struct Outbound {
     /// Destinations the app may reach; empty allows every destination not denied. Patterns are
     /// `HOST[:PORTS]` (see [`crate::config::policy`]); a YAML list, or one comma-separated string (for
     /// `TANDEM_OUTBOUND_ALLOW`).
-    #[serde(deserialize_with = "patterns")]
     pub allow: Vec<Human<Rule>>,
     /// Destinations the app may never reach; a match here wins over `allow`.
-    #[serde(deserialize_with = "patterns")]
     pub deny: Vec<Human<Rule>>,
     pub timeouts: Timeouts,
     pub limits: Limits,
@@ -171,6 +166,77 @@ pub struct AccessLog {
     pub max_files: usize,
     /// Lines queued for the writer before new ones are dropped (and counted).
     pub queue: usize,
+}
+
+/// Where access-log lines go: the one reading of `access_log.destination`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+impl Destination {
+    /// `off` (or empty), `stdout` (or `-`), anything else is a file path.
+    pub fn parse(s: &str) -> Self {
+        match s.trim() {
+            "off" | "" => Destination::Off,
+            "stdout" | "-" => Destination::Stdout,
+            p => Destination::File(PathBuf::from(p)),
+        }
+    }
+}
+
+/// What `tandem run` needs of an access-log file, checked without creating it: a file it can
+/// append to, or a directory it can create the file in.
+fn check_log_file(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => return Err(format!("{} is a directory", path.display())),
+        Ok(_) => {
+            // Opening for append without writing changes nothing in the file.
+            return std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map(drop)
+                .map_err(|e| format!("cannot open {} for writing: {e}", path.display()));
+        }
+        // Not there (or a parent is a file): the directory says why below.
+        Err(e) if !matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            return Err(format!("cannot read {}: {e}", path.display()));
+        }
+        Err(_) => {}
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => writable_dir(dir),
+        Ok(_) => Err(format!("{} is not a directory", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(format!("directory {} does not exist (tandem creates the file, not its directory)", dir.display()))
+        }
+        Err(e) => Err(format!("cannot read directory {}: {e}", dir.display())),
+    }
+}
+
+/// Whether this process may create a file in `dir` (asked of the kernel, so that no file is made).
+#[cfg(unix)]
+fn writable_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c =
+        std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| format!("{} has a NUL byte", dir.display()))?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call; access(2) only reads it.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(format!("cannot create a file in {}: {}", dir.display(), std::io::Error::last_os_error()))
+    }
+}
+
+#[cfg(not(unix))]
+fn writable_dir(_dir: &Path) -> Result<(), String> {
+    Ok(())
 }
 
 /// Access log line format.
@@ -313,11 +379,22 @@ impl Default for Readiness {
 pub struct Problem {
     pub key: String,
     pub message: String,
+    /// The variable (`TANDEM_...`) or "a flag" that set the key, when not the file.
+    pub source: Option<String>,
+}
+
+impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into(), source: None }
+    }
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
+        match &self.source {
+            Some(source) => write!(f, "{} (set by {source}): {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
     }
 }
 
@@ -343,79 +420,10 @@ impl fmt::Display for Problems {
 impl std::error::Error for Problems {}
 
 fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
-    Problem { key: key.into(), message: message.into() }
-}
-
-/// Where the configuration comes from: an optional file, the environment, and flag overrides.
-#[derive(Debug, Default, Clone)]
-pub struct Sources {
-    /// `-c FILE`.
-    pub file: Option<std::path::PathBuf>,
-    /// Environment variables as (name, value) pairs; only `TANDEM_*` ones are looked at.
-    pub env: Vec<(String, String)>,
-    /// Flag overrides as (dotted key path, value).
-    pub flags: Vec<(String, String)>,
-}
-
-/// What loading produced besides the configuration: notes worth a warning.
-#[derive(Debug, Default, Clone)]
-pub struct Loaded {
-    pub config: Config,
-    /// `TANDEM_*` variables that name no key (Kubernetes injects `<SERVICE>_PORT` variables, so
-    /// these are warnings, not errors).
-    pub ignored_env: Vec<String>,
+    Problem::new(key, message)
 }
 
 impl Config {
-    /// Loads and validates a configuration from its sources; every problem is reported at once.
-    pub fn load(sources: &Sources) -> Result<Loaded, Problems> {
-        Self::load_checking(sources, |_| Ok(()))
-    }
-
-    /// [`Config::load`], with `files` checking the TLS material the configuration names (the
-    /// listener's loader, passed in so that configuration depends on no layer above it): its
-    /// problems are reported with every other one.
-    pub fn load_checking(sources: &Sources, files: FileCheck) -> Result<Loaded, Problems> {
-        let mut tree = match &sources.file {
-            Some(path) => read_file(path)?,
-            None => Value::Mapping(Default::default()),
-        };
-        if tree.is_null() {
-            tree = Value::Mapping(Default::default());
-        }
-        let mut template = Config::default();
-        template.inbound.tls = Some(InboundTls::template());
-        let defaults =
-            serde_yaml_ng::to_value(template).map_err(|e| Problems(vec![problem("(defaults)", e.to_string())]))?;
-        let mut leaves = Vec::new();
-        leaf_paths(&defaults, &mut Vec::new(), &mut leaves);
-
-        let mut problems = Vec::new();
-        let mut ignored_env = Vec::new();
-        for (name, value) in &sources.env {
-            let Some(rest) = name.strip_prefix("TANDEM_") else { continue };
-            match leaves.iter().find(|path| env_name(path) == rest) {
-                Some(path) => set_path(&mut tree, path, scalar(value), &mut problems, name),
-                None => ignored_env.push(name.clone()),
-            }
-        }
-        for (key, value) in &sources.flags {
-            let path: Vec<String> = key.split('.').map(str::to_owned).collect();
-            set_path(&mut tree, &path, scalar(value), &mut problems, key);
-        }
-        unknown_keys(&tree, &defaults, &mut Vec::new(), &mut problems);
-        if !problems.is_empty() {
-            return Err(Problems(problems));
-        }
-        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
-            let path = e.path().to_string();
-            let key = if path == "." { "(root)".to_owned() } else { path };
-            Problems(vec![problem(key, clean_serde_message(&e.inner().to_string()))])
-        })?;
-        config.validate(files)?;
-        Ok(Loaded { config, ignored_env })
-    }
-
     /// Checks every value, and with `files` the TLS files; returns all problems, each named by
     /// its key path.
     pub fn validate(&self, files: FileCheck) -> Result<(), Problems> {
@@ -431,7 +439,7 @@ impl Config {
         check_patterns("outbound.deny", &self.outbound.deny, &mut p);
         self.admin.listen.check("admin.listen", &mut p);
         if let Some(tls) = &self.inbound.tls {
-            tls.handshake_timeout.check("inbound.tls.handshake_timeout", &mut p);
+            tls.handshake_timeout.check_above_zero("inbound.tls.handshake_timeout", &mut p);
             if !tls.allowed_identities.is_empty() && tls.client_ca.is_none() {
                 p.push(problem(
                     "inbound.tls.allowed_identities",
@@ -443,7 +451,7 @@ impl Config {
             }
         }
         self.access_log.max_size.check("access_log.max_size", &mut p);
-        self.shutdown.drain_timeout.check("shutdown.drain_timeout", &mut p);
+        self.shutdown.drain_timeout.check_above_zero("shutdown.drain_timeout", &mut p);
 
         if self.outbound.listen.is_valid()
             && !self.outbound.listen.value.ip().is_loopback()
@@ -458,9 +466,12 @@ impl Config {
                 ),
             ));
         }
-        let d = self.access_log.destination.trim();
-        if d.is_empty() {
+        if self.access_log.destination.trim().is_empty() {
             p.push(problem("access_log.destination", "must be stdout, off, or a file path"));
+        } else if let Destination::File(path) = Destination::parse(&self.access_log.destination) {
+            if let Err(e) = check_log_file(&path) {
+                p.push(problem("access_log.destination", e));
+            }
         }
         if self.access_log.max_files == 0 {
             p.push(problem("access_log.max_files", "must be at least 1"));
@@ -507,16 +518,12 @@ impl Config {
 
 impl Timeouts {
     fn check(&self, prefix: &str, p: &mut Vec<Problem>) {
-        self.header_read.check(&format!("{prefix}.header_read"), p);
-        self.connect.check(&format!("{prefix}.connect"), p);
-        self.response.check(&format!("{prefix}.response"), p);
+        self.header_read.check_above_zero(&format!("{prefix}.header_read"), p);
+        self.connect.check_above_zero(&format!("{prefix}.connect"), p);
+        self.response.check_above_zero(&format!("{prefix}.response"), p);
+        // The one duration 0 turns off: a connection that moves nothing is never closed for it.
         self.idle.check(&format!("{prefix}.idle"), p);
-        self.upstream_idle.check(&format!("{prefix}.upstream_idle"), p);
-        for (name, d) in [("header_read", &self.header_read), ("connect", &self.connect)] {
-            if d.is_valid() && d.value.is_zero() {
-                p.push(problem(format!("{prefix}.{name}"), "must be greater than 0"));
-            }
-        }
+        self.upstream_idle.check_above_zero(&format!("{prefix}.upstream_idle"), p);
     }
 }
 
@@ -548,128 +555,6 @@ fn check_patterns(key: &str, list: &[Human<Rule>], p: &mut Vec<Problem>) {
     }
 }
 
-/// A list of destination patterns: a YAML sequence, or one comma-separated string (what an
-/// environment variable or a flag can carry).
-fn patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Human<Rule>>, D::Error> {
-    struct V;
-    impl<'de> de::Visitor<'de> for V {
-        type Value = Vec<Human<Rule>>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a list of destination patterns, or one comma-separated string")
-        }
-        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-            let parse = |t: &str| match t.parse() {
-                Ok(r) => Human::new(r),
-                Err(_) => Human { value: Rule::placeholder(), invalid: Some(t.to_owned()) },
-            };
-            Ok(s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(parse).collect())
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(h) = seq.next_element::<Human<Rule>>()? {
-                out.push(h);
-            }
-            Ok(out)
-        }
-    }
-    d.deserialize_any(V)
-}
-
-fn read_file(path: &Path) -> Result<Value, Problems> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Problems(vec![problem("(file)", format!("cannot read {}: {e}", path.display()))]))?;
-    serde_yaml_ng::from_str(&text).map_err(|e| {
-        let at = e.location().map(|l| format!(" at line {} column {}", l.line(), l.column())).unwrap_or_default();
-        Problems(vec![problem("(file)", format!("{} is not valid YAML{at}: {e}", path.display()))])
-    })
-}
-
-/// serde's messages end with location hints that mean nothing once we name the key ourselves.
-fn clean_serde_message(msg: &str) -> String {
-    match msg.find(" at line ") {
-        Some(i) => msg[..i].to_owned(),
-        None => msg.to_owned(),
-    }
-}
-
-/// The environment variable suffix for a key path: `inbound.timeouts.connect` → `INBOUND_TIMEOUTS_CONNECT`.
-pub fn env_name(path: &[String]) -> String {
-    path.join("_").to_ascii_uppercase()
-}
-
-/// Every leaf key path of the defaults (what can be set from the environment).
-pub fn leaf_paths(v: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
-    match v {
-        Value::Mapping(m) if !m.is_empty() => {
-            for (k, child) in m {
-                if let Some(k) = k.as_str() {
-                    prefix.push(k.to_owned());
-                    leaf_paths(child, prefix, out);
-                    prefix.pop();
-                }
-            }
-        }
-        _ => out.push(prefix.clone()),
-    }
-}
-
-/// An environment or flag value: YAML scalars (`true`, `12`, `[a, b]`), else the plain string.
-fn scalar(s: &str) -> Value {
-    let t = s.trim();
-    if t.starts_with('[') || t == "true" || t == "false" || t.parse::<i64>().is_ok() {
-        if let Ok(v) = serde_yaml_ng::from_str::<Value>(t) {
-            return v;
-        }
-    }
-    Value::String(s.to_owned())
-}
-
-fn set_path(tree: &mut Value, path: &[String], value: Value, problems: &mut Vec<Problem>, source: &str) {
-    let mut node = tree;
-    for (i, key) in path.iter().enumerate() {
-        if !node.is_mapping() {
-            if node.is_null() {
-                *node = Value::Mapping(Default::default());
-            } else {
-                problems.push(problem(path[..i].join("."), format!("is not a section, cannot set {source}")));
-                return;
-            }
-        }
-        let Value::Mapping(map) = node else { return };
-        let k = Value::String(key.clone());
-        if i + 1 == path.len() {
-            map.insert(k, value);
-            return;
-        }
-        node = map.entry(k).or_insert(Value::Null);
-    }
-}
-
-fn unknown_keys(v: &Value, d: &Value, path: &mut Vec<String>, problems: &mut Vec<Problem>) {
-    let (Value::Mapping(m), Value::Mapping(dm)) = (v, d) else { return };
-    if dm.is_empty() {
-        return;
-    }
-    for (k, child) in m {
-        let name = match k.as_str() {
-            Some(s) => s.to_owned(),
-            None => format!("{k:?}"),
-        };
-        path.push(name.clone());
-        match dm.get(k) {
-            Some(dchild) => unknown_keys(child, dchild, path, problems),
-            None => {
-                let known: Vec<&str> = dm.keys().filter_map(Value::as_str).collect();
-                problems.push(problem(path.join("."), format!("unknown key (expected one of: {})", known.join(", "))));
-            }
-        }
-        path.pop();
-    }
-}
-
 /// A value written in human units in the file (`250ms`, `64KiB`, `0.0.0.0:15006`). A value that
 /// does not parse is kept as written and reported by [`Config::validate`] under its key.
 #[derive(Clone, PartialEq, Eq)]
@@ -690,7 +575,20 @@ impl<T> Human<T> {
 impl<T: HumanUnit> Human<T> {
     fn check(&self, key: &str, p: &mut Vec<Problem>) {
         if let Some(raw) = &self.invalid {
-            p.push(problem(key, format!("invalid {} {raw:?}", T::KIND)));
+            match T::hint(raw) {
+                Some(hint) => p.push(problem(key, format!("invalid {} {raw:?}: {hint}", T::KIND))),
+                None => p.push(problem(key, format!("invalid {} {raw:?}", T::KIND))),
+            }
+        }
+    }
+}
+
+impl Human<Duration> {
+    /// [`Human::check`], and 0 refused: only the `idle` timeouts can be turned off.
+    fn check_above_zero(&self, key: &str, p: &mut Vec<Problem>) {
+        self.check(key, p);
+        if self.is_valid() && self.value.is_zero() {
+            p.push(problem(key, "must be greater than 0 (0 turns off only the idle timeouts)"));
         }
     }
 }
@@ -719,6 +617,10 @@ pub trait HumanUnit: Sized {
     const KIND: &'static str;
     fn parse_human(s: &str) -> Option<Self>;
     fn render(&self) -> String;
+    /// What to say after "invalid KIND "raw"" when there is more to say.
+    fn hint(_raw: &str) -> Option<String> {
+        None
+    }
 }
 
 impl<T: HumanUnit> Serialize for Human<T> {
@@ -787,6 +689,13 @@ impl HumanUnit for SocketAddr {
     }
     fn render(&self) -> String {
         self.to_string()
+    }
+    fn hint(raw: &str) -> Option<String> {
+        // A listen address is bound, not resolved (`inbound.app` is resolved before this).
+        let (host, port) = raw.trim().rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        (!host.is_empty() && host.parse::<std::net::IpAddr>().is_err())
+            .then(|| format!("a listen address needs an IP address and a port, such as 0.0.0.0:{port}"))
     }
 }
 
@@ -953,11 +862,5 @@ mod tests {
         assert_eq!(parse_size("512"), Some(512));
         assert_eq!(parse_size("lots"), None);
         assert_eq!(ByteSize(65536).render(), "64KiB");
-    }
-
-    #[test]
-    fn env_names_follow_key_paths() {
-        let path: Vec<String> = ["inbound", "timeouts", "connect"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(env_name(&path), "INBOUND_TIMEOUTS_CONNECT");
     }
 }

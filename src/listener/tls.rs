@@ -77,7 +77,7 @@ pub fn check_files(tls: &InboundTls) -> Result<Summary, TlsError> {
 
 /// [`check_files`] as configuration validation takes it ([`crate::config::FileCheck`]).
 pub fn check_config_files(tls: &InboundTls) -> Result<(), crate::config::Problem> {
-    check_files(tls).map(|_| ()).map_err(|e| crate::config::Problem { key: e.key.to_owned(), message: e.message })
+    check_files(tls).map(|_| ()).map_err(|e| crate::config::Problem::new(e.key, e.message))
 }
 
 fn load(tls: &InboundTls) -> Result<Loaded, TlsError> {

@@ -45,24 +45,8 @@ const WRITE_CHUNK: usize = 64 * 1024;
 /// At most one warning about dropped lines per this many seconds.
 const DROP_WARNING_SECS: u64 = 5;
 
-/// Where lines go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Destination {
-    Off,
-    Stdout,
-    File(PathBuf),
-}
-
-impl Destination {
-    /// `off` (or empty), `stdout` (or `-`), anything else is a file path.
-    pub fn parse(s: &str) -> Self {
-        match s.trim() {
-            "off" | "" => Destination::Off,
-            "stdout" | "-" => Destination::Stdout,
-            p => Destination::File(PathBuf::from(p)),
-        }
-    }
-}
+/// Where lines go (read from the configuration, which owns what each word means).
+pub use crate::config::Destination;
 
 /// The request path's handle on the access log.
 pub struct AccessLog {
