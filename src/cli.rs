@@ -31,7 +31,7 @@ pub enum Command {
     Echo(EchoArgs),
     /// Validate a configuration like `nginx -t`: every problem with its key; exit 0 or 1; nothing bound.
     #[command(
-        after_help = "Examples:\n  tandem check -c tandem.yaml\n  TANDEM_INBOUND_APP=127.0.0.1:9090 tandem check"
+        after_help = "Examples:\n  tandem check -c tandem.yaml\n  TANDEM_INBOUND_APP=127.0.0.1:9090 tandem check\n  tandem check --syntax-only -c deploy/tandem.yaml   # in CI, away from the pod's files"
     )]
     Check(CheckArgs),
     /// Wait until the proxy is ready; then optionally run a command, passing signals through, and
@@ -53,7 +53,7 @@ pub struct ConfigArgs {
     /// YAML configuration file.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address of the app (inbound.app).
+    /// Address of the app: IP:PORT, or NAME:PORT resolved once at start (inbound.app).
     #[arg(long, value_name = "ADDR")]
     pub app: Option<String>,
     /// Protocol spoken to the app: http1 or http2 (inbound.app_protocol).
@@ -86,7 +86,7 @@ pub struct ConfigArgs {
     /// Upstream connect timeout (inbound.timeouts.connect).
     #[arg(long, value_name = "DURATION")]
     pub connect_timeout: Option<String>,
-    /// Upstream response timeout (inbound.timeouts.response).
+    /// Upstream response timeout, above 0 (inbound.timeouts.response).
     #[arg(long, value_name = "DURATION")]
     pub response_timeout: Option<String>,
     /// Request-head read timeout (inbound.timeouts.header_read).
@@ -150,6 +150,10 @@ pub struct RunArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// Check the configuration only: resolve no host name and look at no file it names (the TLS
+    /// files, the access-log directory), for a configuration checked where it will not run (CI).
+    #[arg(long)]
+    pub syntax_only: bool,
 }
 
 #[derive(Debug, Args)]

@@ -6,15 +6,21 @@ use crate::cli::{AwaitArgs, CheckArgs, ConfigArgs, CopySelfArgs, DemoArgs, EchoA
 use crate::config::{Config, Loaded, Sources};
 use std::process::ExitCode;
 
-/// Loads the configuration from the file, the process environment and the flags; with it, the
-/// warnings about `TANDEM_*` variables that name no key, whether it loads or not.
-pub fn load(args: &ConfigArgs) -> (Result<Loaded, crate::config::Problems>, Vec<String>) {
+/// Loads the configuration from the file, the process environment and the flags (`syntax_only`:
+/// looking at no file or name outside it); with it, the warnings about `TANDEM_*` variables that
+/// name no key, whether it loads or not.
+pub fn load(args: &ConfigArgs, syntax_only: bool) -> (Result<Loaded, crate::config::Problems>, Vec<String>) {
     let sources = Sources {
         file: args.config.clone(),
         env: std::env::vars().filter(|(k, _)| k.starts_with("TANDEM_")).collect(),
         flags: args.overrides(),
     };
-    (Config::load_checking(&sources, crate::listener::tls::check_config_files), sources.unknown_variables())
+    let loaded = if syntax_only {
+        Config::load_syntax(&sources)
+    } else {
+        Config::load_checking(&sources, crate::listener::tls::check_config_files)
+    };
+    (loaded, sources.unknown_variables())
 }
 
 fn report(problems: &crate::config::Problems) {
@@ -54,7 +60,7 @@ fn raise_nofile_limit() {
 
 /// `tandem check`: every problem with its key and exit 1, or the effective configuration and exit 0.
 pub fn check(args: &CheckArgs) -> ExitCode {
-    let (loaded, warnings) = load(&args.config);
+    let (loaded, warnings) = load(&args.config, args.syntax_only);
     for warning in &warnings {
         eprintln!("tandem: warning: {warning}");
     }
@@ -64,6 +70,10 @@ pub fn check(args: &CheckArgs) -> ExitCode {
                 eprintln!("tandem: {note}");
             }
             print!("{}", loaded.config.to_yaml());
+            if args.syntax_only {
+                eprintln!("tandem: configuration is valid (syntax only: no file or host name looked at)");
+                return ExitCode::SUCCESS;
+            }
             if let Some(tls) = &loaded.config.inbound.tls {
                 if let Ok(summary) = crate::listener::tls::check_files(tls) {
                     eprintln!("tandem: inbound.tls.cert: certificate expires {}", summary.expiry_text());
@@ -81,7 +91,7 @@ pub fn check(args: &CheckArgs) -> ExitCode {
 
 /// `tandem run`: validate, then bind everything, then serve until stopped.
 pub fn run(args: &RunArgs) -> ExitCode {
-    let (loaded, warnings) = load(&args.config);
+    let (loaded, warnings) = load(&args.config, false);
     let loaded = match loaded {
         Ok(l) => l,
         Err(p) => {

@@ -369,6 +369,20 @@ fn check_finds_an_access_log_that_run_could_not_open() {
     let (code, _, stderr) = tandem(&args(&["check", "--access-log", &missing.display().to_string()]), &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("access_log.destination (set by a flag): directory "), "{stderr}");
+
+    // Away from where it runs (CI), the syntax alone: no file looked at, no name resolved.
+    let (code, stdout, stderr) = tandem(
+        &args(&["check", "--syntax-only", "--access-log", &missing.display().to_string(), "--app", "app.example:8080"]),
+        &[("TANDEM_INBOUND_TLS_CERT", "/nonexistent/tls.crt"), ("TANDEM_INBOUND_TLS_KEY", "/nonexistent/tls.key")],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("syntax only"), "{stderr}");
+    assert!(stdout.contains("app: app.example:8080"), "{stdout}");
+    // The syntax is still checked.
+    let (code, _, stderr) = tandem(&args(&["check", "--syntax-only", "--app", "app.example", "--workers", "x"]), &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("inbound.app (set by a flag): \"app.example\" needs a port"), "{stderr}");
+    assert!(stderr.contains("runtime.workers (set by a flag): must be a whole number"), "{stderr}");
 }
 
 #[test]

@@ -13,12 +13,15 @@
 //!    commas (one rule for every list, whichever source set it).
 //! 5. The tree is deserialized; a value of the wrong type or a choice that is not one is reported
 //!    with its key and taken out, and deserializing starts again, so one bad value hides nothing.
-//! 6. `inbound.app` given as a host name is resolved (once: the request path holds an address).
-//! 7. [`Config::validate`] checks values and the files the run needs.
+//! 6. [`Config::validate`] checks values, and the TLS files.
+//! 7. What the run needs outside the configuration is looked at: `inbound.app` given as a host
+//!    name is resolved (once: the request path holds an address), and the access-log file must be
+//!    one tandem can open. [`Config::load_syntax`] (`tandem check --syntax-only`) skips this and
+//!    the TLS files, for a configuration checked away from where it runs.
 //!
 //! Each problem names its key, and where a variable or a flag set it, says so.
 
-use super::{problem, Config, FileCheck, Human, InboundTls, Problem, Problems};
+use super::{problem, Config, Destination, FileCheck, Human, InboundTls, Problem, Problems};
 use serde_yaml_ng::Value;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -67,6 +70,15 @@ pub struct Loaded {
 /// Resolves a host name and port to addresses (the system resolver, or a test's).
 type Resolver = fn(&str, u16) -> std::io::Result<Vec<SocketAddr>>;
 
+/// What loading looks at outside the configuration itself.
+#[derive(Clone, Copy)]
+struct Outside {
+    /// The TLS files an `inbound.tls` section names.
+    tls: FileCheck,
+    /// Resolves `inbound.app` and checks the access-log file; `None` checks the syntax only.
+    look: Option<Resolver>,
+}
+
 fn system_resolver(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
     (host, port).to_socket_addrs().map(Iterator::collect)
 }
@@ -78,18 +90,25 @@ const MAX_ROUNDS: usize = 256;
 impl Config {
     /// Loads and validates a configuration from its sources; every problem is reported at once.
     pub fn load(sources: &Sources) -> Result<Loaded, Problems> {
-        load(sources, |_| Ok(()), system_resolver)
+        load(sources, Outside { tls: |_| Ok(()), look: Some(system_resolver) })
     }
 
     /// [`Config::load`], with `files` checking the TLS material the configuration names (the
     /// listener's loader, passed in so that configuration depends on no layer above it): its
     /// problems are reported with every other one.
     pub fn load_checking(sources: &Sources, files: FileCheck) -> Result<Loaded, Problems> {
-        load(sources, files, system_resolver)
+        load(sources, Outside { tls: files, look: Some(system_resolver) })
+    }
+
+    /// [`Config::load`] without looking outside the configuration: no name is resolved and no
+    /// file looked at, so that a configuration can be checked on a machine it will not run on
+    /// (`tandem check --syntax-only`, as `promtool check config --syntax-only`).
+    pub fn load_syntax(sources: &Sources) -> Result<Loaded, Problems> {
+        load(sources, Outside { tls: |_| Ok(()), look: None })
     }
 }
 
-fn load(sources: &Sources, files: FileCheck, resolve: Resolver) -> Result<Loaded, Problems> {
+fn load(sources: &Sources, outside: Outside) -> Result<Loaded, Problems> {
     let mut tree = match &sources.file {
         Some(path) => read_file(path)?,
         None => Value::Mapping(Default::default()),
@@ -120,11 +139,22 @@ fn load(sources: &Sources, files: FileCheck, resolve: Resolver) -> Result<Loaded
     }
     walk(&mut tree, &defaults, &mut Vec::new(), &known, &mut problems);
     if let Some(mut config) = deserialize(&mut tree, &mut problems) {
-        resolve_app(&mut config.inbound.app, resolve, &mut problems, &mut loaded.notes);
-        if let Err(Problems(found)) = config.validate(files) {
-            // A key reported above (taken out, so holding its default now) is not reported twice.
-            let fresh: Vec<Problem> = found.into_iter().filter(|p| !problems.iter().any(|q| q.key == p.key)).collect();
-            problems.extend(fresh);
+        // Keys settled here are not reported again by validation: one taken out above holds its
+        // default now; an app name is resolved (or, checking the syntax only, well formed).
+        let mut settled: Vec<String> = problems.iter().map(|p| p.key.clone()).collect();
+        if config.inbound.app.invalid.is_some() {
+            settled.push(APP.to_owned());
+            resolve_app(&mut config.inbound.app, outside.look, &mut problems, &mut loaded.notes);
+        }
+        if let Err(Problems(found)) = config.validate(outside.tls) {
+            problems.extend(found.into_iter().filter(|p| !settled.contains(&p.key)));
+        }
+        if outside.look.is_some() {
+            if let Destination::File(path) = Destination::parse(&config.access_log.destination) {
+                if let Err(e) = check_log_file(&path) {
+                    problems.push(problem("access_log.destination", e));
+                }
+            }
         }
         loaded.config = config;
     }
@@ -253,6 +283,11 @@ fn walk(v: &mut Value, d: &Value, path: &mut Vec<String>, known: &[Vec<String>],
                     let items = s.split(',').map(str::trim).filter(|t| !t.is_empty());
                     *child = Value::Sequence(items.map(|t| Value::String(t.to_owned())).collect());
                 }
+                // A lone number or boolean is a list of one (`TANDEM_OUTBOUND_DENY=25` reads as YAML).
+                Value::Number(_) | Value::Bool(_) => {
+                    let text = serde_yaml_ng::to_string(child).map(|t| t.trim().to_owned()).unwrap_or_default();
+                    *child = Value::Sequence(vec![Value::String(text)]);
+                }
                 _ => {}
             },
             _ => {}
@@ -341,6 +376,9 @@ fn deserialize(tree: &mut Value, problems: &mut Vec<Problem>) -> Option<Config> 
                 _ => {}
             }
         }
+        if key.is_empty() {
+            key.push_str("(file)");
+        }
         let (key, message) = in_words(&key, &e.into_inner().to_string());
         problems.push(problem(key, message));
         if section.is_empty() || !remove_path(tree, &section) {
@@ -413,11 +451,19 @@ fn given_in_words(given: &str) -> String {
     }
 }
 
-/// Step 6: `inbound.app` written as `NAME:PORT` is resolved now, once, to the address the
+const APP: &str = "inbound.app";
+
+/// Step 7: `inbound.app` written as `NAME:PORT` is resolved now, once, to the address the
 /// request path uses (an IPv4 one when the name has both, as an app on loopback usually listens
-/// on 127.0.0.1); what cannot be an address says what is needed.
-fn resolve_app(app: &mut Human<SocketAddr>, resolve: Resolver, problems: &mut Vec<Problem>, notes: &mut Vec<String>) {
-    const KEY: &str = "inbound.app";
+/// on 127.0.0.1); what cannot be an address says what is needed. With no resolver (syntax
+/// only) a well-formed name passes as written.
+fn resolve_app(
+    app: &mut Human<SocketAddr>,
+    resolve: Option<Resolver>,
+    problems: &mut Vec<Problem>,
+    notes: &mut Vec<String>,
+) {
+    const KEY: &str = APP;
     let Some(raw) = app.invalid.clone() else { return };
     let written = raw.trim();
     let (host, port) = match written.rsplit_once(':') {
@@ -441,6 +487,7 @@ fn resolve_app(app: &mut Human<SocketAddr>, resolve: Resolver, problems: &mut Ve
             return;
         }
     };
+    let Some(resolve) = resolve else { return };
     match resolve(host, port) {
         Ok(addrs) => match addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()) {
             Some(addr) => {
@@ -468,6 +515,58 @@ fn is_host_name(s: &str) -> bool {
         && s.len() <= 253
         && s.split('.').all(label_ok)
         && !s.rsplit('.').next().is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Step 7: what `tandem run` needs of an access-log file, checked without creating it: a file it can
+/// append to, or a directory it can create the file in.
+fn check_log_file(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => return Err(format!("{} is a directory", path.display())),
+        Ok(_) => {
+            // Opening for append without writing changes nothing in the file.
+            return std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map(drop)
+                .map_err(|e| format!("cannot open {} for writing: {e}", path.display()));
+        }
+        // Not there (or a parent is a file): the directory says why below.
+        Err(e) if !matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            return Err(format!("cannot read {}: {e}", path.display()));
+        }
+        Err(_) => {}
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => writable_dir(dir),
+        Ok(_) => Err(format!("{} is not a directory", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(format!("directory {} does not exist (tandem creates the file, not its directory)", dir.display()))
+        }
+        Err(e) => Err(format!("cannot read directory {}: {e}", dir.display())),
+    }
+}
+
+/// Whether this process may create a file in `dir` (asked of the kernel, so that no file is made).
+#[cfg(unix)]
+fn writable_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c =
+        std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| format!("{} has a NUL byte", dir.display()))?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call; access(2) only reads it.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(format!("cannot create a file in {}: {}", dir.display(), std::io::Error::last_os_error()))
+    }
+}
+
+#[cfg(not(unix))]
+fn writable_dir(_dir: &Path) -> Result<(), String> {
+    Ok(())
 }
 
 #[cfg(test)]
@@ -511,7 +610,8 @@ mod tests {
 
     fn with_app(app: &str, resolve: Resolver) -> Result<Loaded, Vec<String>> {
         let sources = Sources { flags: vec![("inbound.app".to_owned(), app.to_owned())], ..Sources::default() };
-        load(&sources, |_| Ok(()), resolve).map_err(|p| p.0.iter().map(Problem::to_string).collect())
+        load(&sources, Outside { tls: |_| Ok(()), look: Some(resolve) })
+            .map_err(|p| p.0.iter().map(Problem::to_string).collect())
     }
 
     #[test]
@@ -532,6 +632,31 @@ mod tests {
         let loaded = with_app("localhost:9090", dual_stack).expect("resolves");
         assert_eq!(loaded.config.inbound.app.value, SocketAddr::from(([127, 0, 0, 1], 9090)));
         assert_eq!(loaded.notes, vec!["inbound.app: localhost:9090 resolves to 127.0.0.1:9090".to_owned()]);
+    }
+
+    #[test]
+    fn a_list_written_as_one_value_is_read_as_its_items() {
+        let mut tree: Value = serde_yaml_ng::from_str(
+            "outbound: {deny: 25, allow: ' a,, b '}\ninbound: {tls: {cert: c, key: k, allowed_identities: }}",
+        )
+        .expect("yaml");
+        let defaults = template().expect("template");
+        let mut problems = Vec::new();
+        walk(&mut tree, &defaults, &mut Vec::new(), &[], &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let list = |path: &[&str]| path.iter().try_fold(&tree, |n, k| n.get(*k)).cloned();
+        let strings = |v: &[&str]| Some(Value::Sequence(v.iter().map(|s| Value::String((*s).to_owned())).collect()));
+        assert_eq!(list(&["outbound", "deny"]), strings(&["25"]));
+        assert_eq!(list(&["outbound", "allow"]), strings(&["a", "b"]));
+        assert_eq!(list(&["inbound", "tls", "allowed_identities"]), strings(&[]));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_section_of_keys_says_so() {
+        let mut tree: Value = serde_yaml_ng::from_str("- inbound\n- outbound").expect("yaml");
+        let mut problems = Vec::new();
+        assert!(deserialize(&mut tree, &mut problems).is_none());
+        assert_eq!(problems, vec![Problem::new("(file)", "must be a section of keys (not a list)")]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -185,58 +185,6 @@ impl Destination {
             p => Destination::File(PathBuf::from(p)),
         }
     }
-}
-
-/// What `tandem run` needs of an access-log file, checked without creating it: a file it can
-/// append to, or a directory it can create the file in.
-fn check_log_file(path: &Path) -> Result<(), String> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => return Err(format!("{} is a directory", path.display())),
-        Ok(_) => {
-            // Opening for append without writing changes nothing in the file.
-            return std::fs::OpenOptions::new()
-                .append(true)
-                .open(path)
-                .map(drop)
-                .map_err(|e| format!("cannot open {} for writing: {e}", path.display()));
-        }
-        // Not there (or a parent is a file): the directory says why below.
-        Err(e) if !matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
-            return Err(format!("cannot read {}: {e}", path.display()));
-        }
-        Err(_) => {}
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => writable_dir(dir),
-        Ok(_) => Err(format!("{} is not a directory", dir.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(format!("directory {} does not exist (tandem creates the file, not its directory)", dir.display()))
-        }
-        Err(e) => Err(format!("cannot read directory {}: {e}", dir.display())),
-    }
-}
-
-/// Whether this process may create a file in `dir` (asked of the kernel, so that no file is made).
-#[cfg(unix)]
-fn writable_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::ffi::OsStrExt;
-    let c =
-        std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| format!("{} has a NUL byte", dir.display()))?;
-    // SAFETY: `c` is a valid NUL-terminated path that outlives the call; access(2) only reads it.
-    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
-        Ok(())
-    } else {
-        Err(format!("cannot create a file in {}: {}", dir.display(), std::io::Error::last_os_error()))
-    }
-}
-
-#[cfg(not(unix))]
-fn writable_dir(_dir: &Path) -> Result<(), String> {
-    Ok(())
 }
 
 /// Access log line format.
@@ -468,10 +416,6 @@ impl Config {
         }
         if self.access_log.destination.trim().is_empty() {
             p.push(problem("access_log.destination", "must be stdout, off, or a file path"));
-        } else if let Destination::File(path) = Destination::parse(&self.access_log.destination) {
-            if let Err(e) = check_log_file(&path) {
-                p.push(problem("access_log.destination", e));
-            }
         }
         if self.access_log.max_files == 0 {
             p.push(problem("access_log.max_files", "must be at least 1"));
