@@ -848,5 +848,8 @@ fn policy_lists_can_come_from_the_environment_as_comma_separated_text() {
     assert!(out.contains("- 169.254.169.254") && out.contains("- '*.internal:443'"), "{out}");
     let (ok, _, err) = check("", &[("TANDEM_OUTBOUND_DENY", "10.0.0.0/8, bad pattern")]);
     assert!(!ok);
-    assert!(err.contains("outbound.deny[1]: invalid destination pattern \"bad pattern\""), "{err}");
+    assert!(
+        err.contains("outbound.deny[1] (set by TANDEM_OUTBOUND_DENY): invalid destination pattern \"bad pattern\""),
+        "{err}"
+    );
 }

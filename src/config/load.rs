@@ -102,7 +102,8 @@ impl Config {
 
     /// [`Config::load`] without looking outside the configuration: no name is resolved and no
     /// file looked at, so that a configuration can be checked on a machine it will not run on
-    /// (`tandem check --syntax-only`, as `promtool check config --syntax-only`).
+    /// (`tandem check --syntax-only`, as `promtool check config --syntax-only`). An `inbound.app`
+    /// host name stays as written, unresolved: the result is for printing, not for running.
     pub fn load_syntax(sources: &Sources) -> Result<Loaded, Problems> {
         load(sources, Outside { tls: |_| Ok(()), look: None })
     }
