@@ -162,6 +162,7 @@ pub async fn start_with_workers(
 ) -> Result<Running, StartError> {
     let workers = workers.max(1);
     let metrics = Metrics::new(prometheus::Registry::new())?;
+    crate::h2::metrics::register(metrics.registry())?;
     let access_log =
         AccessLog::start(&config.access_log, metrics.access_log_written.clone(), metrics.access_log_dropped.clone())
             .map_err(StartError::AccessLog)?;

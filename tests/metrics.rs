@@ -324,3 +324,84 @@ async fn promtool_accepts_a_live_tandems_output() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Reads one HTTP/2 frame (type, flags, payload) from a raw connection; `None` once it closes.
+async fn h2_frame(s: &mut tokio::net::TcpStream) -> Option<(u8, u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.ok()?;
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.ok()?;
+    Some((head[3], head[4], payload))
+}
+
+/// The error code of the GOAWAY the server ends `s` with, reading until a PING ACK with `sync`
+/// (`None`: no GOAWAY yet), or until the connection closes.
+async fn h2_goaway_or_sync(s: &mut tokio::net::TcpStream, sync: &[u8; 8]) -> Result<Option<u32>, &'static str> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), h2_frame(s)).await {
+            Err(_) => return Err("no frame within 10 s"),
+            Ok(None) => return Err("closed without GOAWAY"),
+            Ok(Some((0x7, _, p))) if p.len() >= 8 => return Ok(Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]))),
+            Ok(Some((0x6, 0x1, p))) if p == sync => return Ok(None),
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn h2_abuse_is_counted_by_kind_in_metrics() {
+    use tokio::io::AsyncWriteExt;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    let abuse = |samples: &[Sample], kind: &str| metric_sum(samples, "tandem_h2_abuse_total", &[("kind", kind)]);
+    let echo = echo().await;
+    let p = proxy(config(echo.addr)).await;
+    let before = scrape(p.admin_addr).await;
+    for kind in ["rapid_reset", "ping_flood", "continuation_flood", "empty_data", "stalled_stream", "unread"] {
+        assert!(before.iter().any(|s| s.name == "tandem_h2_abuse_total" && s.labels == [("kind".into(), kind.into())]));
+    }
+    let start = || async {
+        let mut s = tokio::net::TcpStream::connect(p.inbound_addr).await.expect("connect");
+        let mut b = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        b.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS
+        s.write_all(&b).await.expect("preface");
+        s
+    };
+
+    // A PING flood, every answer read: 500 at a time, then one to wait for.
+    let mut s = start().await;
+    let ping = [0u8, 0, 8, 0x6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let mut batch: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 500).collect();
+    batch.extend_from_slice(&[0, 0, 8, 0x6, 0, 0, 0, 0, 0]);
+    batch.extend_from_slice(b"syncsync");
+    let mut code = None;
+    for _ in 0..100 {
+        if s.write_all(&batch).await.is_err() {
+            break;
+        }
+        code = h2_goaway_or_sync(&mut s, b"syncsync").await.expect("a PING ACK or GOAWAY");
+        if code.is_some() {
+            break;
+        }
+    }
+    assert_eq!(code, Some(ENHANCE_YOUR_CALM), "PING flood");
+
+    // A header block in 10,000 empty CONTINUATION frames.
+    let mut s = start().await;
+    let mut flood = vec![0u8, 0, 1, 0x1, 0x1, 0, 0, 0, 1, 0x82]; // HEADERS, END_STREAM, `:method GET`
+    for _ in 0..10_000 {
+        flood.extend_from_slice(&[0, 0, 0, 0x9, 0, 0, 0, 0, 1]);
+    }
+    // The server may close before it has read it all.
+    let _ = s.write_all(&flood).await;
+    assert_eq!(h2_goaway_or_sync(&mut s, b"unneeded").await, Ok(Some(ENHANCE_YOUR_CALM)), "CONTINUATION flood");
+
+    let after = scrape(p.admin_addr).await;
+    for kind in ["ping_flood", "continuation_flood"] {
+        assert!(abuse(&after, kind) >= abuse(&before, kind) + 1.0, "{kind} counted");
+    }
+    // It served others all along.
+    let (s, ..) = get(&format!("http://{}/after", p.inbound_addr)).await;
+    assert_eq!(s, 200);
+}

@@ -9,6 +9,7 @@
 //! | `tandem_http_request_bytes_total`, `tandem_http_response_bytes_total` | counter | `direction` |
 //! | `tandem_tcp_connections_opened_total`, `_closed_total`, `_rejected_total` | counter | `direction` |
 //! | `tandem_tcp_connections_active` | gauge | `direction` |
+//! | `tandem_h2_abuse_total` (registered by [`crate::h2::metrics`]) | counter | `kind` |
 //! | `tandem_access_log_lines_total`, `tandem_access_log_dropped_total` | counter | |
 //! | `tandem_ready` | gauge | |
 //! | `tandem_build_info` | gauge | `version` |
