@@ -28,6 +28,7 @@
 //! | [`base`] | the shared vocabulary: reason codes, connection metadata, request body types |
 //! | [`admin`] | the admin endpoints (`/live`, `/ready`, `/metrics`, …) |
 //! | [`echo`] | the load-test target / test app |
+//! | `fuzzing` | the ways in for the fuzz targets in `fuzz/` (hidden; not an API) |
 
 pub mod admin;
 pub mod app;
@@ -36,6 +37,8 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod echo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod h2;
 pub mod http1;
 pub mod lifecycle;

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("cli", 6),
     ("admin", 6),
     ("echo", 6),
+    ("fuzzing", 6),
     ("listener", 5),
     ("http1", 4),
     ("h2", 4),

@@ -109,11 +109,26 @@ impl Config {
     }
 }
 
+impl Config {
+    /// [`Config::load_syntax`] with `yaml` as the file's text (the `config` fuzz target's way
+    /// in: no name resolved, no file read, `files` checking the TLS material).
+    pub(crate) fn load_text(yaml: &str, sources: &Sources, files: FileCheck) -> Result<Loaded, Problems> {
+        let tree = serde_yaml_ng::from_str(yaml)
+            .map_err(|e| Problems(vec![problem("(file)", format!("not valid YAML: {e}"))]))?;
+        load_tree(tree, sources, Outside { tls: files, look: None })
+    }
+}
+
 fn load(sources: &Sources, outside: Outside) -> Result<Loaded, Problems> {
-    let mut tree = match &sources.file {
+    let tree = match &sources.file {
         Some(path) => read_file(path)?,
         None => Value::Mapping(Default::default()),
     };
+    load_tree(tree, sources, outside)
+}
+
+/// Loads from the file's YAML tree, with the environment and flags over it.
+fn load_tree(mut tree: Value, sources: &Sources, outside: Outside) -> Result<Loaded, Problems> {
     if tree.is_null() {
         tree = Value::Mapping(Default::default());
     }
