@@ -8,7 +8,8 @@
 //! | GET | `/metrics` | anyone | Prometheus text format |
 //! | POST | `/shutdown` | loopback | starts the same stop as SIGTERM |
 //! | POST | `/reopen-logs` | loopback | reopens the access-log file (after an external rotation); 200 once done, 500 with the reason if it failed |
-//! | GET | `/config` | loopback | the effective configuration as YAML, secrets masked |
+//! | POST | `/reload` | loopback | the same reload as SIGHUP ([`crate::reload`]): 200 with the keys that changed, 409 with the problems (invalid, or a key that needs a restart), 500 if a file it names could not be opened; plain text, one per line |
+//! | GET | `/config` | loopback | the configuration in force (after the last reload) as YAML, secrets masked |
 //! | GET | `/log-level` | loopback | the current diagnostics filter |
 //! | PUT | `/log-level` | loopback | sets the diagnostics filter from the request body (`debug`, `tandem=trace`) |
 //!
@@ -20,8 +21,8 @@
 //! shows `***` instead of its value, unless the value is a file path (`inbound.tls.key:
 //! /etc/tandem/tls.key` names where the key is, which an operator needs to see).
 
-use crate::config::AppCheck;
 use crate::lifecycle::shutdown::Shutdown;
+use crate::reload::{Outcome, Reloader};
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::Telemetry;
 use bytes::Bytes;
@@ -41,10 +42,9 @@ pub struct AdminState {
     pub shutdown: Shutdown,
     /// True once every listener is bound; false again when a stop begins.
     pub ready: Arc<AtomicBool>,
-    /// The effective configuration, rendered once.
-    pub config_yaml: String,
+    /// The configuration in force (`/config`, the app check) and its reload.
+    pub reload: Arc<Reloader>,
     pub log: Option<LogControl>,
-    pub app_check: AppCheck,
     pub app: SocketAddr,
 }
 
@@ -111,7 +111,7 @@ async fn handle(state: Arc<AdminState>, peer: SocketAddr, req: Request<Incoming>
                 reply(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
             }
         }
-        (&Method::GET | &Method::HEAD, "/ready/app") => match state.app_check.check(state.app).await {
+        (&Method::GET | &Method::HEAD, "/ready/app") => match state.reload.app_check().check(state.app).await {
             Ok(()) => reply(StatusCode::OK, "app ready\n"),
             Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("app not ready: {why}\n")),
         },
@@ -137,8 +137,20 @@ async fn handle(state: Arc<AdminState>, peer: SocketAddr, req: Request<Incoming>
                 reply(StatusCode::OK, "access log is off\n")
             }
         }
+        (&Method::POST, "/reload") => {
+            let outcome = state.reload.reload("POST /reload").await;
+            let (status, lines) = match outcome {
+                Outcome::Applied(keys) if keys.is_empty() => (StatusCode::OK, vec!["nothing changed".to_owned()]),
+                Outcome::Applied(keys) => (StatusCode::OK, keys.into_iter().map(|k| format!("changed: {k}")).collect()),
+                Outcome::Refused(why) => (StatusCode::CONFLICT, why),
+                Outcome::Failed(why) => (StatusCode::INTERNAL_SERVER_ERROR, why),
+            };
+            let mut body = lines.join("\n");
+            body.push('\n');
+            reply(status, body)
+        }
         (&Method::GET, "/config") => {
-            let mut r = reply(StatusCode::OK, masked_yaml(&state.config_yaml));
+            let mut r = reply(StatusCode::OK, masked_yaml(&state.reload.yaml()));
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
             r
         }
@@ -168,11 +180,12 @@ async fn handle(state: Arc<AdminState>, peer: SocketAddr, req: Request<Incoming>
         }
         (
             _,
-            "/live" | "/ready" | "/ready/app" | "/metrics" | "/shutdown" | "/reopen-logs" | "/config" | "/log-level",
+            "/live" | "/ready" | "/ready/app" | "/metrics" | "/shutdown" | "/reopen-logs" | "/reload" | "/config"
+            | "/log-level",
         ) => reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => reply(
             StatusCode::NOT_FOUND,
-            "not found; endpoints: /live /ready /ready/app /metrics /shutdown /reopen-logs /config /log-level\n",
+            "not found; endpoints: /live /ready /ready/app /metrics /shutdown /reopen-logs /reload /config /log-level\n",
         ),
     }
 }

@@ -20,13 +20,15 @@ use crate::admin::{AdminService, AdminState};
 use crate::base::reason::Direction;
 use crate::config::AppCheck;
 use crate::config::Config;
+use crate::config::Sources;
 use crate::echo::EchoService;
 use crate::lifecycle::shutdown::{Shutdown, Tracker};
 use crate::lifecycle::signals::{Signal, Signals};
-use crate::listener::accept::{self, ConnSettings};
+use crate::listener::accept::{self, ConnSettings, LiveSettings};
 use crate::listener::tls::TlsServer;
 use crate::proxy::inbound::InboundProxy;
 use crate::proxy::outbound::OutboundProxy;
+use crate::reload::{conn_settings, Reloader, Targets};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::metrics::Metrics;
@@ -115,7 +117,9 @@ pub struct Running {
     telemetry: Arc<Telemetry>,
     /// What the end of the run closes; shared with the signal handler.
     ending: Ending,
-    drain_timeout: Duration,
+    /// The configuration in force (`shutdown.drain_timeout` is read from it when a stop begins)
+    /// and its reload (SIGHUP).
+    reload: Arc<Reloader>,
     tasks: Vec<JoinHandle<()>>,
     /// One inbound proxy per worker (the first serves on the caller's runtime).
     inbound: Vec<Arc<InboundProxy>>,
@@ -131,16 +135,6 @@ fn local_addr(
     configured: SocketAddr,
 ) -> Result<SocketAddr, StartError> {
     l.local_addr().map_err(|source| StartError::Bind { key, addr: configured, source })
-}
-
-fn settings(t: &crate::config::Timeouts, l: &crate::config::Limits) -> ConnSettings {
-    ConnSettings {
-        header_read_timeout: t.header_read.value,
-        idle_timeout: t.idle.value,
-        max_header_bytes: l.max_header_bytes.value.0 as usize,
-        max_headers: l.max_headers,
-        max_connections: l.max_connections,
-    }
 }
 
 /// Binds every listener, then starts serving on the calling runtime. Nothing is served, and
@@ -159,6 +153,17 @@ pub async fn start_with_workers(
     config: Config,
     log: Option<LogControl>,
     workers: usize,
+) -> Result<Running, StartError> {
+    start_with_sources(config, log, workers, None).await
+}
+
+/// Like [`start_with_workers`], for a `config` loaded from `sources`: a reload (SIGHUP,
+/// `POST /reload`) reads them again. Without sources a reload is refused.
+pub async fn start_with_sources(
+    config: Config,
+    log: Option<LogControl>,
+    workers: usize,
+    sources: Option<Sources>,
 ) -> Result<Running, StartError> {
     let workers = workers.max(1);
     let metrics = Metrics::new(prometheus::Registry::new())?;
@@ -192,15 +197,29 @@ pub async fn start_with_workers(
         tasks.push(tokio::spawn(t.clone().watch()));
     }
 
+    let outbound_conns = Tracker::new();
+    let outbound = OutboundProxy::new(&config.outbound, telemetry.clone(), outbound_addr, outbound_conns.clone());
+    let inbound_settings = LiveSettings::from(conn_settings(&config.inbound.timeouts, &config.inbound.limits));
+    let outbound_settings = LiveSettings::from(conn_settings(&config.outbound.timeouts, &config.outbound.limits));
+    let targets = Targets {
+        telemetry: telemetry.clone(),
+        inbound: inbound.clone(),
+        outbound: outbound.clone(),
+        inbound_conns: inbound_settings.clone(),
+        outbound_conns: outbound_settings.clone(),
+        tls: tls.clone(),
+        log: log.clone(),
+    };
+    let reload = Reloader::new(config.clone(), app_check, sources, targets)?;
+
     // 2. The admin listener answers from the start (`/ready` says 503 until step 4) and through the
     //    drain (`/ready` says 503 again), and stops when tandem exits.
     let admin_state = Arc::new(AdminState {
         telemetry: telemetry.clone(),
         shutdown: shutdown.clone(),
         ready: ready.clone(),
-        config_yaml: config.to_yaml(),
+        reload: reload.clone(),
         log,
-        app_check,
         app: config.inbound.app.value,
     });
     let admin_conns = Tracker::new();
@@ -219,11 +238,9 @@ pub async fn start_with_workers(
     // 3. The proxy listeners. Outbound keeps serving through the drain, so the app can finish its
     //    own calls while its inbound requests drain; it stops when tandem exits. Inbound stops
     //    accepting at the stop and drains its connections.
-    let outbound_conns = Tracker::new();
-    let outbound = OutboundProxy::new(&config.outbound, telemetry.clone(), outbound_addr, outbound_conns.clone());
     let lanes = Lanes {
-        inbound_settings: settings(&config.inbound.timeouts, &config.inbound.limits),
-        outbound_settings: settings(&config.outbound.timeouts, &config.outbound.limits),
+        inbound_settings,
+        outbound_settings,
         telemetry: telemetry.clone(),
         shutdown: shutdown.clone(),
         exit: exit.clone(),
@@ -316,7 +333,7 @@ pub async fn start_with_workers(
         ready,
         telemetry: telemetry.clone(),
         ending: Ending { telemetry, sides: sides.into(), admin_conns, exit },
-        drain_timeout: config.shutdown.drain_timeout.value,
+        reload,
         tasks,
         inbound: proxies,
     })
@@ -325,8 +342,9 @@ pub async fn start_with_workers(
 /// What every worker's proxy listeners share: how connections are treated, telemetry, the stop
 /// and exit signals, the connection trackers and TLS.
 struct Lanes {
-    inbound_settings: ConnSettings,
-    outbound_settings: ConnSettings,
+    /// Shared by every worker's listener of the side, so a reload reaches them all.
+    inbound_settings: LiveSettings,
+    outbound_settings: LiveSettings,
     telemetry: Arc<Telemetry>,
     shutdown: Shutdown,
     exit: Shutdown,
@@ -428,7 +446,8 @@ impl Running {
         drain.wait().await;
         self.ready.store(false, Ordering::Release);
         self.telemetry.metrics.set_ready(false);
-        tracing::info!(remaining = %self.remaining(), deadline = ?self.drain_timeout, "stop requested; draining");
+        let drain_timeout = self.reload.drain_timeout();
+        tracing::info!(remaining = %self.remaining(), deadline = ?drain_timeout, "stop requested; draining");
 
         let sides = &self.ending.sides;
         let all_drained = async {
@@ -436,7 +455,7 @@ impl Running {
                 side.drained().await;
             }
         };
-        if accept::within(self.drain_timeout, all_drained).await {
+        if accept::within(drain_timeout, all_drained).await {
             tracing::info!("drained; exiting");
         } else {
             tracing::warn!(remaining = %self.remaining(), "drain deadline reached; closing what remains");
@@ -459,11 +478,12 @@ impl Running {
 
     /// Like [`Running::wait`], with the process's signals: SIGTERM and SIGINT start the stop (a
     /// second one cuts what remains, logged `LR`, and exits at once), SIGUSR1 reopens the access
-    /// log.
+    /// log, SIGHUP reloads the configuration.
     pub async fn wait_with_signals(self, signals: Signals) {
         let shutdown = self.shutdown.clone();
         let ending = self.ending.clone();
-        let signals = tokio::spawn(async move { handle_signals(signals, shutdown, ending).await });
+        let reload = self.reload.clone();
+        let signals = tokio::spawn(async move { handle_signals(signals, shutdown, ending, reload).await });
         self.wait().await;
         signals.abort();
     }
@@ -529,7 +549,7 @@ impl Ending {
     }
 }
 
-async fn handle_signals(mut signals: Signals, shutdown: Shutdown, ending: Ending) {
+async fn handle_signals(mut signals: Signals, shutdown: Shutdown, ending: Ending, reload: Arc<Reloader>) {
     let telemetry = &ending.telemetry;
     loop {
         let name = match signals.next().await {
@@ -537,6 +557,12 @@ async fn handle_signals(mut signals: Signals, shutdown: Shutdown, ending: Ending
             Signal::Reopen => {
                 tracing::info!("SIGUSR1: reopening the access log");
                 telemetry.access_log.reopen();
+                continue;
+            }
+            Signal::Reload => {
+                // On its own task: a stop signal is handled while the files are read.
+                let reload = reload.clone();
+                tokio::spawn(async move { reload.reload("SIGHUP").await });
                 continue;
             }
         };

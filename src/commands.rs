@@ -10,17 +10,23 @@ use std::process::ExitCode;
 /// looking at no file or name outside it); with it, the warnings about `TANDEM_*` variables that
 /// name no key, whether it loads or not.
 pub fn load(args: &ConfigArgs, syntax_only: bool) -> (Result<Loaded, crate::config::Problems>, Vec<String>) {
-    let sources = Sources {
-        file: args.config.clone(),
-        env: std::env::vars().filter(|(k, _)| k.starts_with("TANDEM_")).collect(),
-        flags: args.overrides(),
-    };
+    let sources = sources(args);
     let loaded = if syntax_only {
         Config::load_syntax(&sources)
     } else {
         Config::load_checking(&sources, crate::listener::tls::check_config_files)
     };
     (loaded, sources.unknown_variables())
+}
+
+/// The file, the process environment's `TANDEM_*` variables and the flags: what `run` loads at
+/// start and a reload reads again.
+fn sources(args: &ConfigArgs) -> Sources {
+    Sources {
+        file: args.config.clone(),
+        env: std::env::vars().filter(|(k, _)| k.starts_with("TANDEM_")).collect(),
+        flags: args.overrides(),
+    }
 }
 
 fn report(problems: &crate::config::Problems) {
@@ -131,7 +137,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match app::start_with_workers(config, log, w.count).await {
+        match app::start_with_sources(config, log, w.count, Some(sources(&args.config))).await {
             Ok(running) => {
                 running.wait_with_signals(signals).await;
                 ExitCode::SUCCESS

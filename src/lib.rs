@@ -26,6 +26,7 @@
 //! | [`telemetry`] | the per-request record, access log, metrics, tandem's own diagnostics |
 //! | [`lifecycle`] | the stop signal and drain, readiness, workers from the CPU limit, `tandem await` |
 //! | [`base`] | the shared vocabulary: reason codes, connection metadata, request body types |
+//! | [`reload`] | SIGHUP and `POST /reload`: the configuration in force, re-read and applied live or refused by key |
 //! | [`admin`] | the admin endpoints (`/live`, `/ready`, `/metrics`, …) |
 //! | [`echo`] | the load-test target / test app |
 //! | `fuzzing` | the ways in for the fuzz targets in `fuzz/` (hidden; not an API) |
@@ -44,5 +45,6 @@ pub mod http1;
 pub mod lifecycle;
 pub mod listener;
 pub mod proxy;
+pub mod reload;
 pub mod telemetry;
 pub mod upstream;

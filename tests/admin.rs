@@ -45,10 +45,19 @@ async fn every_endpoint_answers_as_documented() {
     // Unknown paths and wrong methods.
     let (s, _, b) = call("GET", "/nope").await;
     assert_eq!(s, 404);
-    assert!(b.contains("/live /ready /ready/app /metrics /shutdown /reopen-logs /config /log-level"), "{b}");
-    for (m, path) in
-        [("POST", "/live"), ("DELETE", "/metrics"), ("GET", "/shutdown"), ("GET", "/reopen-logs"), ("POST", "/config")]
-    {
+    assert!(b.contains("/live /ready /ready/app /metrics /shutdown /reopen-logs /reload /config /log-level"), "{b}");
+    // An embedded tandem was given its configuration in code: a reload has nothing to re-read.
+    let (s, _, b) = call("POST", "/reload").await;
+    assert_eq!(s, 409);
+    assert!(b.contains("nothing to re-read"), "{b}");
+    for (m, path) in [
+        ("POST", "/live"),
+        ("DELETE", "/metrics"),
+        ("GET", "/shutdown"),
+        ("GET", "/reopen-logs"),
+        ("GET", "/reload"),
+        ("POST", "/config"),
+    ] {
         assert_eq!(call(m, path).await.0, 405, "{m} {path}");
     }
 

@@ -312,6 +312,9 @@ struct Request {
     upgrade: bool,
     /// An HTTP/1.0 request (its answer cannot be chunked).
     http10: bool,
+    /// `timeouts.response` as it was when the request was admitted (a reload changes it for the
+    /// requests after).
+    response_timeout: Duration,
 }
 
 impl Conn<'_> {
@@ -553,7 +556,8 @@ impl Conn<'_> {
         }
         record.grpc = grpc;
         let strings = Strings { path, authority: logged_authority, user_agent, traceparent, ..Strings::default() };
-        let (mut finish, over) = p.admission.enter(record, None, &p.telemetry);
+        let crate::proxy::admission::Entered { mut finish, rules, over } =
+            p.admission.enter(record, None, &p.telemetry);
         let chunked = codings.chunked();
         let bad = |what: &str| Some(ProxyError::BadRequest { what: what.to_owned() });
         let refusal = if over.is_some() {
@@ -586,7 +590,7 @@ impl Conn<'_> {
         } else if expect.is_some_and(|e| !eq(e.trim_ascii(), b"100-continue")) && !http10 {
             Some(ProxyError::ExpectationFailed { what: "only 100-continue is supported".into() })
         } else {
-            p.admission.head(req.headers.len(), size)
+            rules.head(req.headers.len(), size)
         };
         if let Some(err) = refusal {
             // The client's own strings, as a refused request is logged.
@@ -689,6 +693,7 @@ impl Conn<'_> {
             continue_100: body_pending && !http10 && expect.is_some(),
             upgrade: upgrade.is_some(),
             http10,
+            response_timeout: rules.response_timeout,
         })
     }
 
@@ -743,7 +748,7 @@ impl Conn<'_> {
         // Connect (or reuse), write, and read the response head, within timeouts.response
         // (the body upload aside, which the client paces).
         let sent_at = tokio::time::Instant::now();
-        timer.set(sent_at + p.response_timeout);
+        timer.set(sent_at + req.response_timeout);
         // A pooled connection that fails before any answer is replaced while the whole request
         // is at hand; each attempt uses up a pooled connection, and a fresh one is not retried.
         // The app answered before the whole body was sent (the rest goes while its answer is
@@ -764,7 +769,10 @@ impl Conn<'_> {
                             let err = ProxyError::from_connect(&e, p.app, p.connect_timeout_ms);
                             return self.answer_error(io, req, err).await;
                         }
-                        None => return self.answer_error(io, req, p.response_timed_out()).await,
+                        None => {
+                            let err = p.response_timed_out(req.response_timeout);
+                            return self.answer_error(io, req, err).await;
+                        }
                     }
                 }
             };
@@ -807,7 +815,7 @@ impl Conn<'_> {
                         return self.answer_error(io, req, ProxyError::RequestTimeout { what }).await;
                     }
                 }
-                timer.set(tokio::time::Instant::now() + p.response_timeout);
+                timer.set(tokio::time::Instant::now() + req.response_timeout);
             }
             match self.read_response_head(io, &mut up, &req, timer).await {
                 Ok(resp) => break (up, resp),
@@ -995,7 +1003,7 @@ impl Conn<'_> {
                     Ok(0) | Err(_) => return Err(HeadError::Proxy(ProxyError::UpstreamClosed { upstream: upstream() })),
                     Ok(_) => {}
                 },
-                _ = timer.expired() => return Err(HeadError::Proxy(self.proxy.response_timed_out())),
+                _ = timer.expired() => return Err(HeadError::Proxy(self.proxy.response_timed_out(req.response_timeout))),
                 r = io.read_buf(&mut self.rbuf), if watch => match r {
                     Ok(0) | Err(_) => return Err(HeadError::ClientGone),
                     Ok(_) => {}
@@ -1184,7 +1192,17 @@ impl Conn<'_> {
         req: Request,
         timer: &mut Deadline<'_>,
     ) -> bool {
-        let Request { mut finish, head_len, body: framing, mut close, head_only, continue_100, http10, .. } = req;
+        let Request {
+            mut finish,
+            head_len,
+            body: framing,
+            mut close,
+            head_only,
+            continue_100,
+            http10,
+            response_timeout,
+            ..
+        } = req;
         self.rbuf.advance(head_len);
         let (parts, h1_trailers) = match service_parts(&self.out) {
             Ok(p) => p,
@@ -1203,7 +1221,7 @@ impl Conn<'_> {
         if continue_100 && self.rbuf.is_empty() && io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
             return false;
         }
-        let mut answer = self.proxy.forward_checked(parts, body, finish, h1_trailers);
+        let mut answer = self.proxy.forward_checked(parts, body, finish, h1_trailers, response_timeout);
 
         // The answer's head, while the body goes to the app.
         // Broken framing in the request body: the app's request was reset for it, and what

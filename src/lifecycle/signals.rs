@@ -10,6 +10,8 @@ pub enum Signal {
     Stop(&'static str),
     /// SIGUSR1: reopen the access log (after logrotate moved it).
     Reopen,
+    /// SIGHUP: re-read the configuration and apply what can change live (nginx's meaning).
+    Reload,
 }
 
 /// The installed handlers. Until [`Signals::install`] returns, the default actions apply.
@@ -20,6 +22,8 @@ pub struct Signals {
     int: tokio::signal::unix::Signal,
     #[cfg(unix)]
     usr1: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -32,6 +36,7 @@ impl Signals {
                 term: signal(SignalKind::terminate())?,
                 int: signal(SignalKind::interrupt())?,
                 usr1: signal(SignalKind::user_defined1())?,
+                hup: signal(SignalKind::hangup())?,
             })
         }
         #[cfg(not(unix))]
@@ -48,6 +53,7 @@ impl Signals {
                 _ = self.term.recv() => Signal::Stop("SIGTERM"),
                 _ = self.int.recv() => Signal::Stop("SIGINT"),
                 _ = self.usr1.recv() => Signal::Reopen,
+                _ = self.hup.recv() => Signal::Reload,
             }
         }
         #[cfg(not(unix))]
@@ -57,7 +63,8 @@ impl Signals {
         }
     }
 
-    /// The next stop signal; reopen requests are ignored (for processes with no access log).
+    /// The next stop signal; reopen and reload requests are ignored (for processes with no access
+    /// log and no configuration to re-read, such as `tandem echo`).
     pub async fn stop(&mut self) -> &'static str {
         loop {
             if let Signal::Stop(name) = self.next().await {

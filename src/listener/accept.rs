@@ -18,6 +18,7 @@ use crate::http1::server::{Codec, Outcome, Rules};
 use crate::lifecycle::shutdown::{ConnInfo, Drain, DrainAware, Tracker, DRAIN_IDLE_GRACE};
 use crate::listener::tls::TlsServer;
 use crate::telemetry::Telemetry;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -48,6 +49,25 @@ pub struct ConnSettings {
     pub max_headers: usize,
     /// Connections beyond this are closed at once and counted.
     pub max_connections: usize,
+}
+
+/// A listener's settings as a reload replaces them: the accept loop loads them once per
+/// connection it accepts (a pointer comparison when nothing changed), and a connection keeps the
+/// ones it was accepted under.
+#[derive(Clone)]
+pub struct LiveSettings(Arc<ArcSwap<ConnSettings>>);
+
+impl LiveSettings {
+    /// Puts `settings` in force for the connections accepted from now on.
+    pub fn store(&self, settings: ConnSettings) {
+        self.0.store(Arc::new(settings));
+    }
+}
+
+impl From<ConnSettings> for LiveSettings {
+    fn from(settings: ConnSettings) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(settings)))
+    }
 }
 
 impl ConnSettings {
@@ -111,6 +131,9 @@ pub trait Servers: Send + Sync + 'static {
     /// Takes the listener's settings once, before the first connection.
     fn prepare(&mut self, settings: &ConnSettings, telemetry: Option<&Arc<Telemetry>>, direction: Direction);
 
+    /// Takes settings a reload put in force, for the connections accepted from now on.
+    fn retune(&self, settings: &ConnSettings);
+
     /// Serves one connection until it ends (the accept loop cuts it at the drain deadline).
     fn serve_conn(&self, conn: Accepted) -> impl Future<Output = ()> + Send;
 }
@@ -132,29 +155,35 @@ pub struct OwnServers {
     codec: Codec,
     /// TLS termination: every connection is a handshake first (ALPN picks h2 or HTTP/1.1).
     tls: Option<Arc<TlsServer>>,
-    rules: Rules,
-    h2: H2Rules,
+    /// The rules of each protocol, loaded once per connection.
+    rules: ArcSwap<(Rules, H2Rules)>,
 }
 
 impl OwnServers {
     pub fn new(codec: Codec, tls: Option<Arc<TlsServer>>) -> Self {
         let rules = Rules { header_read: Duration::ZERO, idle: Duration::ZERO, max_head: 0 };
-        Self { codec, tls, rules, h2: H2Rules { idle: Duration::ZERO, max_list: 0 } }
+        Self { codec, tls, rules: ArcSwap::from_pointee((rules, H2Rules { idle: Duration::ZERO, max_list: 0 })) }
     }
 }
 
 impl Servers for OwnServers {
     fn prepare(&mut self, settings: &ConnSettings, _: Option<&Arc<Telemetry>>, _: Direction) {
-        self.rules = Rules {
+        self.retune(settings);
+    }
+
+    fn retune(&self, settings: &ConnSettings) {
+        let rules = Rules {
             header_read: settings.header_read_timeout,
             idle: settings.idle_timeout,
             max_head: read_buffer(settings),
         };
-        self.h2 = H2Rules { idle: settings.idle_timeout, max_list: h2_header_list(settings) };
+        self.rules
+            .store(Arc::new((rules, H2Rules { idle: settings.idle_timeout, max_list: h2_header_list(settings) })));
     }
 
     async fn serve_conn(&self, conn: Accepted) {
         let Accepted { stream, peer, mut drain, activity } = conn;
+        let (rules, h2) = **self.rules.load();
         let counted = |inner| Metered::new(inner, activity.clone());
         let (mut io, meta) = match &self.tls {
             None => (Transport::Plain(counted(stream)), ConnMeta { peer, tls: None }),
@@ -167,13 +196,13 @@ impl Servers for OwnServers {
         // Every HTTP/1.x request is the codec's; it stops only at the HTTP/2 preface.
         let mut handed = bytes::BytesMut::new();
         if meta.tls.as_ref().is_none_or(|t| t.alpn != Some("h2")) {
-            match self.codec.serve(&mut io, &meta, peer_ip.as_ref(), &mut drain, self.rules).await {
+            match self.codec.serve(&mut io, &meta, peer_ip.as_ref(), &mut drain, rules).await {
                 Outcome::H2(rest) => handed = rest,
                 Outcome::Closed => return,
             }
         }
         let proxy = self.codec.proxy();
-        crate::h2::server::serve(&mut io, handed, proxy, &meta, peer_ip.as_ref(), &mut drain, self.h2).await;
+        crate::h2::server::serve(&mut io, handed, proxy, &meta, peer_ip.as_ref(), &mut drain, h2).await;
     }
 }
 
@@ -181,8 +210,8 @@ impl Servers for OwnServers {
 /// plaintext) with a service made per connection by `make_service`.
 pub struct HyperServers<F> {
     make_service: F,
-    builder: auto::Builder<TokioExecutor>,
-    idle: Duration,
+    /// The connection builder and idle timeout, loaded once per connection.
+    tuned: ArcSwap<Tuned>,
     refused: Option<Refusals>,
     telemetry: Option<Arc<Telemetry>>,
     direction: Direction,
@@ -192,8 +221,10 @@ impl<F> HyperServers<F> {
     pub fn new(make_service: F) -> Self {
         Self {
             make_service,
-            builder: auto::Builder::new(TokioExecutor::new()),
-            idle: Duration::ZERO,
+            tuned: ArcSwap::from_pointee(Tuned {
+                builder: auto::Builder::new(TokioExecutor::new()),
+                idle: Duration::ZERO,
+            }),
             refused: None,
             telemetry: None,
             direction: Direction::Inbound,
@@ -211,33 +242,40 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     fn prepare(&mut self, settings: &ConnSettings, telemetry: Option<&Arc<Telemetry>>, direction: Direction) {
-        self.builder
+        self.retune(settings);
+        self.refused = telemetry.and_then(|t| Refusals::register(t.metrics.registry(), direction));
+        self.telemetry = telemetry.cloned();
+        self.direction = direction;
+    }
+
+    fn retune(&self, settings: &ConnSettings) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(settings.header_read_timeout)
             .max_buf_size(read_buffer(settings))
             .max_headers(parser_max_headers(settings.max_headers));
-        self.builder
+        builder
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(h2_header_list(settings)).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10));
-        self.idle = settings.idle_timeout;
-        self.refused = telemetry.and_then(|t| Refusals::register(t.metrics.registry(), direction));
-        self.telemetry = telemetry.cloned();
-        self.direction = direction;
+        self.tuned.store(Arc::new(Tuned { builder, idle: settings.idle_timeout }));
     }
 
     async fn serve_conn(&self, conn: Accepted) {
         let Accepted { stream, peer, mut drain, activity } = conn;
         let io = Transport::Plain(Metered::new(stream, activity.clone()));
         let meta = ConnMeta { peer, tls: None };
-        let (direction, idle) = (self.direction, self.idle);
+        // Held for the connection's life: hyper's connection borrows its builder.
+        let tuned = self.tuned.load_full();
+        let (direction, idle) = (self.direction, tuned.idle);
         let info = Arc::new(ConnInfo::default());
         let service = DrainAware::new((self.make_service)(meta), drain.clone(), info.clone());
         // Boxed: hyper's connection state is several KiB.
-        let mut conn = Box::pin(self.builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+        let mut conn = Box::pin(tuned.builder.serve_connection_with_upgrades(TokioIo::new(io), service));
         let mut closing = false;
         let mut draining = false;
         let mut last_seen = 0u64;
@@ -308,6 +346,12 @@ where
     }
 }
 
+/// What [`HyperServers`] makes from a listener's settings.
+struct Tuned {
+    builder: auto::Builder<TokioExecutor>,
+    idle: Duration,
+}
+
 /// The HTTP/1 read buffer (the codec's and hyper's): a head that does not fit is refused with
 /// 431 (414 while the request line has not ended).
 fn read_buffer(settings: &ConnSettings) -> usize {
@@ -329,7 +373,7 @@ fn h2_header_list(settings: &ConnSettings) -> usize {
 /// them. The future ends once the accept loop has stopped.
 pub fn serve<C: Servers>(
     listener: TcpListener,
-    settings: ConnSettings,
+    settings: impl Into<LiveSettings>,
     direction: Direction,
     telemetry: Option<Arc<Telemetry>>,
     mut drain: Drain,
@@ -337,6 +381,8 @@ pub fn serve<C: Servers>(
     mut servers: C,
 ) -> impl Future<Output = ()> + Send + 'static {
     let listening = tracker.listening();
+    let live = settings.into().0;
+    let mut settings = live.load_full();
     servers.prepare(&settings, telemetry.as_ref(), direction);
     let servers = Arc::new(servers);
     async move {
@@ -384,6 +430,12 @@ pub fn serve<C: Servers>(
                     continue;
                 }
             };
+            // Settings a reload put in force apply from this connection on.
+            let now = live.load();
+            if !Arc::ptr_eq(&now, &settings) {
+                settings = arc_swap::Guard::into_inner(now);
+                servers.retune(&settings);
+            }
             if tracker.count() >= settings.max_connections {
                 if let Some(t) = &telemetry {
                     t.metrics.connection_rejected(direction);

@@ -300,9 +300,16 @@ impl TlsMetrics {
     }
 }
 
+/// A certificate set read for a reload, not yet in force.
+pub struct Prepared {
+    settings: InboundTls,
+    loaded: Loaded,
+}
+
 /// The inbound TLS terminator: current configuration, metrics, and the file watcher's state.
 pub struct TlsServer {
-    settings: InboundTls,
+    /// `inbound.tls`; a reload replaces it with the certificate set it names.
+    settings: ArcSwap<InboundTls>,
     current: ArcSwap<ServerConfig>,
     own_uri: ArcSwap<Option<String>>,
     metrics: TlsMetrics,
@@ -348,7 +355,7 @@ impl TlsServer {
         );
         let stamps = settings_stamps(&settings);
         Ok(Arc::new(Self {
-            settings,
+            settings: ArcSwap::from_pointee(settings),
             current: ArcSwap::new(loaded.config),
             own_uri: ArcSwap::from_pointee(loaded.own_uri),
             metrics,
@@ -357,12 +364,43 @@ impl TlsServer {
     }
 
     fn handshake_timeout(&self) -> Duration {
-        self.settings.handshake_timeout.value
+        self.settings.load().handshake_timeout.value
+    }
+
+    /// Reads and checks the files a reloaded `inbound.tls` names, changing nothing yet
+    /// ([`TlsServer::commit`] does), so a set that does not load leaves TLS as it was.
+    pub fn prepare(settings: InboundTls) -> Result<Prepared, TlsError> {
+        let loaded = load(&settings)?;
+        Ok(Prepared { settings, loaded })
+    }
+
+    /// Puts a prepared set in force: new handshakes use it; connections already up keep theirs.
+    pub fn commit(&self, prepared: Prepared) {
+        let Prepared { settings, loaded } = prepared;
+        let stamps = settings_stamps(&settings);
+        self.settings.store(Arc::new(settings));
+        self.install(loaded);
+        if let Ok(mut last) = self.stamps.lock() {
+            *last = stamps;
+        }
+    }
+
+    fn install(&self, loaded: Loaded) {
+        self.current.store(loaded.config);
+        self.own_uri.store(Arc::new(loaded.own_uri));
+        self.metrics.expiry.set(loaded.summary.not_after);
+        self.metrics.reloads.with_label_values(&["ok"]).inc();
+        tracing::info!(
+            subject = %loaded.summary.subject,
+            expires = %loaded.summary.expiry_text(),
+            "inbound TLS certificate reloaded; new handshakes use it"
+        );
     }
 
     /// Checks the files once; reloads when they changed. Returns whether a new set is in use.
     pub fn poll_files(&self) -> bool {
-        let now = settings_stamps(&self.settings);
+        let settings = self.settings.load_full();
+        let now = settings_stamps(&settings);
         {
             let Ok(mut last) = self.stamps.lock() else { return false };
             if *last == now {
@@ -370,17 +408,9 @@ impl TlsServer {
             }
             *last = now;
         }
-        match load(&self.settings) {
+        match load(&settings) {
             Ok(loaded) => {
-                self.current.store(loaded.config);
-                self.own_uri.store(Arc::new(loaded.own_uri));
-                self.metrics.expiry.set(loaded.summary.not_after);
-                self.metrics.reloads.with_label_values(&["ok"]).inc();
-                tracing::info!(
-                    subject = %loaded.summary.subject,
-                    expires = %loaded.summary.expiry_text(),
-                    "inbound TLS certificate reloaded; new handshakes use it"
-                );
+                self.install(loaded);
                 true
             }
             Err(e) => {

@@ -2,38 +2,38 @@
 //! slot or is shed at once (503 `UO`; nothing queues), and its head must fit the configured
 //! limits (431 `DPE`). The texts of both refusals are made here and nowhere else.
 
+use crate::config::{Limits, Timeouts};
 use crate::proxy::error::ProxyError;
 use crate::telemetry::record::{Finish, InFlight, RequestRecord};
 use crate::telemetry::Telemetry;
+use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-/// One side's admission rules and its in-flight count (shared by its workers).
-#[derive(Clone)]
-pub struct Admission {
-    in_flight: Arc<AtomicUsize>,
-    max_in_flight: usize,
-    max_headers: usize,
-    max_header_bytes: usize,
+/// A side's values that a reload may change and that a request reads: taken once, when the
+/// request is admitted (one load, copied, nothing allocated), and kept for the request's life, so
+/// a request in flight finishes under the configuration it started with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SideRules {
+    pub max_in_flight: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    /// `timeouts.response`.
+    pub response_timeout: Duration,
+    /// `timeouts.idle` (outbound: a `CONNECT` tunnel that moves nothing this long is closed).
+    pub idle_timeout: Duration,
 }
 
-impl Admission {
-    pub fn new(max_in_flight: usize, max_headers: usize, max_header_bytes: usize) -> Self {
-        Self { in_flight: Arc::new(AtomicUsize::new(0)), max_in_flight, max_headers, max_header_bytes }
-    }
-
-    /// Starts a request's once-only report and takes its in-flight slot (given back when the
-    /// report is made); the refusal when that slot is over `max_in_flight`.
-    pub fn enter(
-        &self,
-        record: RequestRecord,
-        received: Option<Arc<AtomicU64>>,
-        telemetry: &Arc<Telemetry>,
-    ) -> (Finish, Option<ProxyError>) {
-        let now = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let finish = Finish::new(record, received, telemetry.clone()).with_guard(InFlight(self.in_flight.clone()));
-        let over = (now >= self.max_in_flight).then_some(ProxyError::TooManyRequests { limit: self.max_in_flight });
-        (finish, over)
+impl SideRules {
+    pub fn new(timeouts: &Timeouts, limits: &Limits) -> Self {
+        Self {
+            max_in_flight: limits.max_in_flight,
+            max_headers: limits.max_headers,
+            max_header_bytes: limits.max_header_bytes.value.0 as usize,
+            response_timeout: timeouts.response.value,
+            idle_timeout: timeouts.idle.value,
+        }
     }
 
     /// The head limits for a request of `fields` header fields and `bytes` bytes of target and
@@ -52,7 +52,7 @@ impl Admission {
         }
     }
 
-    /// [`Admission::head`] for a request hyper or the HTTP/2 server parsed.
+    /// [`SideRules::head`] for a request hyper or the HTTP/2 server parsed.
     pub fn parts(&self, parts: &http::request::Parts) -> Option<ProxyError> {
         let mut size = target_len(&parts.uri);
         for (name, value) in &parts.headers {
@@ -60,10 +60,58 @@ impl Admission {
         }
         self.head(parts.headers.len(), size)
     }
+}
+
+/// One side's admission rules and its in-flight count (both shared by its workers).
+#[derive(Clone)]
+pub struct Admission {
+    in_flight: Arc<AtomicUsize>,
+    rules: Arc<ArcSwap<SideRules>>,
+}
+
+/// What [`Admission::enter`] gives a request.
+pub struct Entered {
+    /// The request's once-only report, holding its in-flight slot.
+    pub finish: Finish,
+    /// The rules in force when it was admitted, for the rest of its life.
+    pub rules: SideRules,
+    /// The refusal, when the slot is over `max_in_flight`.
+    pub over: Option<ProxyError>,
+}
+
+impl Admission {
+    pub fn new(rules: SideRules) -> Self {
+        Self { in_flight: Arc::new(AtomicUsize::new(0)), rules: Arc::new(ArcSwap::from_pointee(rules)) }
+    }
+
+    /// Starts a request's once-only report and takes its in-flight slot (given back when the
+    /// report is made), with the rules in force now.
+    pub fn enter(
+        &self,
+        record: RequestRecord,
+        received: Option<Arc<AtomicU64>>,
+        telemetry: &Arc<Telemetry>,
+    ) -> Entered {
+        let rules = **self.rules.load();
+        let now = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let finish = Finish::new(record, received, telemetry.clone()).with_guard(InFlight(self.in_flight.clone()));
+        let over = (now >= rules.max_in_flight).then_some(ProxyError::TooManyRequests { limit: rules.max_in_flight });
+        Entered { finish, rules, over }
+    }
+
+    /// The rules in force now.
+    pub fn rules(&self) -> SideRules {
+        **self.rules.load()
+    }
+
+    /// Puts `rules` in force for every request admitted from now on (a reload).
+    pub fn set(&self, rules: SideRules) {
+        self.rules.store(Arc::new(rules));
+    }
 
     /// The configured most header fields (the HTTP/1.1 server parses up to this many).
     pub fn max_headers(&self) -> usize {
-        self.max_headers
+        self.rules.load().max_headers
     }
 
     /// Requests in flight right now.
@@ -86,7 +134,13 @@ mod tests {
 
     #[test]
     fn head_limits_count_fields_then_bytes() {
-        let a = Admission::new(10, 2, 100);
+        let a = SideRules {
+            max_in_flight: 10,
+            max_headers: 2,
+            max_header_bytes: 100,
+            response_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        };
         assert!(a.head(2, 100).is_none());
         let fields = a.head(3, 10).expect("too many fields");
         assert_eq!(fields.to_string(), "request header fields too large (DPE): 3 header fields, the limit is 2");

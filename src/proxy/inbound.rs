@@ -19,7 +19,7 @@ use crate::base::body::{CountingBody, RequestBody};
 use crate::base::conn::ConnMeta;
 use crate::base::reason::Direction;
 use crate::config::Inbound as InboundConfig;
-use crate::proxy::admission::Admission;
+use crate::proxy::admission::{Admission, Entered, SideRules};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::{error_response, note_error, ProxyError};
 use crate::proxy::headers;
@@ -69,8 +69,8 @@ pub struct InboundProxy {
     pub(crate) app: SocketAddr,
     app_authority: Authority,
     pub(crate) telemetry: Arc<Telemetry>,
+    /// The in-flight cap, the head limits and the response timeout, which a reload may change.
     pub(crate) admission: Admission,
-    pub(crate) response_timeout: Duration,
     pub(crate) connect_timeout_ms: u64,
     pub(crate) proto: &'static str,
     /// Upstream-failure warnings, rate-limited across every worker.
@@ -87,12 +87,7 @@ impl InboundProxy {
             app,
             app_authority,
             telemetry,
-            admission: Admission::new(
-                cfg.limits.max_in_flight,
-                cfg.limits.max_headers,
-                cfg.limits.max_header_bytes.value.0 as usize,
-            ),
-            response_timeout: cfg.timeouts.response.value,
+            admission: Admission::new(SideRules::new(&cfg.timeouts, &cfg.limits)),
             connect_timeout_ms: cfg.timeouts.connect.value.as_millis() as u64,
             proto: if tls { "https" } else { "http" },
             errors: Arc::new(crate::telemetry::ratelimit::RateLimitedLog::new(Duration::from_secs(5))),
@@ -132,6 +127,12 @@ impl InboundProxy {
     /// Requests in flight right now.
     pub fn in_flight(&self) -> usize {
         self.admission.in_flight()
+    }
+
+    /// Puts a reloaded configuration's limits and response timeout in force for the requests
+    /// admitted from now on (every worker's proxy shares them).
+    pub fn reconfigure(&self, cfg: &InboundConfig) {
+        self.admission.set(SideRules::new(&cfg.timeouts, &cfg.limits));
     }
 }
 
@@ -181,6 +182,8 @@ struct Forwarding {
     finish: Finish,
     /// An HTTP/1.1 client that accepts trailers.
     h1_trailers: bool,
+    /// `timeouts.response` as it was when the request was admitted.
+    response_timeout: Duration,
 }
 
 impl InboundProxy {
@@ -203,13 +206,13 @@ impl InboundProxy {
         // Load shed: never queue beyond max_in_flight.
 
         // From here on the request is reported exactly once, whichever way it ends.
-        let (mut finish, over) = self.admission.enter(record, None, &self.telemetry);
+        let Entered { mut finish, rules, over } = self.admission.enter(record, None, &self.telemetry);
         if let Some(err) = over {
             return Err(self.fail(err, finish));
         }
 
         // Request-head limits (hyper's own limits sit above these as a backstop).
-        if let Some(err) = self.admission.parts(&parts) {
+        if let Some(err) = rules.parts(&parts) {
             return Err(self.fail(err, finish));
         }
 
@@ -261,19 +264,21 @@ impl InboundProxy {
         let received = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicU64::new(0)));
         let body = CountingBody::new(body, received.clone());
         finish.set_received(received);
-        Ok(Forwarding { req: Request::from_parts(parts, body), finish, h1_trailers })
+        let response_timeout = rules.response_timeout;
+        Ok(Forwarding { req: Request::from_parts(parts, body), finish, h1_trailers, response_timeout })
     }
 
     /// Sends a request the HTTP/1.1 server already admitted, checked and rewrote (`parts`:
     /// origin-form target, its fields as they go to the app) through the app's client: the
     /// path of HTTP/1.x requests to an app that speaks h2. `h1_trailers`: the client accepts
-    /// trailers.
+    /// trailers; `response_timeout`: the one in force when the request was admitted.
     pub(crate) fn forward_checked(
         self: &Arc<Self>,
         mut parts: http::request::Parts,
         body: RequestBody,
         mut finish: Finish,
         h1_trailers: bool,
+        response_timeout: Duration,
     ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> {
         if let AppClient::Http2(_) = &self.client {
             let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
@@ -293,7 +298,7 @@ impl InboundProxy {
         let received = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicU64::new(0)));
         let body = CountingBody::new(body, received.clone());
         finish.set_received(received);
-        let fwd = Forwarding { req: Request::from_parts(parts, body), finish, h1_trailers };
+        let fwd = Forwarding { req: Request::from_parts(parts, body), finish, h1_trailers, response_timeout };
         Box::pin(self.clone().forward(fwd))
     }
 
@@ -308,7 +313,7 @@ impl InboundProxy {
     /// the streaming client half, whose `send` borrows the head and takes the body; taking the
     /// whole request by value made it 1,536.
     fn forward(self: Arc<Self>, fwd: Forwarding) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
-        let Forwarding { req, finish, h1_trailers } = fwd;
+        let Forwarding { req, finish, h1_trailers, response_timeout } = fwd;
         // The head and the body apart, each held once: the client half borrows the head and
         // takes the body (an `async fn` argument would be a second copy for the request's life).
         let (head, body) = req.into_parts();
@@ -317,7 +322,7 @@ impl InboundProxy {
             let mut finish = finish;
             let sent_at = Instant::now();
             // One clock reading for both the service time and the deadline.
-            let deadline = tokio::time::Instant::from_std(sent_at) + self.response_timeout;
+            let deadline = tokio::time::Instant::from_std(sent_at) + response_timeout;
             let sent = match &self.client {
                 // To an HTTP/1.1 app every request goes on the codec's connections
                 // ([`crate::upstream::http1`]), its body streamed.
@@ -328,7 +333,7 @@ impl InboundProxy {
                     match tokio::time::timeout_at(deadline, send).await {
                         Ok(Ok(resp)) => Ok(ProxyBody::split_app(resp)),
                         Ok(Err(e)) => Err(e),
-                        Err(_) => Err(self.response_timed_out()),
+                        Err(_) => Err(self.response_timed_out(response_timeout)),
                     }
                 }
                 // Boxed: hyper's future would make every request's future several times larger.
@@ -338,7 +343,7 @@ impl InboundProxy {
                     match tokio::time::timeout_at(deadline, Box::pin(client.request(req))).await {
                         Ok(Ok(resp)) => Ok(ProxyBody::split_upstream(resp)),
                         Ok(Err(e)) => Err(ProxyError::from_client(&e, self.app, self.connect_timeout_ms)),
-                        Err(_) => Err(self.response_timed_out()),
+                        Err(_) => Err(self.response_timed_out(response_timeout)),
                     }
                 }
             };
@@ -374,12 +379,10 @@ impl InboundProxy {
         }
     }
 
-    /// The error for an app that did not answer within `timeouts.response` (`UT`).
-    pub(crate) fn response_timed_out(&self) -> ProxyError {
-        ProxyError::UpstreamTimeout {
-            upstream: self.app.to_string(),
-            timeout_ms: self.response_timeout.as_millis() as u64,
-        }
+    /// The error for an app that did not answer within `timeout` (the request's
+    /// `timeouts.response`; `UT`).
+    pub(crate) fn response_timed_out(&self, timeout: Duration) -> ProxyError {
+        ProxyError::UpstreamTimeout { upstream: self.app.to_string(), timeout_ms: timeout.as_millis() as u64 }
     }
 
     /// Answers with tandem's own error response (in gRPC's form to a gRPC request), logging

@@ -31,12 +31,13 @@ use crate::base::reason::Reason;
 use crate::config::policy::{Destination, Policy, Verdict, Why};
 use crate::config::Outbound as OutboundConfig;
 use crate::lifecycle::shutdown::Tracker;
-use crate::proxy::admission::Admission;
+use crate::proxy::admission::{Admission, Entered, SideRules};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::{error_response, note_error, ProxyError};
 use crate::proxy::headers;
 use crate::telemetry::record::{Finish, RequestRecord};
 use crate::telemetry::Telemetry;
+use arc_swap::ArcSwap;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -67,10 +68,10 @@ pub struct OutboundProxy {
     dialer: Arc<Dialer>,
     telemetry: Arc<Telemetry>,
     conns: Arc<Tracker>,
+    /// The in-flight cap, the head limits, the response and tunnel idle timeouts, which a
+    /// reload may change.
     admission: Admission,
-    response_timeout: Duration,
     connect_timeout: Duration,
-    tunnel_idle: Duration,
     /// Upstream-failure warnings, rate-limited across every worker.
     errors: Arc<crate::telemetry::ratelimit::RateLimitedLog>,
 }
@@ -79,24 +80,19 @@ impl OutboundProxy {
     /// `own` is the address the outbound listener is bound to (requests naming it are a loop);
     /// `conns` is that listener's connection tracker, which open tunnels join.
     pub fn new(cfg: &OutboundConfig, telemetry: Arc<Telemetry>, own: SocketAddr, conns: Arc<Tracker>) -> Arc<Self> {
-        let policy = Policy::new(
-            cfg.allow.iter().map(|h| h.value.clone()).collect(),
-            cfg.deny.iter().map(|h| h.value.clone()).collect(),
-        );
-        let dialer = Arc::new(Dialer { policy, connect_timeout: cfg.timeouts.connect.value, own });
+        let policy = policy(cfg);
+        let dialer = Arc::new(Dialer {
+            policy: ArcSwap::from_pointee(policy),
+            connect_timeout: cfg.timeouts.connect.value,
+            own,
+        });
         Arc::new(Self {
             client: Self::client(cfg, &dialer),
             dialer,
             telemetry,
             conns,
-            admission: Admission::new(
-                cfg.limits.max_in_flight,
-                cfg.limits.max_headers,
-                cfg.limits.max_header_bytes.value.0 as usize,
-            ),
-            response_timeout: cfg.timeouts.response.value,
+            admission: Admission::new(SideRules::new(&cfg.timeouts, &cfg.limits)),
             connect_timeout: cfg.timeouts.connect.value,
-            tunnel_idle: cfg.timeouts.idle.value,
             errors: Arc::new(crate::telemetry::ratelimit::RateLimitedLog::new(Duration::from_secs(5))),
         })
     }
@@ -128,6 +124,17 @@ impl OutboundProxy {
     pub fn in_flight(&self) -> usize {
         self.admission.in_flight()
     }
+
+    /// Puts a reloaded configuration's limits, timeouts and policy in force for the requests and
+    /// connections that come next (every worker's proxy shares them).
+    pub fn reconfigure(&self, cfg: &OutboundConfig) {
+        self.admission.set(SideRules::new(&cfg.timeouts, &cfg.limits));
+        self.dialer.policy.store(Arc::new(policy(cfg)));
+    }
+}
+
+fn policy(cfg: &OutboundConfig) -> Policy {
+    Policy::new(cfg.allow.iter().map(|h| h.value.clone()).collect(), cfg.deny.iter().map(|h| h.value.clone()).collect())
 }
 
 /// The outbound service bound to one connection from the app.
@@ -157,7 +164,7 @@ impl hyper::service::Service<Request<Incoming>> for OutboundService {
 
 impl OutboundProxy {
     /// Starts the record and takes an in-flight slot ([`Admission::enter`]).
-    fn admit(&self, record: RequestRecord, received: Option<Arc<AtomicU64>>) -> (Finish, Option<ProxyError>) {
+    fn admit(&self, record: RequestRecord, received: Option<Arc<AtomicU64>>) -> Entered {
         self.admission.enter(record, received, &self.telemetry)
     }
 
@@ -169,11 +176,11 @@ impl OutboundProxy {
         let mut record = RequestRecord::start(Direction::Outbound, peer, &parts);
         record.upstream_cluster = PASSTHROUGH;
         let received = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicU64::new(0)));
-        let (mut finish, over) = self.admit(record, received.clone());
+        let Entered { mut finish, rules, over } = self.admit(record, received.clone());
         if let Some(err) = over {
             return self.fail(err, finish);
         }
-        if let Some(err) = self.admission.parts(&parts) {
+        if let Some(err) = rules.parts(&parts) {
             return self.fail(err, finish);
         }
         let authority = match destination(&parts) {
@@ -220,10 +227,10 @@ impl OutboundProxy {
         let upstream_req = Request::from_parts(parts, CountingBody::new(body.into(), received));
 
         let sent_at = Instant::now();
-        let result = tokio::time::timeout(self.response_timeout, self.client.request(upstream_req)).await;
+        let result = tokio::time::timeout(rules.response_timeout, self.client.request(upstream_req)).await;
         let mut resp = match result {
             Err(_) => {
-                let timeout_ms = self.response_timeout.as_millis() as u64;
+                let timeout_ms = rules.response_timeout.as_millis() as u64;
                 return self.fail(ProxyError::UpstreamTimeout { upstream: authority.to_string(), timeout_ms }, finish);
             }
             Ok(Err(e)) => {
@@ -262,7 +269,7 @@ impl OutboundProxy {
         let mut record = RequestRecord::start(Direction::Outbound, peer, &parts);
         record.upstream_cluster = PASSTHROUGH;
         let received = Arc::new(AtomicU64::new(0));
-        let (mut finish, over) = self.admit(record, Some(received.clone()));
+        let Entered { mut finish, rules, over } = self.admit(record, Some(received.clone()));
         if let Some(err) = over {
             return self.fail(err, finish);
         }
@@ -294,7 +301,7 @@ impl OutboundProxy {
                 _ => headers::new_request_id(),
             });
         }
-        tokio::spawn(self.clone().tunnel(on_upgrade, stream, finish, received));
+        tokio::spawn(self.clone().tunnel(on_upgrade, stream, finish, received, rules.idle_timeout));
         Response::new(ProxyBody::empty())
     }
 
@@ -305,6 +312,7 @@ impl OutboundProxy {
         upstream: TcpStream,
         mut finish: Finish,
         received: Arc<AtomicU64>,
+        idle: Duration,
     ) {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -319,7 +327,6 @@ impl OutboundProxy {
         let activity = Arc::new(AtomicU64::new(0));
         let mut down = Metered::new(TokioIo::new(upgraded), activity.clone());
         let mut up = Metered::new(upstream, activity.clone());
-        let idle = self.tunnel_idle;
         let mut idled = false;
         {
             let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
@@ -438,7 +445,8 @@ fn literal_ip(host: &str) -> Option<IpAddr> {
 /// Resolves, applies the address policy and the loop check, and connects: everything between an
 /// authority and a TCP connection, shared by the pooled client and `CONNECT`.
 pub struct Dialer {
-    policy: Policy,
+    /// `outbound.allow`/`outbound.deny`; a reload swaps it, and each check loads it once.
+    policy: ArcSwap<Policy>,
     connect_timeout: Duration,
     /// The outbound listener's own address: dialing it is a loop.
     own: SocketAddr,
@@ -542,11 +550,10 @@ impl Dialer {
         let port = authority.port_u16().unwrap_or(80);
         let literal = literal_ip(host);
         let d = Destination { name: if literal.is_some() { None } else { Some(host) }, addr: literal, port };
-        match self.policy.decide(&d) {
+        let policy = self.policy.load();
+        match policy.decide(&d) {
             Verdict::Allow | Verdict::Resolve => Ok(()),
-            Verdict::Deny(why) => {
-                Err(ProxyError::Denied { what: format!("{authority} ({})", self.policy.explain(why)) })
-            }
+            Verdict::Deny(why) => Err(ProxyError::Denied { what: format!("{authority} ({})", policy.explain(why)) }),
         }
     }
 
@@ -578,6 +585,7 @@ impl Dialer {
                 Ok(Ok(it)) => it.collect(),
             },
         };
+        let policy = self.policy.load_full();
         let mut allowed = Vec::with_capacity(addrs.len());
         let mut denied = None;
         let mut looped = None;
@@ -587,7 +595,7 @@ impl Dialer {
                 looped = Some(a);
                 continue;
             }
-            match self.policy.decide(&Destination { name, addr: Some(a.ip()), port }) {
+            match policy.decide(&Destination { name, addr: Some(a.ip()), port }) {
                 Verdict::Allow => allowed.push(a),
                 Verdict::Deny(why) => {
                     denied.get_or_insert(why);
@@ -600,7 +608,7 @@ impl Dialer {
         }
         if allowed.is_empty() {
             return Err(match (denied, looped) {
-                (Some(why), _) => DialError::Denied { why: self.policy.explain(why) },
+                (Some(why), _) => DialError::Denied { why: policy.explain(why) },
                 (None, Some(addr)) => DialError::Loop { addr },
                 (None, None) => DialError::Resolve { cause: "no addresses".to_owned() },
             });
@@ -710,7 +718,7 @@ mod tests {
     #[test]
     fn the_own_listener_is_a_loop() {
         let d = |own: &str| Dialer {
-            policy: Policy::default(),
+            policy: ArcSwap::from_pointee(Policy::default()),
             connect_timeout: Duration::from_secs(1),
             own: own.parse().expect("addr"),
         };

@@ -50,10 +50,14 @@ pub use crate::config::Destination;
 
 /// The request path's handle on the access log.
 pub struct AccessLog {
+    /// The writer's queue; `None` when the log started off (turning it on takes a restart).
     tx: Option<Sender<Msg>>,
+    /// False while a reload has turned the log off.
+    on: AtomicBool,
     /// Lines in the queue (the writer subtracts what it takes), against `capacity`.
     queued: Arc<AtomicUsize>,
-    capacity: usize,
+    /// `access_log.queue`; a reload may change it.
+    capacity: AtomicUsize,
     dropped: IntCounter,
     last_drop_warning: AtomicU64,
     reopen: Arc<AtomicBool>,
@@ -65,6 +69,16 @@ enum Msg {
     /// Write everything queued before this (and reopen if asked), then acknowledge with the
     /// outcome of the last reopen.
     Flush(SyncSender<Result<(), String>>),
+    /// A reload: write everything queued before this where it was going, then write to the new
+    /// sink in the new format.
+    Retarget(Box<Sink>, AccessLogFormat),
+}
+
+/// Where a reloaded configuration sends lines, opened before anything changes (so a
+/// destination that cannot be opened leaves the log as it was).
+pub enum Retarget {
+    Off,
+    To(Box<Sink>, AccessLogFormat),
 }
 
 impl AccessLog {
@@ -76,8 +90,9 @@ impl AccessLog {
         if dest == Destination::Off {
             return Ok(Self {
                 tx: None,
+                on: AtomicBool::new(false),
                 queued: Arc::new(AtomicUsize::new(0)),
-                capacity: 0,
+                capacity: AtomicUsize::new(0),
                 dropped,
                 last_drop_warning: AtomicU64::new(0),
                 reopen,
@@ -102,8 +117,9 @@ impl AccessLog {
         let thread = std::thread::Builder::new().name("tandem-access-log".into()).spawn(move || writer.run(rx))?;
         Ok(Self {
             tx: Some(tx),
+            on: AtomicBool::new(true),
             queued,
-            capacity: cfg.queue.max(1),
+            capacity: AtomicUsize::new(cfg.queue.max(1)),
             dropped,
             last_drop_warning: AtomicU64::new(0),
             reopen,
@@ -113,7 +129,39 @@ impl AccessLog {
 
     /// Whether lines are written at all.
     pub fn enabled(&self) -> bool {
+        self.tx.is_some() && self.on.load(Ordering::Relaxed)
+    }
+
+    /// Whether the writer was started (the log did not start off).
+    pub fn started(&self) -> bool {
         self.tx.is_some()
+    }
+
+    /// Opens what a reloaded `cfg` names, changing nothing yet ([`AccessLog::retarget`] does).
+    /// A log that started off cannot be turned on: its writer was never started.
+    pub fn prepare(&self, cfg: &AccessLogConfig) -> Result<Retarget, String> {
+        match Destination::parse(&cfg.destination) {
+            Destination::Off => Ok(Retarget::Off),
+            _ if self.tx.is_none() => Err("the access log started off; turning it on needs a restart".to_owned()),
+            dest => Sink::open(dest, cfg.max_size.value.0, cfg.max_files)
+                .map(|sink| Retarget::To(Box::new(sink), cfg.format))
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Puts a prepared destination and `queue` in force: lines queued before this go where they
+    /// were going, lines after it to the new destination.
+    pub fn retarget(&self, to: Retarget, queue: usize) {
+        self.capacity.store(queue.max(1), Ordering::Relaxed);
+        match (to, &self.tx) {
+            (Retarget::Off, _) => self.on.store(false, Ordering::Relaxed),
+            (Retarget::To(sink, format), Some(tx)) => {
+                if tx.send(Msg::Retarget(sink, format)).is_ok() {
+                    self.on.store(true, Ordering::Relaxed);
+                }
+            }
+            (Retarget::To(..), None) => {}
+        }
     }
 
     /// Queues a finished request; never blocks. A full queue drops the line and counts it. A
@@ -121,9 +169,9 @@ impl AccessLog {
     /// ([`RequestRecord::detach`]): it waits for the writer's next batch, and would otherwise keep
     /// that whole buffer allocated until then.
     pub fn log(&self, mut record: Box<RequestRecord>) {
-        let Some(tx) = &self.tx else { return };
+        let Some(tx) = self.tx.as_ref().filter(|_| self.on.load(Ordering::Relaxed)) else { return };
         // Reserve a place first; the writer gives it back when it takes the line.
-        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.capacity.load(Ordering::Relaxed) {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             self.dropped.inc();
             self.warn_dropped();
@@ -194,7 +242,8 @@ enum Out {
     File(File),
 }
 
-struct Sink {
+/// Where the writer puts lines: stdout or a file it rotates.
+pub struct Sink {
     out: Out,
     path: Option<PathBuf>,
     size: u64,
@@ -363,6 +412,12 @@ impl Writer {
                 if self.buf.len() >= WRITE_CHUNK {
                     self.write_out();
                 }
+            }
+            Msg::Retarget(sink, format) => {
+                self.write_out();
+                self.sink = *sink;
+                self.format = format;
+                self.reopen_error = None;
             }
             Msg::Flush(ack) => {
                 self.write_out();
