@@ -33,6 +33,26 @@ fn write_config(file: &Path, app: SocketAddr, inbound_extra: &str, extra: &str) 
     std::fs::write(file, text).expect("write config");
 }
 
+/// The echo app and a directory holding the configuration file a test rewrites.
+struct Setup {
+    echo: tandem::app::Echo,
+    dir: TempDir,
+    file: std::path::PathBuf,
+}
+
+impl Setup {
+    async fn new(tag: &str) -> Self {
+        let dir = TempDir::new(tag);
+        let file = dir.join("tandem.yaml");
+        Self { echo: support::echo().await, dir, file }
+    }
+
+    /// Writes the file ([`write_config`]) in front of the echo app.
+    fn write(&self, inbound_extra: &str, extra: &str) {
+        write_config(&self.file, self.echo.addr, inbound_extra, extra);
+    }
+}
+
 async fn post_reload(admin: SocketAddr) -> (u16, String) {
     let (status, _, body) = procs::request(admin, Method::POST, "/reload").await.expect("POST /reload");
     (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
@@ -46,15 +66,13 @@ async fn status_of(addr: SocketAddr, path: &str) -> (u16, Option<String>) {
 
 #[tokio::test]
 async fn sighup_with_a_shorter_response_timeout_makes_a_slow_request_that_passed_get_504_ut() {
-    let echo = support::echo().await;
-    let dir = TempDir::new("reload-timeout");
-    let file = dir.join("tandem.yaml");
+    let s = Setup::new("reload-timeout").await;
     let timeouts = |t: &str| format!("  timeouts:\n    response: {t}\n");
-    write_config(&file, echo.addr, &timeouts("30s"), "access_log:\n  destination: off\n");
-    let mut t = run_file(&file);
+    s.write(&timeouts("30s"), "access_log:\n  destination: off\n");
+    let mut t = run_file(&s.file);
     assert_eq!(status_of(t.inbound, "/slow?delay=1s").await, (200, None));
 
-    write_config(&file, echo.addr, &timeouts("100ms"), "access_log:\n  destination: off\n");
+    s.write(&timeouts("100ms"), "access_log:\n  destination: off\n");
     t.signal(libc::SIGHUP);
     poll_metric(t.admin, &reloads("applied", 1)).await;
     assert_eq!(status_of(t.inbound, "/slow?delay=1s").await, (504, Some("UT".to_owned())));
@@ -67,17 +85,15 @@ async fn sighup_with_a_shorter_response_timeout_makes_a_slow_request_that_passed
 
 #[tokio::test]
 async fn a_listen_address_change_is_refused_naming_the_key_and_the_old_configuration_keeps_serving() {
-    let echo = support::echo().await;
-    let dir = TempDir::new("reload-listen");
-    let file = dir.join("tandem.yaml");
-    write_config(&file, echo.addr, "", "access_log:\n  destination: off\n");
-    let mut t = run_file(&file);
+    let s = Setup::new("reload-listen").await;
+    s.write("", "access_log:\n  destination: off\n");
+    let mut t = run_file(&s.file);
 
     // The new address differs only in the listen address, and a timeout that would apply.
     let moved = support::free_addr();
     let text =
-        std::fs::read_to_string(&file).expect("read").replacen("listen: 127.0.0.1:0", &format!("listen: {moved}"), 1);
-    std::fs::write(&file, text.replace("destination: off", "destination: off\nlog:\n  level: debug")).expect("write");
+        std::fs::read_to_string(&s.file).expect("read").replacen("listen: 127.0.0.1:0", &format!("listen: {moved}"), 1);
+    std::fs::write(&s.file, text.replace("destination: off", "destination: off\nlog:\n  level: debug")).expect("write");
     t.signal(libc::SIGHUP);
     poll_metric(t.admin, &reloads("refused", 1)).await;
     let stderr = t.logged("configuration reload refused").await;
@@ -94,19 +110,12 @@ async fn a_listen_address_change_is_refused_naming_the_key_and_the_old_configura
 
 #[tokio::test]
 async fn an_invalid_file_is_refused_with_checks_messages_and_tandem_keeps_serving() {
-    let echo = support::echo().await;
-    let dir = TempDir::new("reload-invalid");
-    let file = dir.join("tandem.yaml");
-    write_config(&file, echo.addr, "", "access_log:\n  destination: off\n");
-    let t = run_file(&file);
+    let s = Setup::new("reload-invalid").await;
+    s.write("", "access_log:\n  destination: off\n");
+    let t = run_file(&s.file);
 
-    write_config(
-        &file,
-        echo.addr,
-        "  timeouts:\n    response: soon\n  limit: {}\n",
-        "access_log:\n  destination: off\n",
-    );
-    let check = Command::new(bin()).arg("check").arg("-c").arg(&file).output().expect("tandem check");
+    s.write("  timeouts:\n    response: soon\n  limit: {}\n", "access_log:\n  destination: off\n");
+    let check = Command::new(bin()).arg("check").arg("-c").arg(&s.file).output().expect("tandem check");
     assert!(!check.status.success());
     let stderr = String::from_utf8_lossy(&check.stderr);
     let expected: Vec<&str> = stderr.lines().filter(|l| l.starts_with("  ")).map(str::trim).collect();
@@ -121,16 +130,14 @@ async fn an_invalid_file_is_refused_with_checks_messages_and_tandem_keeps_servin
 
 #[tokio::test]
 async fn post_reload_from_loopback_applies_the_change_and_the_counter_moves() {
-    let echo = support::echo().await;
-    let dir = TempDir::new("reload-post");
-    let file = dir.join("tandem.yaml");
-    write_config(&file, echo.addr, "", "access_log:\n  destination: off\n");
-    let t = run_file(&file);
+    let s = Setup::new("reload-post").await;
+    s.write("", "access_log:\n  destination: off\n");
+    let t = run_file(&s.file);
     poll_metric(t.admin, &reloads("applied", 0)).await;
 
     let (status, body) = post_reload(t.admin).await;
     assert_eq!((status, body.as_str()), (200, "nothing changed\n"));
-    write_config(&file, echo.addr, "  limits:\n    max_headers: 2\n", "access_log:\n  destination: off\n");
+    s.write("  limits:\n    max_headers: 2\n", "access_log:\n  destination: off\n");
     let (status, body) = post_reload(t.admin).await;
     assert_eq!((status, body.as_str()), (200, "changed: inbound.limits.max_headers\n"));
     poll_metric(t.admin, &reloads("applied", 2)).await;
@@ -144,19 +151,15 @@ async fn post_reload_from_loopback_applies_the_change_and_the_counter_moves() {
 
 #[tokio::test]
 async fn a_reload_under_load_loses_no_request() {
-    let echo = support::echo().await;
-    let dir = TempDir::new("reload-load");
-    let file = dir.join("tandem.yaml");
+    let s = Setup::new("reload-load").await;
     let with = |response: &str, in_flight: u32| {
-        write_config(
-            &file,
-            echo.addr,
+        s.write(
             &format!("  timeouts:\n    response: {response}\n  limits:\n    max_in_flight: {in_flight}\n"),
             "access_log:\n  destination: off\n",
         )
     };
     with("10s", 1000);
-    let t = run_file(&file);
+    let t = run_file(&s.file);
     let inbound = t.inbound;
     let mut load = Vec::new();
     for task in 0..4 {
@@ -184,13 +187,11 @@ async fn a_reload_under_load_loses_no_request() {
 
 #[tokio::test]
 async fn a_log_level_change_takes_effect_on_sighup() {
-    let echo = support::echo().await;
-    let dir = TempDir::new("reload-level");
-    let file = dir.join("tandem.yaml");
+    let s = Setup::new("reload-level").await;
     // The access log on stdout (/dev/null here), so that SIGUSR1 has a writer to reopen.
-    write_config(&file, echo.addr, "", "log:\n  level: info\n");
-    let mut t = run_file(&file);
-    write_config(&file, echo.addr, "", "log:\n  level: debug\n");
+    s.write("", "log:\n  level: info\n");
+    let mut t = run_file(&s.file);
+    s.write("", "log:\n  level: debug\n");
     t.signal(libc::SIGHUP);
     poll_metric(t.admin, &reloads("applied", 1)).await;
     let (_, _, level) = procs::get(t.admin, "/log-level").await.expect("GET /log-level");
@@ -202,18 +203,16 @@ async fn a_log_level_change_takes_effect_on_sighup() {
 
 #[tokio::test]
 async fn an_access_log_path_change_reopens_to_the_new_file() {
-    let echo = support::echo().await;
-    let dir = TempDir::new("reload-access-log");
-    let file = dir.join("tandem.yaml");
-    let (first, second) = (dir.join("first.log"), dir.join("second.log"));
+    let s = Setup::new("reload-access-log").await;
+    let (first, second) = (s.dir.join("first.log"), s.dir.join("second.log"));
     let log_to = |p: &Path| format!("access_log:\n  destination: {}\n", p.display());
-    write_config(&file, echo.addr, "", &log_to(&first));
-    let t = run_file(&file);
+    s.write("", &log_to(&first));
+    let t = run_file(&s.file);
     assert_eq!(status_of(t.inbound, "/before").await, (200, None));
     support::poll(Duration::from_secs(10), "the first line", || (support::json_lines(&first).len() == 1).then_some(()))
         .await;
 
-    write_config(&file, echo.addr, "", &log_to(&second));
+    s.write("", &log_to(&second));
     let (status, body) = post_reload(t.admin).await;
     assert_eq!((status, body.as_str()), (200, "changed: access_log.destination\n"));
     assert_eq!(status_of(t.inbound, "/after").await, (200, None));
@@ -226,4 +225,21 @@ async fn an_access_log_path_change_reopens_to_the_new_file() {
     let old = support::json_lines(&first);
     assert_eq!(old.len(), 1, "nothing more in the old file: {old:?}");
     assert_eq!(old[0]["path"], "/before");
+}
+
+#[tokio::test]
+async fn turning_on_an_access_log_that_started_off_is_refused_naming_the_key() {
+    let s = Setup::new("reload-log-on").await;
+    s.write("", "access_log:\n  destination: off\n");
+    let t = run_file(&s.file);
+    let path = s.dir.join("access.log");
+    s.write("  timeouts:\n    response: 3s\n", &format!("access_log:\n  destination: {}\n", path.display()));
+    let (status, body) = post_reload(t.admin).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.starts_with("access_log.destination: changing it needs a restart"), "{body}");
+    // The whole reload was refused: the timeout that could have changed did not.
+    let (_, _, config) = procs::get(t.admin, "/config").await.expect("GET /config");
+    assert!(String::from_utf8_lossy(&config).contains("response: 15s"), "the old configuration is in force");
+    assert_eq!(status_of(t.inbound, "/hello").await, (200, None));
+    assert!(!path.exists(), "no file was opened");
 }
