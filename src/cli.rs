@@ -45,6 +45,12 @@ pub enum Command {
         after_help = "Example (an init container sharing an emptyDir with the app):\n  tandem copy-self /tandem-bin\n  # the app container then runs: /tandem-bin/tandem await -- CMD ARGS"
     )]
     CopySelf(CopySelfArgs),
+    /// Install the NAT rules of transparent mode in this network namespace (an init container's
+    /// step): the pod's inbound and outbound TCP redirected to tandem, tandem's own uid exempt.
+    #[command(
+        after_help = "Examples:\n  tandem iptables --dry-run                 # print the iptables-restore input, touch nothing\n  tandem iptables -c /etc/tandem/tandem.yaml --exclude-outbound-cidrs 169.254.169.254/32\n  tandem iptables --cleanup                 # remove every TANDEM_* chain and jump\n\nNeeds uid 0 with NET_ADMIN and NET_RAW (not for --dry-run). Ports default to the configuration's\nlisten ports (15006, 15001, 15020). docs/transparent.md has the rules and what each is for."
+    )]
+    Iptables(IptablesArgs),
 }
 
 /// Flags shared by `run` and `check`: the configuration sources.
@@ -200,6 +206,52 @@ pub struct CopySelfArgs {
     /// Directory to copy the binary into (as DIR/tandem, mode 0755).
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct IptablesArgs {
+    /// Take the listener ports from this configuration (and TANDEM_* variables), as `tandem run` would.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where inbound TCP is redirected [default: inbound.listen's port].
+    #[arg(long, value_name = "PORT")]
+    pub inbound_port: Option<u16>,
+    /// Where outbound TCP is redirected [default: outbound.listen's port].
+    #[arg(long, value_name = "PORT")]
+    pub outbound_port: Option<u16>,
+    /// Never redirected inbound, so probes and scrapes reach tandem [default: admin.listen's port].
+    #[arg(long, value_name = "PORT")]
+    pub admin_port: Option<u16>,
+    /// The uid tandem runs as: its connections are never redirected.
+    #[arg(long, default_value_t = 1337, value_name = "UID")]
+    pub proxy_uid: u32,
+    /// Also exempt connections of processes with this primary gid (off unless given).
+    #[arg(long, value_name = "GID")]
+    pub proxy_gid: Option<u32>,
+    /// Inbound ports not redirected (comma-separated); the admin and inbound ports always are not.
+    #[arg(long, value_delimiter = ',', value_name = "PORTS")]
+    pub exclude_inbound_ports: Vec<u16>,
+    /// Redirect only these inbound ports instead of all (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "PORTS")]
+    pub include_inbound_ports: Vec<u16>,
+    /// Outbound destination ports not redirected (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "PORTS")]
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Outbound destinations not redirected, e.g. 169.254.169.254/32 (comma-separated, IPv4 or IPv6).
+    #[arg(long, value_delimiter = ',', value_name = "CIDRS", value_parser = crate::mesh::rules::Cidr::parse)]
+    pub exclude_outbound_cidrs: Vec<crate::mesh::rules::Cidr>,
+    /// IPv6 rules (ip6tables) too: auto installs them when the namespace has a global IPv6 address.
+    #[arg(long, value_enum, default_value = "auto", value_name = "WHEN")]
+    pub ipv6: crate::mesh::iptables::Ipv6,
+    /// The iptables back end: auto picks the one holding rules, else nft if it works, else legacy.
+    #[arg(long, value_enum, default_value = "auto", value_name = "BACKEND")]
+    pub iptables_backend: crate::mesh::iptables::BackendChoice,
+    /// Print the iptables-restore input of each family and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove every rule and chain tandem made, instead of installing.
+    #[arg(long)]
+    pub cleanup: bool,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

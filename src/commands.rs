@@ -2,7 +2,7 @@
 //! outcome into an exit code.
 
 use crate::app;
-use crate::cli::{AwaitArgs, CheckArgs, ConfigArgs, CopySelfArgs, DemoArgs, EchoArgs, RunArgs};
+use crate::cli::{AwaitArgs, CheckArgs, ConfigArgs, CopySelfArgs, DemoArgs, EchoArgs, IptablesArgs, RunArgs};
 use crate::config::{Config, Loaded, Sources};
 use std::process::ExitCode;
 
@@ -293,6 +293,59 @@ pub fn copy_self(args: &CopySelfArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("tandem: cannot copy the binary into {}: {e}", args.dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tandem iptables`: the listener ports from the configuration (as `run` loads it, syntax only:
+/// an init container resolves no name), overridden by the flags; then the rules installed,
+/// printed (`--dry-run`) or removed (`--cleanup`) by [`crate::mesh::iptables`].
+pub fn iptables(args: &IptablesArgs) -> ExitCode {
+    let (loaded, warnings) = load(&ConfigArgs { config: args.config.clone(), ..ConfigArgs::default() }, true);
+    for warning in &warnings {
+        eprintln!("tandem iptables: warning: {warning}");
+    }
+    let config = match loaded {
+        Ok(l) => l.config,
+        Err(p) => {
+            report(&p);
+            return ExitCode::FAILURE;
+        }
+    };
+    let rules = crate::mesh::rules::Interception {
+        inbound_port: args.inbound_port.unwrap_or(config.inbound.listen.value.port()),
+        outbound_port: args.outbound_port.unwrap_or(config.outbound.listen.value.port()),
+        admin_port: args.admin_port.unwrap_or(config.admin.listen.value.port()),
+        proxy_uid: args.proxy_uid,
+        proxy_gid: args.proxy_gid,
+        exclude_inbound_ports: args.exclude_inbound_ports.clone(),
+        include_inbound_ports: args.include_inbound_ports.clone(),
+        exclude_outbound_ports: args.exclude_outbound_ports.clone(),
+        exclude_outbound_cidrs: args.exclude_outbound_cidrs.clone(),
+    };
+    if let Err(problems) = rules.validate() {
+        for p in problems {
+            eprintln!("tandem iptables: {p}");
+        }
+        return ExitCode::FAILURE;
+    }
+    let opts = crate::mesh::iptables::Options {
+        rules,
+        backend: args.iptables_backend,
+        ipv6: args.ipv6,
+        dry_run: args.dry_run,
+        cleanup: args.cleanup,
+    };
+    match crate::mesh::iptables::run(&opts, &mut std::io::stdout().lock()) {
+        Ok(done) => {
+            for line in done {
+                eprintln!("tandem iptables: {line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tandem iptables: {e}");
             ExitCode::FAILURE
         }
     }

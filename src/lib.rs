@@ -25,6 +25,7 @@
 //! | [`upstream`] | the pools and clients to the app and other upstreams |
 //! | [`telemetry`] | the per-request record, access log, metrics, tandem's own diagnostics |
 //! | [`lifecycle`] | the stop signal and drain, readiness, workers from the CPU limit, `tandem await` |
+//! | [`mesh`] | transparent mode's interception rules (`tandem iptables`) |
 //! | [`base`] | the shared vocabulary: reason codes, connection metadata, request body types |
 //! | [`reload`] | SIGHUP and `POST /reload`: the configuration in force, re-read and applied live or refused by key |
 //! | [`admin`] | the admin endpoints (`/live`, `/ready`, `/metrics`, …) |
@@ -44,6 +45,7 @@ pub mod h2;
 pub mod http1;
 pub mod lifecycle;
 pub mod listener;
+pub mod mesh;
 pub mod proxy;
 pub mod reload;
 pub mod telemetry;

@@ -21,5 +21,6 @@ fn main() -> ExitCode {
         Command::Echo(a) => tandem::commands::echo(a),
         Command::Await(a) => tandem::commands::await_ready(a),
         Command::CopySelf(a) => tandem::commands::copy_self(a),
+        Command::Iptables(a) => tandem::commands::iptables(a),
     }
 }

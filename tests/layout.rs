@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("upstream", 2),
     ("telemetry", 1),
     ("lifecycle", 1),
+    ("mesh", 1),
     ("config", 0),
     ("base", 0),
 ];
