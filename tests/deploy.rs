@@ -130,7 +130,14 @@ fn the_dockerfile_builds_what_ci_tests_and_runs_it_as_the_documented_uid() {
     assert!(docker.contains("USER 1337:1337") && readme.contains("uid and gid 1337"));
     assert!(docker.contains(r#"ENTRYPOINT ["tandem"]"#));
     assert!(docker.contains("EXPOSE 15006 15001 15020"));
-    for file in ["deploy/base/deployment.yaml", "deploy/no-native-sidecar/deployment.yaml", "deploy/job/job.yaml"] {
+    // Transparent mode's init container: a target of its own with the iptables tools.
+    assert!(docker.contains("AS iptables") && docker.contains("apt-get install -y --no-install-recommends iptables="));
+    for file in [
+        "deploy/base/deployment.yaml",
+        "deploy/no-native-sidecar/deployment.yaml",
+        "deploy/transparent/deployment.yaml",
+        "deploy/job/job.yaml",
+    ] {
         let d = &documents(&root().join(file))[0];
         for c in containers(&d["spec"]["template"]["spec"]) {
             if c["image"].as_str().is_some_and(|i| i.starts_with("tandem:")) {
@@ -138,6 +145,54 @@ fn the_dockerfile_builds_what_ci_tests_and_runs_it_as_the_documented_uid() {
             }
         }
     }
+}
+
+#[test]
+fn the_transparent_pod_adds_only_the_iptables_step_and_drops_the_proxy_variables() {
+    let file = "deploy/transparent/deployment.yaml";
+    let d = &documents(&root().join(file))[0];
+    let pod = &d["spec"]["template"]["spec"];
+    // The rules go in first, by the init image, from the same configuration tandem runs with.
+    let init = &pod["initContainers"][0];
+    assert_eq!(init["name"], "tandem-init");
+    assert!(init["image"].as_str().is_some_and(|i| i.starts_with("tandem-iptables:")));
+    let init_args = args(init, "args");
+    assert_eq!(&init_args[..3], ["iptables", "-c", "/etc/tandem/tandem.yaml"]);
+    assert_eq!(args(named(pod, "tandem"), "args"), ["run", "-c", "/etc/tandem/tandem.yaml"]);
+    // Root with NET_ADMIN and NET_RAW, nothing more (as istio-init): not privileged, no escalation.
+    let sc = &init["securityContext"];
+    assert_eq!(sc["runAsUser"], 0);
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(args(&sc["capabilities"], "drop"), ["ALL"]);
+    assert_eq!(args(&sc["capabilities"], "add"), ["NET_ADMIN", "NET_RAW"]);
+    // Every other container as in the base: non-root, nothing added.
+    for c in containers(pod).into_iter().filter(|c| c["name"] != "tandem-init") {
+        let name = c["name"].as_str().unwrap_or("");
+        assert_eq!(c["securityContext"]["runAsNonRoot"], true, "{name}");
+        assert!(c["securityContext"]["capabilities"]["add"].is_null(), "{name}");
+    }
+    // The app needs no proxy variables: its connections are redirected.
+    let env = named(pod, "app")["env"].as_sequence().cloned().unwrap_or_default();
+    assert!(!env.iter().any(|e| e["name"].as_str().is_some_and(|n| n.to_lowercase().contains("proxy"))), "{env:?}");
+
+    // The Service and the policy name the app's own port; the namespace cannot be "restricted".
+    let k = &documents(&root().join("deploy/transparent/kustomization.yaml"))[0];
+    let patches: Vec<(String, String)> = k["patches"]
+        .as_sequence()
+        .expect("patches")
+        .iter()
+        .map(|p| (p["target"]["kind"].as_str().unwrap_or("").to_owned(), p["patch"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    let patch = |kind: &str| patches.iter().find(|(k, _)| k == kind).map(|(_, p)| p.clone()).expect(kind);
+    assert!(patch("Service").contains("path: /spec/ports/0/targetPort\n  value: 8080"), "{}", patch("Service"));
+    assert!(patch("NetworkPolicy").contains("value: 8080"));
+    assert!(patch("Namespace").contains("enforce\n  value: privileged"), "{}", patch("Namespace"));
+
+    // The flags the init container passes are ones `tandem iptables` accepts.
+    let out = std::process::Command::new(support::bin()).args(&init_args).arg("--help").output().expect("run");
+    assert!(out.status.success(), "{init_args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
