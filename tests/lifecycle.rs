@@ -376,21 +376,22 @@ impl Drop for CpuCgroup {
     }
 }
 
-/// Makes a cgroup limited to half a CPU: cgroup v1 (`cpu` hierarchy) or v2 (`cpu.max`, when the
-/// cpu controller is enabled for the root's children). `Err` says why not.
-fn half_cpu_cgroup() -> Result<CpuCgroup, String> {
+/// Makes a cgroup limited to `quota_us` per 100 ms period (50000 is half a CPU): cgroup v1 (`cpu`
+/// hierarchy) or v2 (`cpu.max`, when the cpu controller is enabled for the root's children).
+/// `Err` says why not.
+fn cpu_cgroup(tag: &str, quota_us: u32) -> Result<CpuCgroup, String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err("needs root to create a cgroup".into());
     }
-    let name = format!("tandem-test-{}", std::process::id());
+    let name = format!("tandem-test-{tag}-{}", std::process::id());
     let v1 = std::path::Path::new("/sys/fs/cgroup/cpu");
     if v1.join("cpu.cfs_quota_us").exists() {
         let dir = v1.join(&name);
         std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         let cg = CpuCgroup(dir.clone());
         std::fs::write(dir.join("cpu.cfs_period_us"), "100000").map_err(|e| e.to_string())?;
-        std::fs::write(dir.join("cpu.cfs_quota_us"), "50000").map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("cpu.cfs_quota_us"), quota_us.to_string()).map_err(|e| e.to_string())?;
         return Ok(cg);
     }
     let v2 = std::path::Path::new("/sys/fs/cgroup");
@@ -399,21 +400,14 @@ fn half_cpu_cgroup() -> Result<CpuCgroup, String> {
         let dir = v2.join(&name);
         std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         let cg = CpuCgroup(dir.clone());
-        std::fs::write(dir.join("cpu.max"), "50000 100000").map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("cpu.max"), format!("{quota_us} 100000")).map_err(|e| e.to_string())?;
         return Ok(cg);
     }
     Err("no writable cgroup v1 cpu hierarchy and no cgroup v2 cpu controller for new groups".into())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_follow_a_real_cgroup_cpu_limit() {
-    let cg = match half_cpu_cgroup() {
-        Ok(cg) => cg,
-        Err(reason) => {
-            println!("skipped: {reason}");
-            return;
-        }
-    };
+/// Runs tandem inside `cg` until it is ready, stops it, and returns its "runtime workers" log line.
+async fn workers_line_in(cg: &CpuCgroup) -> serde_json::Value {
     // The shell moves itself into the cgroup, then becomes tandem, which reads its own cgroup.
     let procs_file = cg.0.join("cgroup.procs");
     let script = format!("echo $$ > {} && exec \"$0\" \"$@\"", procs_file.display());
@@ -445,7 +439,40 @@ async fn workers_follow_a_real_cgroup_cpu_limit() {
     p.signal(libc::SIGTERM);
     assert_eq!(p.exit(EXIT_LIMIT).await.code(), Some(0));
     let line = p.stderr().lines().find(|l| l.contains("runtime workers")).map(str::to_owned).expect("logged");
-    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-    assert_eq!(v["workers"], 1, "{line}");
-    assert_eq!(v["source"], "cgroup CPU limit 0.50", "{line}");
+    serde_json::from_str(&line).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_follow_a_real_cgroup_cpu_limit() {
+    let cg = match cpu_cgroup("half", 50_000) {
+        Ok(cg) => cg,
+        Err(reason) => {
+            println!("skipped: {reason}");
+            return;
+        }
+    };
+    let v = workers_line_in(&cg).await;
+    assert_eq!(v["workers"], 1, "{v}");
+    assert_eq!(v["source"], "cgroup CPU limit 0.50", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fractional_cgroup_cpu_limit_rounds_up() {
+    // std's available_parallelism() rounds a cgroup quota down (1.5 CPUs is 1), so the core count
+    // tandem caps the workers at must come from the CPU affinity mask instead.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 {
+        println!("skipped: {cores} core(s) here, 1.5 CPUs cannot round up to 2 workers");
+        return;
+    }
+    let cg = match cpu_cgroup("one-and-a-half", 150_000) {
+        Ok(cg) => cg,
+        Err(reason) => {
+            println!("skipped: {reason}");
+            return;
+        }
+    };
+    let v = workers_line_in(&cg).await;
+    assert_eq!(v["workers"], 2, "{v}");
+    assert_eq!(v["source"], "cgroup CPU limit 1.50", "{v}");
 }

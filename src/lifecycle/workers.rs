@@ -19,10 +19,30 @@ pub struct Workers {
 /// Chooses the worker count for this process: `configured` if non-zero, else the cgroup CPU limit
 /// rounded up, else the number of cores available.
 pub fn workers(configured: usize) -> Workers {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = cores_allowed();
     let self_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let limit = if configured > 0 { None } else { detect_cpu_limit(Path::new("/sys/fs/cgroup"), &self_cgroup) };
     choose(configured, limit, cores)
+}
+
+/// The CPUs this process may run on (its affinity mask). Not `available_parallelism()`: that
+/// also applies the cgroup quota, rounded down, so a limit of 1.5 would cap the workers at 1.
+fn cores_allowed() -> usize {
+    // SAFETY: cpu_set_t is plain data that all-zero bits make a valid empty set; sched_getaffinity
+    // writes at most size_of::<cpu_set_t>() bytes into it.
+    let count = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            libc::CPU_COUNT(&set) as usize
+        } else {
+            0
+        }
+    };
+    if count > 0 {
+        count
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
 }
 
 /// The choice itself: `configured` wins; a CPU limit is rounded up, at least 1 and at most `cores`.
