@@ -404,4 +404,34 @@ async fn h2_abuse_is_counted_by_kind_in_metrics() {
     // It served others all along.
     let (s, ..) = get(&format!("http://{}/after", p.inbound_addr)).await;
     assert_eq!(s, 200);
+/// This process's user + system CPU time in seconds (getrusage, microsecond resolution).
+fn own_cpu_seconds() -> f64 {
+    // SAFETY: rusage is plain data; getrusage fills it for RUSAGE_SELF.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut ru), 0);
+        ru
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
+#[tokio::test]
+async fn process_cpu_seconds_are_fractional() {
+    let p = proxy(config(dead_addr())).await;
+    // Burn a little CPU in this process (the proxy's own), bounded in time and in work.
+    let start = own_cpu_seconds();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut x = 0u64;
+    while own_cpu_seconds() - start < 0.05 && std::time::Instant::now() < deadline {
+        for i in 0..100_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+    }
+    let text = scrape_text(p.admin_addr).await;
+    let cpu = metric_value(&text, &["process_cpu_seconds_total"]).expect("process_cpu_seconds_total");
+    let own = own_cpu_seconds();
+    // Whole seconds would read 0 here (or a whole number): the counter has the rusage resolution.
+    assert!(cpu > 0.0 && cpu <= own, "process_cpu_seconds_total {cpu}, getrusage {own}");
+    assert!(cpu.fract() != 0.0, "process_cpu_seconds_total {cpu} is a whole number of seconds");
 }
