@@ -1,4 +1,5 @@
-//! Build script: links the release binary's functions in the order `build/symbol-order.txt`
+//! Build script: records what `tandem --version` and `tandem_build_info` report (the git commit,
+//! the build profile, the Rust version: see [`build_info`]), and links the release binary's functions in the order `build/symbol-order.txt`
 //! gives (the code tandem runs at start and on the request path first, packed together), so
 //! that the pages of code a running tandem keeps resident are few. See `build/README.md`.
 //!
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
+    build_info();
     println!("cargo:rerun-if-changed=build/symbol-order.txt");
     for var in [
         "TANDEM_SYMBOL_ORDER",
@@ -60,6 +62,59 @@ fn main() {
              later links with rust-lld, which takes the option)"
         ),
     }
+}
+
+/// Sets `TANDEM_GIT_COMMIT` (short hash, "unknown" outside a git checkout or without git),
+/// `TANDEM_BUILD_PROFILE` (the cargo profile's name: debug, release, profiling, ...) and
+/// `TANDEM_RUSTC_VERSION` (the compiler cargo runs, from `RUSTC`) for the crate to read with
+/// `env!`. Re-run when HEAD moves, so a new commit is not reported with the old hash.
+fn build_info() {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]);
+    if commit.is_some() {
+        // HEAD names the branch; the branch's ref (or packed-refs) moves on a commit.
+        let mut watched = vec![git(&["rev-parse", "--git-path", "HEAD"])];
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            watched.push(git(&["rev-parse", "--git-path", &branch]));
+        }
+        watched.push(git(&["rev-parse", "--git-path", "packed-refs"]));
+        for path in watched.into_iter().flatten() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    println!("cargo:rustc-env=TANDEM_GIT_COMMIT={}", commit.as_deref().unwrap_or("unknown"));
+
+    // OUT_DIR is <target>/[<triple>/]<profile>/build/<pkg>-<hash>/out: the profile's own name,
+    // where PROFILE says only debug or release.
+    let out_dir = env::var("OUT_DIR").unwrap_or_default();
+    let profile = Path::new(&out_dir)
+        .ancestors()
+        .nth(3)
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| env::var("PROFILE").unwrap_or_else(|_| "unknown".into()));
+    println!("cargo:rustc-env=TANDEM_BUILD_PROFILE={profile}");
+
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let version = Command::new(&rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        // "rustc 1.91.0 (f8297e351 2025-10-28)": the version number.
+        .and_then(|s| s.split_whitespace().nth(1).map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=TANDEM_RUSTC_VERSION={version}");
 }
 
 /// The linker arguments that lay the binary out in `order`'s order.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// tandem: a service-mesh proxy sidecar in one binary.
 #[derive(Debug, Parser)]
-#[command(name = "tandem", version, about, long_about = None, propagate_version = true)]
+#[command(name = "tandem", version = crate::base::build::LONG_VERSION, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

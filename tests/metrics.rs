@@ -21,7 +21,7 @@ const DESIGN_METRICS: [(&str, &str, &[&str]); 15] = [
     ("tandem_tcp_connections_active", "gauge", &["direction"]),
     ("tandem_access_log_dropped_total", "counter", &[]),
     ("tandem_ready", "gauge", &[]),
-    ("tandem_build_info", "gauge", &["version"]),
+    ("tandem_build_info", "gauge", &["commit", "profile", "rustc", "version"]),
     ("process_cpu_seconds_total", "counter", &[]),
     ("process_open_fds", "gauge", &[]),
     ("process_resident_memory_bytes", "gauge", &[]),
@@ -434,4 +434,34 @@ async fn process_cpu_seconds_are_fractional() {
     // Whole seconds would read 0 here (or a whole number): the counter has the rusage resolution.
     assert!(cpu > 0.0 && cpu <= own, "process_cpu_seconds_total {cpu}, getrusage {own}");
     assert!(cpu.fract() != 0.0, "process_cpu_seconds_total {cpu} is a whole number of seconds");
+}
+
+#[tokio::test]
+async fn version_and_build_info_name_the_commit_profile_and_rust_version() {
+    // The binary cargo built beside this test's library: the same build, so the same values.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem")).arg("--version").output().expect("run");
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).expect("utf8");
+    let p = proxy(config(dead_addr())).await;
+    let samples = scrape(p.admin_addr).await;
+    let info = samples.iter().find(|s| s.name == "tandem_build_info").expect("tandem_build_info");
+    let label = |k: &str| info.labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).expect(k);
+    let (version, commit, profile, rustc) = (label("version"), label("commit"), label("profile"), label("rustc"));
+    assert_eq!(
+        line.trim(),
+        format!("tandem {version} (commit {commit}, profile {profile}, rustc {rustc})"),
+        "--version and tandem_build_info agree"
+    );
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    assert!(!profile.is_empty() && profile != "unknown", "profile {profile}");
+    assert!(rustc.split('.').take(2).all(|n| n.parse::<u32>().is_ok()), "rustc version {rustc}");
+    // Built from a git checkout (as here and in CI), the commit is HEAD's; elsewhere "unknown".
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    assert_eq!(commit, head.as_deref().unwrap_or("unknown"));
 }

@@ -12,7 +12,7 @@
 //! | `tandem_h2_abuse_total` (registered by [`crate::h2::metrics`]) | counter | `kind` |
 //! | `tandem_access_log_lines_total`, `tandem_access_log_dropped_total` | counter | |
 //! | `tandem_ready` | gauge | |
-//! | `tandem_build_info` | gauge | `version` |
+//! | `tandem_build_info` | gauge | `version`, `commit`, `profile`, `rustc` |
 //! | `process_*` | the process collector (Linux); CPU seconds fractional | |
 //!
 //! `upstream` is the record's `upstream_cluster`: `app` inbound; outbound, `passthrough` or the
@@ -142,9 +142,12 @@ impl Metrics {
         let ready = IntGauge::new("tandem_ready", "1 when every listener is bound and tandem is not draining.")?;
         let build_info = IntGaugeVec::new(
             Opts::new("tandem_build_info", "Build information; the value is always 1."),
-            &["version"],
+            &["version", "commit", "profile", "rustc"],
         )?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        {
+            use crate::base::build::{COMMIT, PROFILE, RUSTC, VERSION};
+            build_info.with_label_values(&[VERSION, COMMIT, PROFILE, RUSTC]).set(1);
+        }
 
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
