@@ -134,3 +134,38 @@ fn the_filter_changes_at_run_time_and_a_second_subscriber_is_refused() {
     assert_eq!(control.current(), "tandem=debug,hyper=warn", "an invalid filter changed nothing");
     assert!(tandem::telemetry::logging::init("debug", tandem::config::LogFormat::Plain).is_none());
 }
+
+#[test]
+fn accept_failures_at_the_fd_limit_are_logged_at_most_once_a_second() {
+    // 64 descriptors: enough to start (about 20 with two workers), soon used up by clients.
+    const CLIENTS: usize = 160;
+    let cmd = Tandem::command(&["--app", &dead_addr().to_string(), "--access-log", "off", "--workers", "2"], &[]);
+    let program = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let mut wrapped = std::process::Command::new("sh");
+    wrapped.args(["-c", "ulimit -n 64 && exec \"$0\" \"$@\""]).arg(program).args(args);
+    wrapped.env_remove("RUST_LOG").stdout(std::process::Stdio::null());
+    let t = Tandem::spawn(wrapped);
+    // Idle connections hold tandem's descriptors; the rest wait in the backlog.
+    let mut clients: Vec<std::net::TcpStream> =
+        (0..CLIENTS).map(|_| std::net::TcpStream::connect(t.inbound).expect("connect")).collect();
+    poll_blocking(Duration::from_secs(20), "accept to fail", || {
+        t.stderr().contains("accept failed; backing off").then_some(())
+    });
+    // Each client that leaves frees a descriptor: one accept succeeds, the next fails again.
+    let start = Instant::now();
+    while let Some(c) = clients.pop() {
+        drop(c);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = start.elapsed();
+    let warnings: Vec<serde_json::Value> =
+        t.json_stderr().into_iter().filter(|l| l["message"] == "accept failed; backing off").collect();
+    // At most one per second (plus the first, and one for a second just begun).
+    let allowed = elapsed.as_secs() as usize + 2;
+    assert!(warnings.len() <= allowed, "{} warnings in {elapsed:?}: {warnings:#?}", warnings.len());
+    assert!(
+        warnings.iter().any(|w| w["suppressed"].as_u64().is_some_and(|n| n > 0)),
+        "a later warning counts the suppressed ones: {warnings:#?}"
+    );
+}

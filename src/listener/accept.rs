@@ -17,6 +17,7 @@ use crate::h2::server::H2Rules;
 use crate::http1::server::{Codec, Outcome, Rules};
 use crate::lifecycle::shutdown::{ConnInfo, Drain, DrainAware, Tracker, DRAIN_IDLE_GRACE};
 use crate::listener::tls::TlsServer;
+use crate::telemetry::ratelimit::RateLimitedLog;
 use crate::telemetry::Telemetry;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -352,6 +353,13 @@ struct Tuned {
     idle: Duration,
 }
 
+/// The accept loops' failures, logged at most once a second per direction and error with the
+/// count held back since the last line (shared by every worker's loop).
+fn accept_errors() -> &'static RateLimitedLog {
+    static LOG: std::sync::OnceLock<RateLimitedLog> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| RateLimitedLog::new(Duration::from_secs(1)))
+}
+
 /// The HTTP/1 read buffer (the codec's and hyper's): a head that does not fit is refused with
 /// 431 (414 while the request line has not ended).
 fn read_buffer(settings: &ConnSettings) -> usize {
@@ -386,7 +394,6 @@ pub fn serve<C: Servers>(
     servers.prepare(&settings, telemetry.as_ref(), direction);
     let servers = Arc::new(servers);
     async move {
-        let mut accept_errors = 0u32;
         // Set once the stop has begun: when the listener closes.
         let mut closing: Option<tokio::time::Instant> = None;
         loop {
@@ -415,16 +422,14 @@ pub fn serve<C: Servers>(
                 }
             };
             let (stream, peer) = match accepted {
-                Ok(a) => {
-                    accept_errors = 0;
-                    a
-                }
+                Ok(a) => a,
                 Err(e) => {
                     // EMFILE/ENFILE/ENOMEM: back off instead of spinning on a listener that stays
-                    // readable; the pending connection waits in the backlog.
-                    accept_errors = accept_errors.saturating_add(1);
-                    if accept_errors == 1 || accept_errors.is_multiple_of(100) {
-                        tracing::warn!(error = %e, direction = direction.as_str(), "accept failed; backing off");
+                    // readable; the pending connection waits in the backlog. At the fd limit each
+                    // closing connection lets one accept through before the next fails, so the
+                    // warning is rate-limited across every worker's loop, not per run of errors.
+                    if let Some(suppressed) = accept_errors().admit_message(direction.as_str(), &e.to_string()) {
+                        tracing::warn!(error = %e, direction = direction.as_str(), suppressed, "accept failed; backing off");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
