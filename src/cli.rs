@@ -164,12 +164,15 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Where the proxy listens.
-    #[arg(long, default_value = "127.0.0.1:15006", value_name = "ADDR")]
-    pub inbound: SocketAddr,
-    /// Where the admin endpoints listen.
-    #[arg(long, default_value = "127.0.0.1:15020", value_name = "ADDR")]
-    pub admin: SocketAddr,
+    /// Where the proxy listens [default: 127.0.0.1:15006, or a free port when that one is taken].
+    #[arg(long, value_name = "ADDR")]
+    pub inbound: Option<SocketAddr>,
+    /// Where the outbound (forward) proxy listens [default: 127.0.0.1:15001, or a free port].
+    #[arg(long, value_name = "ADDR")]
+    pub outbound: Option<SocketAddr>,
+    /// Where the admin endpoints listen [default: 127.0.0.1:15020, or a free port].
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]

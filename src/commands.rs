@@ -4,6 +4,7 @@
 use crate::app;
 use crate::cli::{AwaitArgs, CheckArgs, ConfigArgs, CopySelfArgs, DemoArgs, EchoArgs, IptablesArgs, RunArgs};
 use crate::config::{Config, Loaded, Sources};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 /// Loads the configuration from the file, the process environment and the flags (`syntax_only`:
@@ -170,17 +171,21 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let echo = match app::Echo::start(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await {
+        let echo = match app::Echo::start(SocketAddr::from(([127, 0, 0, 1], 0))).await {
             Ok(e) => e,
             Err(e) => {
                 eprintln!("tandem: cannot start the echo app: {e}");
                 return ExitCode::FAILURE;
             }
         };
+        let inbound = demo_addr(args.inbound, 15006);
+        let outbound = demo_addr(args.outbound, 15001);
+        let admin = demo_addr(args.admin, 15020);
         let mut config = Config::default();
-        config.inbound.listen = crate::config::Human::new(args.inbound);
+        config.inbound.listen = crate::config::Human::new(inbound.0);
         config.inbound.app = crate::config::Human::new(echo.addr);
-        config.admin.listen = crate::config::Human::new(args.admin);
+        config.outbound.listen = crate::config::Human::new(outbound.0);
+        config.admin.listen = crate::config::Human::new(admin.0);
         config.shutdown.drain_timeout = crate::config::Human::new(std::time::Duration::from_secs(5));
         let running = match app::start(config, log).await {
             Ok(r) => r,
@@ -191,8 +196,18 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
         };
         let p = running.inbound_addr;
         let a = running.admin_addr;
+        let o = running.outbound_addr;
+        for (taken, now, what, flag) in [
+            (inbound.1, p, "the proxy", "--inbound"),
+            (outbound.1, o, "the outbound proxy", "--outbound"),
+            (admin.1, a, "admin", "--admin"),
+        ] {
+            if let Some(taken) = taken {
+                println!("tandem demo: {taken} is in use; {what} listens on {now} instead ({flag} ADDR chooses)");
+            }
+        }
         println!(
-            "\ntandem demo: the echo app is on {app}, the proxy in front of it on {p}.\n\
+            "\ntandem demo: the echo app is on {app}, the proxy in front of it on {p} (outbound {o}, admin {a}).\n\
              Try (access log lines appear below as JSON):\n\n  \
              curl -i http://{p}/hello\n  \
              curl -i 'http://{p}/slow?delay=300ms&status=503'\n  \
@@ -201,12 +216,26 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
              curl -s http://{a}/metrics | grep tandem_http_requests_total\n\n\
              Ctrl-C stops it.\n",
             app = echo.addr,
-            o = running.outbound_addr
         );
         running.wait_with_signals(signals).await;
         echo.stop();
         ExitCode::SUCCESS
     })
+}
+
+/// The address a demo listener binds: the one given, else 127.0.0.1:`port` when nothing listens
+/// there, else a free port (with the address that was taken, to say so). The check binds without
+/// `SO_REUSEPORT`, so a tandem already on the port (whose listeners share it) counts as taking it.
+fn demo_addr(given: Option<SocketAddr>, port: u16) -> (SocketAddr, Option<SocketAddr>) {
+    if let Some(addr) = given {
+        return (addr, None);
+    }
+    let default = SocketAddr::from(([127, 0, 0, 1], port));
+    match std::net::TcpListener::bind(default) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => (SocketAddr::from(([127, 0, 0, 1], 0)), Some(default)),
+        // Free (the probe is closed again before tandem binds), or an error the bind will report.
+        _ => (default, None),
+    }
 }
 
 /// `tandem echo`: the load-test target.

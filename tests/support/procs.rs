@@ -63,7 +63,7 @@ impl Proc {
     }
 
     /// Its exit status if it has exited (asks again after it was reaped: the status is kept).
-    fn exited(&mut self) -> Option<ExitStatus> {
+    pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("try_wait")
     }
 
