@@ -1,4 +1,4 @@
-//! The admin listener (default `0.0.0.0:15020`).
+//! The admin listener (default `[::]:15020`: IPv4 and IPv6).
 //!
 //! | method | path | who | what |
 //! | --- | --- | --- | --- |

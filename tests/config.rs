@@ -80,7 +80,7 @@ fn the_valid_fixture_loads() {
 #[test]
 fn no_file_runs_on_the_defaults() {
     let c = load(None, &[], &[]).expect("defaults load");
-    assert_eq!(c.inbound.listen.value.to_string(), "0.0.0.0:15006");
+    assert_eq!(c.inbound.listen.value.to_string(), "[::]:15006");
     assert_eq!(c.inbound.app.value.to_string(), "127.0.0.1:8080");
 }
 
@@ -152,7 +152,7 @@ fn check_exits_0_with_the_effective_configuration_or_1_with_every_problem() {
     assert!(stdout.contains("app: 127.0.0.1:9090"), "{stdout}");
     let (code, stdout, _) = tandem(&args(&["check"]), &[]);
     assert_eq!(code, Some(0), "no file: the defaults");
-    assert!(stdout.contains("listen: 0.0.0.0:15006"), "{stdout}");
+    assert!(stdout.contains("listen: '[::]:15006'"), "{stdout}");
 
     for (file, want) in [
         ("bad_duration.yaml", "inbound.timeouts.connect: invalid duration \"5 parsecs\""),

@@ -62,7 +62,7 @@ fn args(c: &Value, key: &str) -> Vec<String> {
 #[test]
 fn the_pods_use_tandems_ports_and_commands() {
     let config = tandem_config("deploy/base/shared/configmap-tandem.yaml");
-    assert!(config.contains("listen: 0.0.0.0:15006") && config.contains("listen: 0.0.0.0:15020"));
+    assert!(config.contains("listen: \"[::]:15006\"") && config.contains("listen: \"[::]:15020\""));
     assert!(config.contains("destination: /var/log/tandem/access.log"));
     let fluent = std::fs::read_to_string(root().join("deploy/base/shared/configmap-fluent-bit.yaml")).expect("read");
     assert!(fluent.contains("Path              /var/log/tandem/access.log"), "Fluent Bit tails tandem's log file");

@@ -239,7 +239,7 @@ pub struct Readiness {
 impl Default for Inbound {
     fn default() -> Self {
         Self {
-            listen: Human::new(SocketAddr::from(([0, 0, 0, 0], 15006))),
+            listen: Human::new(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 15006))),
             app: Human::new(SocketAddr::from(([127, 0, 0, 1], 8080))),
             app_protocol: AppProtocol::Http1,
             timeouts: Timeouts::default(),
@@ -288,7 +288,7 @@ impl Default for Outbound {
 
 impl Default for Admin {
     fn default() -> Self {
-        Self { listen: Human::new(SocketAddr::from(([0, 0, 0, 0], 15020))) }
+        Self { listen: Human::new(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 15020))) }
     }
 }
 

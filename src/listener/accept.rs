@@ -112,10 +112,45 @@ pub fn bind_shared(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket(addr, true)
 }
 
+/// Binds `addr`. `[::]` (the default for inbound and admin) takes IPv4 clients too
+/// (`IPV6_V6ONLY` off, whatever the host's `bindv6only`), so a dual-stack pod is reachable over
+/// both; where the host has no IPv6 it becomes `0.0.0.0`, with a line saying so.
 fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    match open_socket(addr, reuse_port) {
+        Err(e) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED && ipv6_unavailable(&e) => {
+            let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+            tracing::info!(listen = %addr, error = %e, instead = %v4, "no IPv6 on this host; listening on IPv4 only");
+            open_socket(v4, reuse_port)
+        }
+        r => r,
+    }
+}
+
+/// Whether binding an IPv6 socket failed because the host has no IPv6 (a kernel without it, or
+/// no IPv6 address to bind).
+fn ipv6_unavailable(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT | libc::EADDRNOTAVAIL))
+}
+
+/// An IPv4 client of a dual-stack listener, as the IPv4 address it is (`::ffff:10.0.0.5` is
+/// 10.0.0.5) for the access log, `x-forwarded-for` and the loopback checks.
+fn client_addr(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => peer,
+        },
+        v4 => v4,
+    }
+}
+
+fn open_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
     if reuse_port {
         socket.set_reuse_port(true)?;
     }
@@ -422,7 +457,7 @@ pub fn serve<C: Servers>(
                 }
             };
             let (stream, peer) = match accepted {
-                Ok(a) => a,
+                Ok((stream, peer)) => (stream, client_addr(peer)),
                 Err(e) => {
                     // EMFILE/ENFILE/ENOMEM: back off instead of spinning on a listener that stays
                     // readable; the pending connection waits in the backlog. At the fd limit each
