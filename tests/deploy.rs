@@ -209,3 +209,65 @@ fn the_scripts_the_readmes_run_by_path_are_executable() {
         assert!(text.starts_with("#!/usr/bin/env "), "{file} has no #! line");
     }
 }
+
+/// The pod templates of every workload manifest, with their file names.
+fn pod_templates() -> Vec<(&'static str, Value)> {
+    ["deploy/base/deployment.yaml", "deploy/no-native-sidecar/deployment.yaml", "deploy/job/job.yaml"]
+        .into_iter()
+        .map(|file| (file, documents(&root().join(file))[0]["spec"]["template"]["spec"].clone()))
+        .collect()
+}
+
+#[test]
+fn every_probe_has_a_timeout_and_the_app_probes_outlast_tandems_own_check() {
+    let check = tandem::lifecycle::readiness::CHECK_TIMEOUT.as_secs();
+    for (file, pod) in pod_templates() {
+        for c in containers(&pod) {
+            let name = c["name"].as_str().unwrap_or("");
+            for kind in ["startupProbe", "readinessProbe", "livenessProbe"] {
+                let probe = &c[kind];
+                if probe.is_null() {
+                    continue;
+                }
+                let timeout = probe["timeoutSeconds"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{file}: {name}'s {kind} has no timeoutSeconds"));
+                // /ready/app waits for tandem's own app check (CHECK_TIMEOUT): with the kubelet's
+                // timeout no longer than it, a slow app shows as a probe timeout instead of
+                // tandem's 503 that says what failed.
+                if probe["httpGet"]["path"] == "/ready/app" {
+                    assert!(timeout > check, "{file}: {name}'s {kind} times out at {timeout}s, tandem's check at {check}s");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn images_are_pinned_by_tag_and_pulled_only_when_missing() {
+    // IfNotPresent: kind and minikube run an image loaded into the node (`kind load docker-image
+    // tandem:0.1.0`), which Always would try, and fail, to pull.
+    for (file, pod) in pod_templates() {
+        for c in containers(&pod) {
+            let image = c["image"].as_str().expect("image");
+            let tag = image.rsplit_once(':').map(|(_, t)| t).filter(|t| !t.contains('/'));
+            assert!(tag.is_some_and(|t| t != "latest"), "{file}: {image} is not pinned by tag");
+            assert_eq!(c["imagePullPolicy"], "IfNotPresent", "{file}: {image}");
+        }
+    }
+}
+
+#[test]
+fn the_documented_fluent_bit_configuration_is_the_deployed_one() {
+    let cm = &documents(&root().join("deploy/base/shared/configmap-fluent-bit.yaml"))[0];
+    let doc = std::fs::read_to_string(root().join("docs/observability.md")).expect("docs/observability.md");
+    let section = &doc[doc.find("### Shipping with Fluent Bit").expect("the section")..];
+    for key in ["fluent-bit.conf", "parsers.conf"] {
+        let deployed = cm["data"][key].as_str().unwrap_or_else(|| panic!("data.{key}"));
+        // The block after the line that names the file.
+        let after = &section[section.find(&format!("`{key}`:\n\n```ini\n")).unwrap_or_else(|| panic!("{key} shown"))..];
+        let start = after.find("```ini\n").expect("block") + "```ini\n".len();
+        let shown = &after[start..start + after[start..].find("```").expect("block end")];
+        assert_eq!(shown.trim_end(), deployed.trim_end(), "docs/observability.md shows another {key}");
+    }
+}
