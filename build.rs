@@ -64,10 +64,12 @@ fn main() {
     }
 }
 
-/// Sets `TANDEM_GIT_COMMIT` (short hash, "unknown" outside a git checkout or without git),
-/// `TANDEM_BUILD_PROFILE` (the cargo profile's name: debug, release, profiling, ...) and
-/// `TANDEM_RUSTC_VERSION` (the compiler cargo runs, from `RUSTC`) for the crate to read with
-/// `env!`. Re-run when HEAD moves, so a new commit is not reported with the old hash.
+/// Sets `BUILD_GIT_COMMIT` (short hash, "unknown" outside a git checkout or without git),
+/// `BUILD_PROFILE_NAME` (the cargo profile's name: debug, release, profiling, ...) and
+/// `BUILD_RUSTC_VERSION` (the compiler cargo runs, from `RUSTC`) for the crate to read with
+/// `env!`. Not TANDEM_*: cargo also sets these when it runs the binary (cargo run, cargo test), and
+/// tandem warns about a TANDEM_ variable that names no key. Re-run when HEAD moves, so a new
+/// commit is not reported with the old hash.
 fn build_info() {
     let git = |args: &[&str]| {
         Command::new("git")
@@ -91,7 +93,7 @@ fn build_info() {
             println!("cargo:rerun-if-changed={path}");
         }
     }
-    println!("cargo:rustc-env=TANDEM_GIT_COMMIT={}", commit.as_deref().unwrap_or("unknown"));
+    println!("cargo:rustc-env=BUILD_GIT_COMMIT={}", commit.as_deref().unwrap_or("unknown"));
 
     // OUT_DIR is <target>/[<triple>/]<profile>/build/<pkg>-<hash>/out: the profile's own name,
     // where PROFILE says only debug or release.
@@ -103,7 +105,7 @@ fn build_info() {
         .and_then(|n| n.to_str())
         .map(str::to_string)
         .unwrap_or_else(|| env::var("PROFILE").unwrap_or_else(|_| "unknown".into()));
-    println!("cargo:rustc-env=TANDEM_BUILD_PROFILE={profile}");
+    println!("cargo:rustc-env=BUILD_PROFILE_NAME={profile}");
 
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let version = Command::new(&rustc)
@@ -114,7 +116,7 @@ fn build_info() {
         // "rustc 1.91.0 (f8297e351 2025-10-28)": the version number.
         .and_then(|s| s.split_whitespace().nth(1).map(str::to_string))
         .unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=TANDEM_RUSTC_VERSION={version}");
+    println!("cargo:rustc-env=BUILD_RUSTC_VERSION={version}");
 }
 
 /// The linker arguments that lay the binary out in `order`'s order.

@@ -4,20 +4,20 @@
 /// The crate version (Cargo.toml).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The git commit built (short hash), or "unknown" when built outside a git checkout.
-pub const COMMIT: &str = env!("TANDEM_GIT_COMMIT");
+pub const COMMIT: &str = env!("BUILD_GIT_COMMIT");
 /// The cargo profile: debug, release, profiling, ...
-pub const PROFILE: &str = env!("TANDEM_BUILD_PROFILE");
+pub const PROFILE: &str = env!("BUILD_PROFILE_NAME");
 /// The version of the Rust compiler that built it.
-pub const RUSTC: &str = env!("TANDEM_RUSTC_VERSION");
+pub const RUSTC: &str = env!("BUILD_RUSTC_VERSION");
 
 /// `tandem --version`'s text after the program name.
 pub const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
-    env!("TANDEM_GIT_COMMIT"),
+    env!("BUILD_GIT_COMMIT"),
     ", profile ",
-    env!("TANDEM_BUILD_PROFILE"),
+    env!("BUILD_PROFILE_NAME"),
     ", rustc ",
-    env!("TANDEM_RUSTC_VERSION"),
+    env!("BUILD_RUSTC_VERSION"),
     ")"
 );
