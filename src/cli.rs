@@ -51,6 +51,11 @@ pub enum Command {
         after_help = "Examples:\n  tandem iptables --dry-run                 # print the iptables-restore input, touch nothing\n  tandem iptables -c /etc/tandem/tandem.yaml --exclude-outbound-cidrs 169.254.169.254/32\n  tandem iptables --cleanup                 # remove every TANDEM_* chain and jump\n\nNeeds uid 0 with NET_ADMIN and NET_RAW (not for --dry-run). Ports default to the configuration's\nlisten ports (15006, 15001, 15020). docs/transparent.md has the rules and what each is for."
     )]
     Iptables(IptablesArgs),
+    /// Print the shell completion script for bash, zsh or fish.
+    #[command(
+        after_help = "Examples:\n  tandem completions bash > /etc/bash_completion.d/tandem\n  tandem completions zsh > \"${fpath[1]}/_tandem\"\n  tandem completions fish > ~/.config/fish/completions/tandem.fish\n  source <(tandem completions bash)   # this shell only"
+    )]
+    Completions(CompletionsArgs),
 }
 
 /// Flags shared by `run` and `check`: the configuration sources.
@@ -255,6 +260,21 @@ pub struct IptablesArgs {
     /// Remove every rule and chain tandem made, instead of installing.
     #[arg(long)]
     pub cleanup: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: CompletionShell,
+}
+
+/// The shells `tandem completions` writes for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

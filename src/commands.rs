@@ -2,7 +2,10 @@
 //! outcome into an exit code.
 
 use crate::app;
-use crate::cli::{AwaitArgs, CheckArgs, ConfigArgs, CopySelfArgs, DemoArgs, EchoArgs, IptablesArgs, RunArgs};
+use crate::cli::{
+    AwaitArgs, CheckArgs, CompletionShell, CompletionsArgs, ConfigArgs, CopySelfArgs, DemoArgs, EchoArgs, IptablesArgs,
+    RunArgs,
+};
 use crate::config::{Config, Loaded, Sources};
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -297,6 +300,19 @@ pub fn await_ready(args: &AwaitArgs) -> ExitCode {
 pub fn await_ready(_args: &AwaitArgs) -> ExitCode {
     eprintln!("tandem await: supported on Unix only");
     ExitCode::FAILURE
+}
+
+/// `tandem completions SHELL`: the completion script for SHELL (every command and flag, and the
+/// values of the ones that take a fixed set), written to stdout.
+pub fn completions(args: &CompletionsArgs) -> ExitCode {
+    let shell = match args.shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut command = <crate::cli::Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut command, "tandem", &mut std::io::stdout());
+    ExitCode::SUCCESS
 }
 
 /// `tandem copy-self DIR`: copies the running binary to `DIR/tandem` (mode 0755), written to a

@@ -22,5 +22,6 @@ fn main() -> ExitCode {
         Command::Await(a) => tandem::commands::await_ready(a),
         Command::CopySelf(a) => tandem::commands::copy_self(a),
         Command::Iptables(a) => tandem::commands::iptables(a),
+        Command::Completions(a) => tandem::commands::completions(a),
     }
 }

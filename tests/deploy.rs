@@ -236,7 +236,10 @@ fn every_probe_has_a_timeout_and_the_app_probes_outlast_tandems_own_check() {
                 // timeout no longer than it, a slow app shows as a probe timeout instead of
                 // tandem's 503 that says what failed.
                 if probe["httpGet"]["path"] == "/ready/app" {
-                    assert!(timeout > check, "{file}: {name}'s {kind} times out at {timeout}s, tandem's check at {check}s");
+                    assert!(
+                        timeout > check,
+                        "{file}: {name}'s {kind} times out at {timeout}s, tandem's check at {check}s"
+                    );
                 }
             }
         }

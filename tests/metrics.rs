@@ -404,6 +404,8 @@ async fn h2_abuse_is_counted_by_kind_in_metrics() {
     // It served others all along.
     let (s, ..) = get(&format!("http://{}/after", p.inbound_addr)).await;
     assert_eq!(s, 200);
+}
+
 /// This process's user + system CPU time in seconds (getrusage, microsecond resolution).
 fn own_cpu_seconds() -> f64 {
     // SAFETY: rusage is plain data; getrusage fills it for RUSAGE_SELF.
