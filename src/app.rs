@@ -307,6 +307,10 @@ pub async fn start_with_sources(
             .map_err(|source| stop_started(StartError::Worker { index, source }))?;
     }
     tasks.push(tokio::spawn(lanes.inbound(inbound_listener, inbound.clone())));
+    tasks.push(tokio::spawn(crate::lifecycle::memory::give_back_after_bursts(vec![
+        inbound_conns.clone(),
+        outbound_conns.clone(),
+    ])));
     sides.push(Side {
         name: "inbound",
         policy: StopPolicy::AtStop,

@@ -175,6 +175,9 @@ pub struct Tracker {
     /// Connections and listeners.
     open: AtomicUsize,
     listeners: AtomicUsize,
+    /// The most `open` has been since [`Tracker::take_peak`] last read it (a burst shorter than
+    /// the reader's interval is seen all the same).
+    peak: AtomicUsize,
     idle: Notify,
     force: Arc<Signal>,
 }
@@ -192,7 +195,8 @@ impl Tracker {
 
     /// One connection, open until the guard drops.
     pub fn open(self: &Arc<Self>) -> TrackerGuard {
-        self.open.fetch_add(1, Ordering::AcqRel);
+        let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak.fetch_max(open, Ordering::Relaxed);
         TrackerGuard { tracker: self.clone(), listener: false }
     }
 
@@ -207,6 +211,14 @@ impl Tracker {
     /// Connections open (listeners not counted).
     pub fn count(&self) -> usize {
         self.open.load(Ordering::Acquire).saturating_sub(self.listeners.load(Ordering::Acquire))
+    }
+
+    /// The most connections open at once since the last call (listeners not counted); the next
+    /// call starts from the count open now.
+    pub fn take_peak(&self) -> usize {
+        let open = self.open.load(Ordering::Acquire);
+        let peak = self.peak.swap(open, Ordering::Relaxed).max(open);
+        peak.saturating_sub(self.listeners.load(Ordering::Acquire))
     }
 
     /// True when no connection is open and no listener accepts.
