@@ -406,8 +406,16 @@ fn cpu_cgroup(tag: &str, quota_us: u32) -> Result<CpuCgroup, String> {
     Err("no writable cgroup v1 cpu hierarchy and no cgroup v2 cpu controller for new groups".into())
 }
 
-/// Runs tandem inside `cg` until it is ready, stops it, and returns its "runtime workers" log line.
-async fn workers_line_in(cg: &CpuCgroup) -> serde_json::Value {
+/// Runs tandem in a cgroup of `quota_us` per 100 ms until it is ready, stops it, and returns its
+/// "runtime workers" log line; `None` (saying why) where no such cgroup can be made.
+async fn workers_line_under(tag: &str, quota_us: u32) -> Option<serde_json::Value> {
+    let cg = match cpu_cgroup(tag, quota_us) {
+        Ok(cg) => cg,
+        Err(reason) => {
+            println!("skipped: {reason}");
+            return None;
+        }
+    };
     // The shell moves itself into the cgroup, then becomes tandem, which reads its own cgroup.
     let procs_file = cg.0.join("cgroup.procs");
     let script = format!("echo $$ > {} && exec \"$0\" \"$@\"", procs_file.display());
@@ -439,19 +447,12 @@ async fn workers_line_in(cg: &CpuCgroup) -> serde_json::Value {
     p.signal(libc::SIGTERM);
     assert_eq!(p.exit(EXIT_LIMIT).await.code(), Some(0));
     let line = p.stderr().lines().find(|l| l.contains("runtime workers")).map(str::to_owned).expect("logged");
-    serde_json::from_str(&line).expect("json")
+    Some(serde_json::from_str(&line).expect("json"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_follow_a_real_cgroup_cpu_limit() {
-    let cg = match cpu_cgroup("half", 50_000) {
-        Ok(cg) => cg,
-        Err(reason) => {
-            println!("skipped: {reason}");
-            return;
-        }
-    };
-    let v = workers_line_in(&cg).await;
+    let Some(v) = workers_line_under("half", 50_000).await else { return };
     assert_eq!(v["workers"], 1, "{v}");
     assert_eq!(v["source"], "cgroup CPU limit 0.50", "{v}");
 }
@@ -465,14 +466,7 @@ async fn a_fractional_cgroup_cpu_limit_rounds_up() {
         println!("skipped: {cores} core(s) here, 1.5 CPUs cannot round up to 2 workers");
         return;
     }
-    let cg = match cpu_cgroup("one-and-a-half", 150_000) {
-        Ok(cg) => cg,
-        Err(reason) => {
-            println!("skipped: {reason}");
-            return;
-        }
-    };
-    let v = workers_line_in(&cg).await;
+    let Some(v) = workers_line_under("one-and-a-half", 150_000).await else { return };
     assert_eq!(v["workers"], 2, "{v}");
     assert_eq!(v["source"], "cgroup CPU limit 1.50", "{v}");
 }
