@@ -1027,16 +1027,6 @@ async fn requests_refused_by_the_codec_can_be_logged_and_counted() {
     assert_eq!(metric_sum(&samples, "tandem_http_requests_in_flight", &[]), 0.0);
 }
 
-/// Anonymous resident memory of a process, from /proc/PID/status.
-fn rss_anon_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("RssAnon")
-}
-
 #[tokio::test]
 async fn the_queue_bound_costs_no_memory_until_lines_wait_in_it() {
     // 4 million places: made up front (as a fixed array of slots) that would be over 100 MiB
@@ -1062,6 +1052,6 @@ async fn the_queue_bound_costs_no_memory_until_lines_wait_in_it() {
     })
     .await;
     assert_eq!(lines, 200);
-    let anon = rss_anon_kib(t.child.id());
+    let anon = t.rss_kib().1;
     assert!(anon < 32 * 1024, "RssAnon {anon} kB with an empty queue bounded at 4,000,000 lines");
 }

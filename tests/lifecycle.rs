@@ -471,20 +471,6 @@ async fn a_fractional_cgroup_cpu_limit_rounds_up() {
     assert_eq!(v["source"], "cgroup CPU limit 1.50", "{v}");
 }
 
-/// A process's resident memory, total and anonymous (the heap, stacks: not the binary's pages),
-/// in KiB.
-fn rss_kib(pid: i32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
-    };
-    (field("VmRSS:"), field("RssAnon:"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_comes_back_after_bursts_of_connections() {
     const CONNS: usize = 500;
@@ -492,7 +478,7 @@ async fn memory_comes_back_after_bursts_of_connections() {
     let t = tandem(app, &[], &[]).await;
     // Idle, once one request has set up what every request uses (the pool to the app).
     assert_eq!(get(t.inbound, "/warm").await.expect("answer").0, 200);
-    let idle = rss_kib(t.pid);
+    let idle = t.rss_kib();
     let mut peak = idle;
     let request = format!("GET /burst HTTP/1.1\r\nhost: {}\r\n\r\n", t.inbound);
     for _ in 0..2 {
@@ -506,7 +492,7 @@ async fn memory_comes_back_after_bursts_of_connections() {
             let head = read_response(s).await;
             assert!(head.starts_with("http/1.1 200"), "{head}");
         }
-        let now = rss_kib(t.pid);
+        let now = t.rss_kib();
         peak = (peak.0.max(now.0), peak.1.max(now.1));
         drop(conns);
     }
@@ -514,10 +500,10 @@ async fn memory_comes_back_after_bursts_of_connections() {
     // the bursts took from the heap given back (glibc keeps it all unless told).
     let back = |(rss, anon): (u64, u64)| rss <= 2 * idle.0 && anon <= idle.1 + (peak.1 - idle.1) / 2;
     let deadline = Instant::now() + Duration::from_secs(15);
-    let mut now = rss_kib(t.pid);
+    let mut now = t.rss_kib();
     while !back(now) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        now = rss_kib(t.pid);
+        now = t.rss_kib();
     }
     assert!(back(now), "VmRSS, RssAnon in KiB: idle {idle:?}, peak {peak:?}, 15 s after the close {now:?}");
     println!("VmRSS, RssAnon in KiB: idle {idle:?}, peak {peak:?}, after {now:?}");

@@ -467,3 +467,82 @@ async fn version_and_build_info_name_the_commit_profile_and_rust_version() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
     assert_eq!(commit, head.as_deref().unwrap_or("unknown"));
 }
+
+/// Floods of each kind the HTTP/2 server cuts short, against a spawned tandem, several rounds:
+/// each connection is cut, and the process's heap does not grow with
+/// the rounds (what the first round allocated, buffers and the allocator's arenas, is reused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_floods_leave_memory_flat_and_tandem_serving() {
+    use tokio::io::AsyncWriteExt;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    const ROUNDS: usize = 6;
+    let (_echo, app) = procs::echo().await;
+    let t = procs::tandem(app, &[], &[]).await;
+    let inbound = t.inbound;
+    let start = || async move {
+        let mut s = tokio::net::TcpStream::connect(inbound).await.expect("connect");
+        let mut b = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        b.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS
+        s.write_all(&b).await.expect("preface");
+        s
+    };
+    // The frames of each flood, written until the server answers GOAWAY (or closes).
+    let ping = [0u8, 0, 8, 0x6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let ping_flood: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 20_000).collect();
+    let mut continuation = vec![0u8, 0, 1, 0x1, 0x1, 0, 0, 0, 1, 0x82]; // HEADERS, END_STREAM, :method GET
+    for _ in 0..20_000 {
+        continuation.extend_from_slice(&[0, 0, 0, 0x9, 0, 0, 0, 0, 1]);
+    }
+    // POST / on stream 1 (static table: :method POST, :scheme http, :path /), then empty DATA.
+    let mut empty_data = vec![0u8, 0, 3, 0x1, 0x4, 0, 0, 0, 1, 0x83, 0x86, 0x84];
+    for _ in 0..20_000 {
+        empty_data.extend_from_slice(&[0, 0, 0, 0x0, 0, 0, 0, 0, 1]);
+    }
+    // Streams opened and reset at once (CVE-2023-44487).
+    let mut rapid_reset = Vec::new();
+    for id in (1u32..40_000).step_by(2) {
+        let sid = id.to_be_bytes();
+        rapid_reset.extend_from_slice(&[0, 0, 3, 0x1, 0x5, sid[0], sid[1], sid[2], sid[3], 0x82, 0x86, 0x84]);
+        rapid_reset.extend_from_slice(&[0, 0, 4, 0x3, 0, sid[0], sid[1], sid[2], sid[3], 0, 0, 0, 0x8]);
+    }
+    let floods = [
+        ("PING", &ping_flood),
+        ("CONTINUATION", &continuation),
+        ("empty DATA", &empty_data),
+        ("rapid reset", &rapid_reset),
+    ];
+    let mut after_first = None;
+    for round in 0..ROUNDS {
+        for (what, bytes) in floods {
+            let mut s = start().await;
+            // The server may close before it has read it all.
+            let _ = s.write_all(bytes).await;
+            // Cut: GOAWAY ENHANCE_YOUR_CALM, or, when the flood was still being written as the
+            // server closed, a reset that can overtake the GOAWAY; never left open.
+            let end = h2_goaway_or_sync(&mut s, b"unneeded").await;
+            assert!(
+                matches!(end, Ok(Some(ENHANCE_YOUR_CALM)) | Err("closed without GOAWAY")),
+                "{what}, round {round}: {end:?}"
+            );
+        }
+        let (status, ..) = get(&format!("http://{inbound}/between")).await;
+        assert_eq!(status, 200, "tandem serves others after round {round}");
+        if round == 0 {
+            after_first = Some(t.rss_kib());
+        }
+    }
+    let samples = scrape(t.admin).await;
+    let abuse = |kind: &str| metric_sum(&samples, "tandem_h2_abuse_total", &[("kind", kind)]);
+    // Each cut counted as the abuse it was. PINGs whose answers are never read count as a PING
+    // flood or, once the answers back up unsent, a control-frame flood, as the timing falls.
+    for kind in ["continuation_flood", "empty_data", "rapid_reset"] {
+        assert_eq!(abuse(kind), ROUNDS as f64, "{kind}");
+    }
+    assert_eq!(abuse("ping_flood") + abuse("control_flood"), ROUNDS as f64, "PING floods");
+    let first = after_first.expect("round 0 ran");
+    let last = t.rss_kib();
+    println!("VmRSS, RssAnon in KiB after round 1: {first:?}, after round {ROUNDS}: {last:?}");
+    // Flat: five more rounds of every flood may not add 2 MiB of heap (each round writes about
+    // 2 MB of frames to the server).
+    assert!(last.1 <= first.1 + 2048, "the heap grew with the floods: {first:?} then {last:?}");
+}

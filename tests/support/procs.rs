@@ -55,6 +55,20 @@ impl Proc {
         Self { child, pid, stderr_path, name: name.to_owned() }
     }
 
+    /// Its resident memory in KiB, total and anonymous (the heap and stacks, not the binary's
+    /// pages), from /proc/PID/status.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).expect("status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in /proc/{}/status", self.pid))
+        };
+        (field("VmRSS:"), field("RssAnon:"))
+    }
+
     /// Sends `sig` to this process (by PID).
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill only sends a signal to a process this test started and has not reaped.
