@@ -26,6 +26,7 @@ use crate::lifecycle::shutdown::{Shutdown, Tracker};
 use crate::lifecycle::signals::{Signal, Signals};
 use crate::listener::accept::{self, ConnSettings, LiveSettings};
 use crate::listener::tls::TlsServer;
+use crate::listener::transparent::Interception;
 use crate::proxy::inbound::InboundProxy;
 use crate::proxy::outbound::OutboundProxy;
 use crate::reload::{conn_settings, Reloader, Targets};
@@ -199,8 +200,10 @@ pub async fn start_with_sources(
 
     let outbound_conns = Tracker::new();
     let outbound = OutboundProxy::new(&config.outbound, telemetry.clone(), outbound_addr, outbound_conns.clone());
-    let inbound_settings = LiveSettings::from(conn_settings(&config.inbound.timeouts, &config.inbound.limits));
-    let outbound_settings = LiveSettings::from(conn_settings(&config.outbound.timeouts, &config.outbound.limits));
+    let inbound_settings = LiveSettings::from(conn_settings(&config.inbound.timeouts, &config.inbound.limits))
+        .intercepting(Arc::new(Interception::inbound(&config, inbound_addr, telemetry.clone())));
+    let outbound_settings = LiveSettings::from(conn_settings(&config.outbound.timeouts, &config.outbound.limits))
+        .intercepting(Arc::new(Interception::outbound(&config, outbound_addr, &outbound, telemetry.clone())));
     let targets = Targets {
         telemetry: telemetry.clone(),
         inbound: inbound.clone(),
@@ -388,7 +391,9 @@ impl Lanes {
             Some(self.telemetry.clone()),
             self.exit.drain(),
             self.outbound_conns.clone(),
-            accept::HyperServers::new(move |meta: crate::base::conn::ConnMeta| proxy.service(meta.peer)),
+            accept::HyperServers::new(move |meta: crate::base::conn::ConnMeta| {
+                proxy.service(meta.peer, meta.original_dst)
+            }),
         )
     }
 }

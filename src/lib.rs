@@ -22,6 +22,7 @@
 //! | [`http1`] | tandem's HTTP/1.1 codec: the inbound server and its client half |
 //! | [`h2`] | tandem's HTTP/2 server and HPACK |
 //! | [`proxy`] | inbound and outbound: checks, header rewriting, the error enum and its one response function, the response body |
+//! | [`tcp`] | the opaque TCP relay of transparent mode (redirected connections that are not HTTP) |
 //! | [`upstream`] | the pools and clients to the app and other upstreams |
 //! | [`telemetry`] | the per-request record, access log, metrics, tandem's own diagnostics |
 //! | [`lifecycle`] | the stop signal and drain, readiness, workers from the CPU limit, `tandem await` |
@@ -48,5 +49,6 @@ pub mod listener;
 pub mod mesh;
 pub mod proxy;
 pub mod reload;
+pub mod tcp;
 pub mod telemetry;
 pub mod upstream;

@@ -44,6 +44,7 @@ pub const RESTART: &[(&str, &str)] = &[
     ("outbound.timeouts.upstream_idle", "the outbound connection pools are made with it at start"),
     ("outbound.limits.max_idle_per_upstream", "the outbound connection pools are made with it at start"),
     ("log.format", "the diagnostics format is set when logging starts"),
+    ("transparent", "each listener's handling of redirected connections is made at start"),
 ];
 
 /// Turning `inbound.tls` on or off changes what the inbound listener speaks.

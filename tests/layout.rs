@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("http1", 4),
     ("h2", 4),
     ("proxy", 3),
+    ("tcp", 2),
     ("upstream", 2),
     ("telemetry", 1),
     ("lifecycle", 1),

@@ -101,7 +101,7 @@ impl Server {
         ends.push(input.len());
         let serve = async {
             let mut io = Pipe(server);
-            let meta = ConnMeta { peer: "127.0.0.1:40000".parse().expect("addr"), tls: None };
+            let meta = ConnMeta { peer: "127.0.0.1:40000".parse().expect("addr"), tls: None, original_dst: None };
             let peer_ip = http::HeaderValue::from_static("127.0.0.1");
             let mut drain = self.shutdown.drain();
             let handed = match self.codec.serve(&mut io, &meta, Some(&peer_ip), &mut drain, self.rules).await {

@@ -17,6 +17,9 @@ pub struct ConnMeta {
     pub peer: SocketAddr,
     /// What TLS negotiated, on a TLS listener.
     pub tls: Option<Arc<ConnTls>>,
+    /// Where the connection was going before iptables redirected it (transparent mode); `None`
+    /// when it came to the listener directly.
+    pub original_dst: Option<SocketAddr>,
 }
 
 /// What one TLS connection negotiated, shared by its requests.

@@ -32,6 +32,7 @@ pub struct Config {
     pub shutdown: Shutdown,
     pub runtime: Runtime,
     pub readiness: Readiness,
+    pub transparent: Transparent,
 }
 
 /// The inbound listener: clients → tandem → the app on localhost.
@@ -220,6 +221,26 @@ pub struct Shutdown {
     pub drain_timeout: Human<Duration>,
 }
 
+/// Connections redirected to tandem by iptables (transparent mode): how their protocol is found.
+/// A connection that was not redirected is never looked at.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Transparent {
+    /// Original destination ports passed through as TCP at once, without waiting for the first
+    /// bytes: server-first protocols (SMTP, MySQL, PostgreSQL, Redis, ...). Linkerd's list.
+    pub opaque_ports: Vec<Human<Port>>,
+    /// How long a redirected connection may stay silent before it is passed through as TCP
+    /// (a server-first protocol on a port not in `opaque_ports`).
+    pub detect_timeout: Human<Duration>,
+}
+
+impl Transparent {
+    /// Whether connections to `port` skip detection.
+    pub fn is_opaque(&self, port: u16) -> bool {
+        self.opaque_ports.iter().any(|p| p.value.0 == port)
+    }
+}
+
 /// The async runtime.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -316,6 +337,15 @@ impl Default for Shutdown {
     }
 }
 
+impl Default for Transparent {
+    fn default() -> Self {
+        Self {
+            opaque_ports: [25, 587, 3306, 4444, 5432, 6379, 9300, 11211].map(|p| Human::new(Port(p))).into(),
+            detect_timeout: Human::new(Duration::from_millis(500)),
+        }
+    }
+}
+
 impl Default for Readiness {
     fn default() -> Self {
         Self { app: "tcp".to_owned() }
@@ -400,6 +430,19 @@ impl Config {
         }
         self.access_log.max_size.check("access_log.max_size", &mut p);
         self.shutdown.drain_timeout.check_above_zero("shutdown.drain_timeout", &mut p);
+        for (i, port) in self.transparent.opaque_ports.iter().enumerate() {
+            port.check(&format!("transparent.opaque_ports[{i}]"), &mut p);
+        }
+        self.transparent.detect_timeout.check_above_zero("transparent.detect_timeout", &mut p);
+        if self.transparent.detect_timeout.is_valid() && self.transparent.detect_timeout.value > MAX_DETECT_TIMEOUT {
+            p.push(problem(
+                "transparent.detect_timeout",
+                format!(
+                    "at most {}: every connection of a server-first protocol waits this long before it is passed through",
+                    render_duration(MAX_DETECT_TIMEOUT)
+                ),
+            ));
+        }
 
         if self.outbound.listen.is_valid()
             && !self.outbound.listen.value.ip().is_loopback()
@@ -640,6 +683,26 @@ impl HumanUnit for SocketAddr {
         let port: u16 = port.parse().ok()?;
         (!host.is_empty() && host.parse::<std::net::IpAddr>().is_err())
             .then(|| format!("a listen address needs an IP address and a port, such as 0.0.0.0:{port}"))
+    }
+}
+
+/// The longest `transparent.detect_timeout` accepted.
+pub const MAX_DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TCP port, 1 to 65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Port(pub u16);
+
+impl HumanUnit for Port {
+    const KIND: &'static str = "port";
+    fn placeholder() -> Self {
+        Port(0)
+    }
+    fn parse_human(s: &str) -> Option<Self> {
+        s.trim().parse::<u16>().ok().filter(|p| *p != 0).map(Port)
+    }
+    fn render(&self) -> String {
+        self.0.to_string()
     }
 }
 

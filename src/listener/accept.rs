@@ -18,6 +18,7 @@ use crate::http1::server::{Codec, Outcome, Rules};
 use crate::lifecycle::shutdown::{ConnInfo, Drain, DrainAware, Tracker, DRAIN_IDLE_GRACE};
 use crate::listener::tls::TlsServer;
 use crate::telemetry::ratelimit::RateLimitedLog;
+use crate::listener::transparent::Interception;
 use crate::telemetry::Telemetry;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -56,18 +57,31 @@ pub struct ConnSettings {
 /// connection it accepts (a pointer comparison when nothing changed), and a connection keeps the
 /// ones it was accepted under.
 #[derive(Clone)]
-pub struct LiveSettings(Arc<ArcSwap<ConnSettings>>);
+pub struct LiveSettings {
+    swapped: Arc<ArcSwap<ConnSettings>>,
+    /// Transparent mode: how redirected connections are found and served (`None`: every
+    /// connection takes the listener's usual path, and none is looked at). Outside what a reload
+    /// swaps: it is made once, at start, with the listener's address and the proxy's dialer, and
+    /// the `transparent` keys need a restart ([`crate::reload::RESTART`]).
+    transparent: Option<Arc<Interception>>,
+}
 
 impl LiveSettings {
-    /// Puts `settings` in force for the connections accepted from now on.
+    /// Puts `settings` in force for the connections accepted from now on (the interception, if
+    /// any, stays).
     pub fn store(&self, settings: ConnSettings) {
-        self.0.store(Arc::new(settings));
+        self.swapped.store(Arc::new(settings));
+    }
+
+    /// These settings, with redirected connections handled by `interception`.
+    pub fn intercepting(self, interception: Arc<Interception>) -> Self {
+        Self { transparent: Some(interception), ..self }
     }
 }
 
 impl From<ConnSettings> for LiveSettings {
     fn from(settings: ConnSettings) -> Self {
-        Self(Arc::new(ArcSwap::from_pointee(settings)))
+        Self { swapped: Arc::new(ArcSwap::from_pointee(settings)), transparent: None }
     }
 }
 
@@ -172,6 +186,12 @@ pub trait Servers: Send + Sync + 'static {
 
     /// Serves one connection until it ends (the accept loop cuts it at the drain deadline).
     fn serve_conn(&self, conn: Accepted) -> impl Future<Output = ()> + Send;
+
+    /// Whether a redirected connection that starts with a TLS ClientHello is served here
+    /// (terminated), rather than passed through as TCP.
+    fn terminates_tls(&self) -> bool {
+        false
+    }
 }
 
 /// An accepted connection, handed to its server.
@@ -182,6 +202,12 @@ pub struct Accepted {
     pub drain: Drain,
     /// Bytes moved either way so far (for the idle timeout and the drain's quiet check).
     pub activity: Arc<AtomicU64>,
+    /// Where the connection was going before iptables redirected it to the listener (transparent
+    /// mode); `None` when it came to the listener directly.
+    pub original_dst: Option<SocketAddr>,
+    /// A redirected connection whose first bytes are HTTP: served in plaintext even on a
+    /// listener that terminates TLS.
+    pub plaintext: bool,
 }
 
 /// The inbound listener's servers: every HTTP/1.x connection goes to tandem's codec
@@ -217,27 +243,41 @@ impl Servers for OwnServers {
             .store(Arc::new((rules, H2Rules { idle: settings.idle_timeout, max_list: h2_header_list(settings) })));
     }
 
+    fn terminates_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     async fn serve_conn(&self, conn: Accepted) {
-        let Accepted { stream, peer, mut drain, activity } = conn;
+        let Accepted { stream, peer, mut drain, activity, original_dst, plaintext } = conn;
         let (rules, h2) = **self.rules.load();
         let counted = |inner| Metered::new(inner, activity.clone());
+        let plain = ConnMeta { peer, tls: None, original_dst };
         let (mut io, meta) = match &self.tls {
-            None => (Transport::Plain(counted(stream)), ConnMeta { peer, tls: None }),
-            Some(tls) => match tls.accept(stream, counted).await {
-                Some((s, info)) => (Transport::Tls(Box::new(s)), ConnMeta { peer, tls: Some(Arc::new(info)) }),
+            Some(tls) if !plaintext => match tls.accept(stream, counted).await {
+                Some((s, info)) => (Transport::Tls(Box::new(s)), ConnMeta { tls: Some(Arc::new(info)), ..plain }),
                 None => return,
             },
+            _ => (Transport::Plain(counted(stream)), plain),
+        };
+        // A redirected connection goes to the app on the port it was sent to.
+        let for_port;
+        let codec = match original_dst {
+            None => &self.codec,
+            Some(original) => {
+                for_port = Codec::new(&self.codec.proxy().for_original(original));
+                &for_port
+            }
         };
         let peer_ip = crate::proxy::headers::peer_ip_value(meta.peer);
         // Every HTTP/1.x request is the codec's; it stops only at the HTTP/2 preface.
         let mut handed = bytes::BytesMut::new();
         if meta.tls.as_ref().is_none_or(|t| t.alpn != Some("h2")) {
-            match self.codec.serve(&mut io, &meta, peer_ip.as_ref(), &mut drain, rules).await {
+            match codec.serve(&mut io, &meta, peer_ip.as_ref(), &mut drain, rules).await {
                 Outcome::H2(rest) => handed = rest,
                 Outcome::Closed => return,
             }
         }
-        let proxy = self.codec.proxy();
+        let proxy = codec.proxy();
         crate::h2::server::serve(&mut io, handed, proxy, &meta, peer_ip.as_ref(), &mut drain, h2).await;
     }
 }
@@ -302,9 +342,9 @@ where
     }
 
     async fn serve_conn(&self, conn: Accepted) {
-        let Accepted { stream, peer, mut drain, activity } = conn;
+        let Accepted { stream, peer, mut drain, activity, original_dst, .. } = conn;
         let io = Transport::Plain(Metered::new(stream, activity.clone()));
-        let meta = ConnMeta { peer, tls: None };
+        let meta = ConnMeta { peer, tls: None, original_dst };
         // Held for the connection's life: hyper's connection borrows its builder.
         let tuned = self.tuned.load_full();
         let (direction, idle) = (self.direction, tuned.idle);
@@ -424,7 +464,7 @@ pub fn serve<C: Servers>(
     mut servers: C,
 ) -> impl Future<Output = ()> + Send + 'static {
     let listening = tracker.listening();
-    let live = settings.into().0;
+    let LiveSettings { swapped: live, transparent } = settings.into();
     let mut settings = live.load_full();
     servers.prepare(&settings, telemetry.as_ref(), direction);
     let servers = Arc::new(servers);
@@ -486,15 +526,30 @@ pub fn serve<C: Servers>(
             let _ = stream.set_nodelay(true);
             let guard = tracker.open();
             let servers = servers.clone();
+            let transparent = transparent.clone();
+            let relay_idle = settings.idle_timeout;
             let telemetry = telemetry.clone();
             let drain = drain.clone();
             tokio::spawn(async move {
                 if let Some(t) = &telemetry {
                     t.metrics.connection_opened(direction);
                 }
-                let conn = Accepted { stream, peer, drain, activity: Arc::new(AtomicU64::new(0)) };
+                let conn = Accepted {
+                    stream,
+                    peer,
+                    drain,
+                    activity: Arc::new(AtomicU64::new(0)),
+                    original_dst: None,
+                    plaintext: false,
+                };
+                let served = async {
+                    match &transparent {
+                        None => servers.serve_conn(conn).await,
+                        Some(t) => t.route(conn, &*servers, relay_idle).await,
+                    }
+                };
                 tokio::select! {
-                    () = servers.serve_conn(conn) => {}
+                    () = served => {}
                     _ = guard.closed_by_force() => {
                         tracing::debug!(%peer, "drain deadline: closing the connection");
                     }

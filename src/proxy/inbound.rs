@@ -32,11 +32,12 @@ use http::HeaderName;
 static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The one client per app protocol: for an HTTP/1.1 app the codec's pool of TCP connections
@@ -75,6 +76,17 @@ pub struct InboundProxy {
     pub(crate) proto: &'static str,
     /// Upstream-failure warnings, rate-limited across every worker.
     errors: Arc<crate::telemetry::ratelimit::RateLimitedLog>,
+    /// The app on other ports (transparent mode, [`InboundProxy::for_original`]): a proxy each,
+    /// made when the first connection for its port comes. This worker's own.
+    ports: Arc<Mutex<HashMap<u16, Arc<InboundProxy>>>>,
+}
+
+/// Where a connection redirected to `port` goes: the app's address with that port, or
+/// `127.0.0.1` with it when `inbound.app` is not a loopback address (the pod's app listens on
+/// localhost).
+pub fn app_on_port(app: SocketAddr, port: u16) -> SocketAddr {
+    let ip = if app.ip().is_loopback() { app.ip() } else { std::net::Ipv4Addr::LOCALHOST.into() };
+    SocketAddr::new(ip, port)
 }
 
 impl InboundProxy {
@@ -91,6 +103,7 @@ impl InboundProxy {
             connect_timeout_ms: cfg.timeouts.connect.value.as_millis() as u64,
             proto: if tls { "https" } else { "http" },
             errors: Arc::new(crate::telemetry::ratelimit::RateLimitedLog::new(Duration::from_secs(5))),
+            ports: Arc::default(),
         }))
     }
 
@@ -98,7 +111,32 @@ impl InboundProxy {
     /// `max_in_flight` budget (shared), with its own connection pool to the app, so a worker's
     /// requests never wait on a connection another thread drives.
     pub fn sibling(&self, cfg: &InboundConfig) -> Arc<Self> {
-        Arc::new(Self { client: AppClient::new(cfg), ..self.clone() })
+        Arc::new(Self { client: AppClient::new(cfg), ports: Arc::default(), ..self.clone() })
+    }
+
+    /// The proxy for a connection iptables redirected from `original` (transparent mode): the
+    /// app on the same port ([`app_on_port`]), so an app listening on several ports needs no
+    /// configuration. This proxy itself when that is `inbound.app`; otherwise one per port, with
+    /// its own pool, sharing everything else (the `max_in_flight` budget included).
+    pub fn for_original(self: &Arc<Self>, original: SocketAddr) -> Arc<Self> {
+        let app = app_on_port(self.app, original.port());
+        if app == self.app {
+            return self.clone();
+        }
+        let mut ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = ports.get(&app.port()) {
+            return p.clone();
+        }
+        // A socket address is always a valid authority.
+        let Ok(app_authority) = Authority::try_from(app.to_string().as_str()) else { return self.clone() };
+        let client = match &self.client {
+            AppClient::Http1(streams) => AppClient::Http1(streams.to(app)),
+            // hyper's client pools by authority already.
+            AppClient::Http2(client) => AppClient::Http2(client.clone()),
+        };
+        let proxy = Arc::new(Self { client, app, app_authority, ports: Arc::default(), ..(**self).clone() });
+        ports.insert(app.port(), proxy.clone());
+        proxy
     }
 
     /// Idle keep-alive connections in this proxy's HTTP/1.1 pools to the app (0 for an h2 app,

@@ -115,9 +115,15 @@ impl OutboundProxy {
         b.build(Connector(dialer.clone()))
     }
 
-    /// The service for one connection from the app at `peer`.
-    pub fn service(self: &Arc<Self>, peer: SocketAddr) -> OutboundService {
-        OutboundService { proxy: self.clone(), peer }
+    /// The service for one connection from the app at `peer`; `original`: where the connection
+    /// was going before iptables redirected it (transparent mode), where its requests go.
+    pub fn service(self: &Arc<Self>, peer: SocketAddr, original: Option<SocketAddr>) -> OutboundService {
+        OutboundService { proxy: self.clone(), peer, original }
+    }
+
+    /// What connects to destinations (policy, loop check, connect timeout), for the opaque relay.
+    pub fn dialer(&self) -> &Arc<Dialer> {
+        &self.dialer
     }
 
     /// Requests (and tunnels) in flight right now.
@@ -142,6 +148,7 @@ fn policy(cfg: &OutboundConfig) -> Policy {
 pub struct OutboundService {
     proxy: Arc<OutboundProxy>,
     peer: SocketAddr,
+    original: Option<SocketAddr>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for OutboundService {
@@ -151,12 +158,12 @@ impl hyper::service::Service<Request<Incoming>> for OutboundService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let proxy = self.proxy.clone();
-        let peer = self.peer;
+        let (peer, original) = (self.peer, self.original);
         Box::pin(async move {
             Ok(if req.method() == Method::CONNECT {
                 proxy.connect(req, peer).await
             } else {
-                proxy.handle(req, peer).await
+                proxy.handle(req, peer, original).await
             })
         })
     }
@@ -168,8 +175,14 @@ impl OutboundProxy {
         self.admission.enter(record, received, &self.telemetry)
     }
 
-    /// A plain HTTP request: absolute form (`GET http://orders:8080/x`), or origin form with `Host`.
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    /// A plain HTTP request: absolute form (`GET http://orders:8080/x`), or origin form with `Host`;
+    /// on a redirected connection (`original`), to the original destination whatever it names.
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        original: Option<SocketAddr>,
+    ) -> Response<ProxyBody> {
         let upgrade = headers::wants_upgrade(req.headers(), req.version());
         let downstream_upgrade = if upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
         let (mut parts, body) = req.into_parts();
@@ -183,7 +196,7 @@ impl OutboundProxy {
         if let Some(err) = rules.parts(&parts) {
             return self.fail(err, finish);
         }
-        let authority = match destination(&parts) {
+        let authority = match original.map_or_else(|| destination(&parts), original_authority) {
             Ok(a) => a,
             Err(e) => return self.fail(e, finish),
         };
@@ -198,8 +211,11 @@ impl OutboundProxy {
             r.request_id = Some(request_id);
             r.x_forwarded_for = parts.headers.get(&headers::X_FORWARDED_FOR).cloned();
         }
-        // RFC 9112 §3.2.2: a proxy replaces Host with the authority of an absolute-form target.
-        if parts.headers.get(header::HOST).is_none_or(|h| h.as_bytes() != authority.as_str().as_bytes()) {
+        // RFC 9112 §3.2.2: a proxy replaces Host with the authority of an absolute-form target. A
+        // redirected request keeps the Host its client chose (it names the service, not the
+        // address), and gets the address only when it has none.
+        let keep_host = original.is_some() && parts.headers.contains_key(header::HOST);
+        if !keep_host && parts.headers.get(header::HOST).is_none_or(|h| h.as_bytes() != authority.as_str().as_bytes()) {
             match HeaderValue::from_str(authority.as_str()) {
                 Ok(v) => {
                     parts.headers.insert(header::HOST, v);
@@ -436,6 +452,12 @@ fn destination(parts: &http::request::Parts) -> Result<Authority, ProxyError> {
     Ok(authority)
 }
 
+/// The authority of a redirected connection's original destination (`10.0.0.7:80`, `[fd00::7]:80`).
+fn original_authority(original: SocketAddr) -> Result<Authority, ProxyError> {
+    Authority::try_from(original.to_string())
+        .map_err(|e| ProxyError::BadRequest { what: format!("bad original destination {original}: {e}") })
+}
+
 /// The IP of a literal host (`10.0.0.1`, `[::1]`), or `None` for a name.
 fn literal_ip(host: &str) -> Option<IpAddr> {
     let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
@@ -488,6 +510,11 @@ impl fmt::Display for DialError {
 impl std::error::Error for DialError {}
 
 impl DialError {
+    /// The outbound policy refused the destination (or it is tandem's own listener).
+    pub fn is_denied(&self) -> bool {
+        matches!(self, DialError::Denied { .. } | DialError::Loop { .. })
+    }
+
     /// The address this failure concerns, for `upstream_host`.
     pub fn addr(&self) -> Option<SocketAddr> {
         match self {

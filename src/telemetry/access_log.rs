@@ -639,8 +639,11 @@ fn opt_json(v: Option<&HeaderValue>, out: &mut Vec<u8>) {
     }
 }
 
-fn protocol(v: http::Version) -> &'static str {
-    match v {
+fn protocol(r: &RequestRecord) -> &'static str {
+    if r.tcp {
+        return "tcp";
+    }
+    match r.protocol {
         http::Version::HTTP_09 => "HTTP/0.9",
         http::Version::HTTP_10 => "HTTP/1.0",
         http::Version::HTTP_11 => "HTTP/1.1",
@@ -657,7 +660,11 @@ pub fn format_json(r: &RequestRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\",\"direction\":\"");
     out.extend_from_slice(r.direction.as_str().as_bytes());
     out.extend_from_slice(b"\",\"method\":");
-    json_str(r.method.as_str().as_bytes(), out);
+    if r.tcp {
+        out.extend_from_slice(b"null");
+    } else {
+        json_str(r.method.as_str().as_bytes(), out);
+    }
     out.extend_from_slice(b",\"authority\":");
     opt_json(r.authority.as_ref(), out);
     out.extend_from_slice(b",\"path\":");
@@ -666,7 +673,7 @@ pub fn format_json(r: &RequestRecord, out: &mut Vec<u8>) {
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"protocol\":\"");
-    out.extend_from_slice(protocol(r.protocol).as_bytes());
+    out.extend_from_slice(protocol(r).as_bytes());
     out.extend_from_slice(b"\",\"response_code\":");
     push_u64(out, u64::from(r.response_code));
     out.extend_from_slice(b",\"response_flags\":\"");
@@ -741,11 +748,11 @@ pub fn format_text(r: &RequestRecord, out: &mut Vec<u8>) {
     out.push(b'[');
     rfc3339(r.start, out);
     out.extend_from_slice(b"] \"");
-    text_field(r.method.as_str().as_bytes(), out);
+    text_field(if r.tcp { b"-" } else { r.method.as_str().as_bytes() }, out);
     out.push(b' ');
     text_field(r.path_bytes().unwrap_or(b"-"), out);
     out.push(b' ');
-    out.extend_from_slice(protocol(r.protocol).as_bytes());
+    out.extend_from_slice(protocol(r).as_bytes());
     out.extend_from_slice(b"\" ");
     push_u64(out, u64::from(r.response_code));
     out.push(b' ');

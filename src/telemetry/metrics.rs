@@ -9,6 +9,7 @@
 //! | `tandem_http_request_bytes_total`, `tandem_http_response_bytes_total` | counter | `direction` |
 //! | `tandem_tcp_connections_opened_total`, `_closed_total`, `_rejected_total` | counter | `direction` |
 //! | `tandem_tcp_connections_active` | gauge | `direction` |
+//! | `tandem_protocol_detection_total` | counter | `direction`, `result` |
 //! | `tandem_h2_abuse_total` (registered by [`crate::h2::metrics`]) | counter | `kind` |
 //! | `tandem_access_log_lines_total`, `tandem_access_log_dropped_total` | counter | |
 //! | `tandem_ready` | gauge | |
@@ -37,6 +38,37 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 pub const INBOUND_UPSTREAM: &str = "app";
 /// The `upstream` label of outbound requests forwarded to the authority they name.
 pub const OUTBOUND_UPSTREAM: &str = "passthrough";
+
+/// What protocol detection found on a redirected connection (transparent mode): the `result`
+/// label of `tandem_protocol_detection_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detection {
+    /// An HTTP/1.x request line.
+    Http1,
+    /// The HTTP/2 preface.
+    Http2,
+    /// A TLS ClientHello.
+    Tls,
+    /// Anything else, or a port in `transparent.opaque_ports` (not looked at).
+    Opaque,
+    /// Nothing decisive within `transparent.detect_timeout`: passed through as TCP.
+    Timeout,
+}
+
+impl Detection {
+    pub const ALL: [Detection; 5] =
+        [Detection::Http1, Detection::Http2, Detection::Tls, Detection::Opaque, Detection::Timeout];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Detection::Http1 => "http1",
+            Detection::Http2 => "http2",
+            Detection::Tls => "tls",
+            Detection::Opaque => "opaque",
+            Detection::Timeout => "timeout",
+        }
+    }
+}
 
 /// Every metric tandem exports.
 pub struct Metrics {
@@ -68,6 +100,8 @@ struct Fast {
     conns_closed: IntCounter,
     conns_active: IntGauge,
     conns_rejected: IntCounter,
+    /// By [`Detection`], in its order.
+    detected: [IntCounter; 5],
 }
 
 fn method_label(m: &http::Method) -> &'static str {
@@ -134,6 +168,13 @@ impl Metrics {
             ),
             &["direction"],
         )?;
+        let detected = IntCounterVec::new(
+            Opts::new(
+                "tandem_protocol_detection_total",
+                "Redirected connections (transparent mode) by the protocol their first bytes showed.",
+            ),
+            &["direction", "result"],
+        )?;
         let access_log_dropped = IntCounter::new(
             "tandem_access_log_dropped_total",
             "Access log lines lost: the writer's queue was full, or the write failed.",
@@ -158,6 +199,7 @@ impl Metrics {
         registry.register(Box::new(conns_closed.clone()))?;
         registry.register(Box::new(conns_active.clone()))?;
         registry.register(Box::new(conns_rejected.clone()))?;
+        registry.register(Box::new(detected.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
         registry.register(Box::new(access_log_written.clone()))?;
         registry.register(Box::new(ready.clone()))?;
@@ -181,6 +223,7 @@ impl Metrics {
             conns_closed: conns_closed.with_label_values(&[d.as_str()]),
             conns_active: conns_active.with_label_values(&[d.as_str()]),
             conns_rejected: conns_rejected.with_label_values(&[d.as_str()]),
+            detected: Detection::ALL.map(|r| detected.with_label_values(&[d.as_str(), r.as_str()])),
         };
         // Series exist from the start, so a dashboard sees zeros rather than nothing.
         let fast = [fast(Direction::Inbound), fast(Direction::Outbound)];
@@ -244,6 +287,11 @@ impl Metrics {
 
     pub fn connection_rejected(&self, d: Direction) {
         self.fast(d).conns_rejected.inc();
+    }
+
+    /// Counts one redirected connection by what its first bytes showed.
+    pub fn protocol_detected(&self, d: Direction, result: Detection) {
+        self.fast(d).detected[result as usize].inc();
     }
 
     pub fn set_ready(&self, ready: bool) {

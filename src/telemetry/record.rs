@@ -57,6 +57,9 @@ pub struct RequestRecord {
     /// The `grpc-status` the client was given: the app's (in its answer's head or trailers) or
     /// that of tandem's own answer.
     pub grpc_status: Option<u16>,
+    /// A connection relayed as opaque TCP (transparent mode), not a request: logged with
+    /// protocol `tcp` and no method ([`crate::telemetry::access_log`]).
+    pub tcp: bool,
     /// The strings already sit in a buffer of the record's own ([`RequestRecord::set_strings`]):
     /// [`RequestRecord::detach`] has nothing to do.
     pub detached: bool,
@@ -127,6 +130,7 @@ impl RequestRecord {
             tls: None,
             grpc: false,
             grpc_status: None,
+            tcp: false,
             detached: false,
         }
     }

@@ -105,6 +105,19 @@ impl AppStreams {
         })
     }
 
+    /// A pool of its own to `addr`, with this one's timeouts and limits (the app on another
+    /// port, in transparent mode).
+    pub fn to(&self, addr: SocketAddr) -> Arc<Self> {
+        Arc::new(Self {
+            addr,
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+            max_idle: self.max_idle,
+            idle: Mutex::new(Vec::new()),
+            reaper: crate::upstream::pool::Reaper::default(),
+        })
+    }
+
     /// Idle connections right now.
     pub fn idle_count(&self) -> usize {
         self.lock().len()
