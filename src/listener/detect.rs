@@ -187,35 +187,45 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Peeks at `stream`'s first bytes until [`classify`] can tell, or `timeout` passes.
-pub async fn detect(stream: &TcpStream, timeout: Duration) -> Found {
+/// Peeks at `stream`'s first bytes until [`classify`] can tell, or `timeout` passes; gives the
+/// stream back, its bytes unread.
+pub async fn detect(stream: TcpStream, timeout: Duration) -> io::Result<(Found, TcpStream)> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = vec![0u8; PEEK_LIMIT];
     let mut have = 0usize;
+    // Set when a peek found nothing new and cleared tokio's readiness for the socket.
+    let mut cleared = false;
     // Bounded by the deadline: each pass waits for the socket to turn readable again.
     loop {
         if tokio::time::timeout_at(deadline, stream.readable()).await.is_err() {
-            return timed_out(&buf[..have]);
+            let found = timed_out(&buf[..have]);
+            // Bytes are waiting, but tokio believes the socket drained (the clear below) and, its
+            // epoll registration being edge-triggered, would wait for more before reading:
+            // registering it afresh reports what is there.
+            let stream = if cleared { TcpStream::from_std(stream.into_std()?)? } else { stream };
+            return Ok((found, stream));
         }
         // A peek that finds nothing new clears the readiness (WouldBlock), so the next wait
         // sleeps until more bytes come, instead of spinning on the bytes already seen.
         let peeked = stream.try_io(Interest::READABLE, || {
-            let n = peek(stream, &mut buf)?;
+            let n = peek(&stream, &mut buf)?;
             if n == have && n != 0 && n < buf.len() {
+                cleared = true;
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             Ok(n)
         });
         match peeked {
-            Ok(0) => return Found::Other, // closed before sending anything
+            // Closed before sending anything.
+            Ok(0) => return Ok((Found::Other, stream)),
             Ok(n) => {
                 have = n;
                 if let Some(found) = classify(&buf[..have], have == buf.len()) {
-                    return found;
+                    return Ok((found, stream));
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return Found::Other,
+            Err(_) => return Ok((Found::Other, stream)),
         }
     }
 }

@@ -129,7 +129,16 @@ impl Interception {
         let found = if self.opaque_ports.contains(&original.port()) {
             None
         } else {
-            Some(detect::detect(&conn.stream, self.detect_timeout).await)
+            match detect::detect(conn.stream, self.detect_timeout).await {
+                Ok((found, stream)) => {
+                    conn.stream = stream;
+                    Some(found)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, peer = %conn.peer, "protocol detection failed; connection closed");
+                    return;
+                }
+            }
         };
         let counted = found.as_ref().map_or(Detection::Opaque, Found::detection);
         self.telemetry.metrics.protocol_detected(self.direction, counted);
