@@ -17,48 +17,29 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::netns::{in_netns, terminate, Pair};
 
 const POD_IP: &str = "10.232.7.1";
 const CLIENT_IP: &str = "10.232.7.2";
 
-/// The namespaces and processes of one run; torn down on drop.
+/// The namespaces and processes of one run; torn down on drop, the processes first.
 struct Pod {
-    pod: String,
-    client: String,
     procs: Vec<Child>,
+    ns: Pair,
 }
 
 impl Pod {
-    fn ip(args: &[&str]) {
-        let out = Command::new("ip").args(args).output().expect("run ip");
-        assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    }
-
     /// Creates both namespaces (the guard owns them from the first one on) and the veth pair.
     fn new() -> Self {
-        let id = std::process::id();
-        let pod = Pod { pod: format!("tandem-pod-{id}"), client: format!("tandem-cli-{id}"), procs: Vec::new() };
-        for ns in [&pod.pod, &pod.client] {
-            Pod::ip(&["netns", "add", ns]);
-        }
-        for ns in [&pod.pod, &pod.client] {
-            Pod::ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        Pod::ip(&["-n", &pod.pod, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &pod.client]);
-        for (ns, addr) in [(&pod.pod, POD_IP), (&pod.client, CLIENT_IP)] {
-            Pod::ip(&["-n", ns, "addr", "add", &format!("{addr}/30"), "dev", "eth0"]);
-            Pod::ip(&["-n", ns, "link", "set", "eth0", "up"]);
-        }
-        pod
+        Pod { procs: Vec::new(), ns: Pair::new("pod", POD_IP, CLIENT_IP) }
     }
 
     /// Starts `tandem ARGS` inside the pod namespace with `ip netns exec`.
     fn spawn(&mut self, args: &[&str]) -> u32 {
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.pod, support::bin()])
+            .args(["netns", "exec", &self.ns.pod, support::bin()])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -77,25 +58,7 @@ impl Drop for Pod {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Removing a namespace removes its end of the veth pair, and with it the other end.
-        for ns in [&self.pod, &self.client] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
-        }
     }
-}
-
-/// Runs `f` on a thread that has joined network namespace `ns`.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open the namespace");
-        // SAFETY: setns moves only this thread into the namespace; the descriptor is valid.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("namespace thread")
 }
 
 /// One HTTP/1.1 request with `Connection: close`; the whole response as text.
@@ -158,7 +121,7 @@ fn the_seeds_pod_out_of_network_namespaces() {
     let admin: SocketAddr = format!("{POD_IP}:15020").parse().expect("addr");
     let app: SocketAddr = format!("{POD_IP}:8080").parse().expect("addr");
 
-    let (hello, app_direct, app_ready, shutdown) = in_netns(&pod.client, move || {
+    let (hello, app_direct, app_ready, shutdown) = in_netns(&pod.ns.client, move || {
         poll_200(admin, "/ready");
         poll_200(admin, "/ready/app");
         let hello = http(inbound, "GET", "/hello").expect("through tandem");
@@ -181,20 +144,10 @@ fn the_seeds_pod_out_of_network_namespaces() {
     assert!(shutdown.starts_with("HTTP/1.1 403"), "{shutdown}");
 
     // Inside the pod, loopback reaches the app directly (the shared network namespace).
-    let inside = in_netns(&pod.pod, || http("127.0.0.1:8080".parse().expect("addr"), "GET", "/inside"));
+    let inside = in_netns(&pod.ns.pod, || http("127.0.0.1:8080".parse().expect("addr"), "GET", "/inside"));
     assert!(inside.expect("inside the pod").starts_with("HTTP/1.1 200"));
 
     // SIGTERM by PID: tandem drains and exits 0.
-    // SAFETY: signals the tandem process this test started.
-    assert_eq!(unsafe { libc::kill(tandem_pid as i32, libc::SIGTERM) }, 0);
     let child = pod.procs.iter_mut().find(|c| c.id() == tandem_pid).expect("tandem");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "tandem did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(terminate(child).code(), Some(0));
 }

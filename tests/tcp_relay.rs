@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tandem::base::reason::Direction;
 use tandem::config::{Config, Sources};
-use tandem::listener::detect::{detect, Found};
+use tandem::listener::detect::{classify, detect, server_name, Found};
 use tandem::tcp::relay::{connect, Ended, Relay};
 use tandem::telemetry::access_log::AccessLog;
 use tandem::telemetry::metrics::Metrics;
@@ -278,4 +278,19 @@ fn the_transparent_keys_are_checked_by_name() {
     let defaults = Config::default().transparent;
     assert!([25, 587, 3306, 4444, 5432, 6379, 9300, 11211].iter().all(|p| defaults.is_opaque(*p)));
     assert_eq!(defaults.detect_timeout.value, Duration::from_millis(500));
+}
+
+#[test]
+fn a_client_hello_is_tls_with_its_server_name() {
+    let hello = support::client_hello("orders.shop.svc");
+    assert_eq!(classify(&hello, false), Some(Found::Tls { server_name: Some("orders.shop.svc".into()) }));
+    // Part of the record: wait for the rest, and at the end take it as TLS without a name.
+    assert_eq!(classify(&hello[..20], false), None);
+    assert_eq!(classify(&hello[..20], true), Some(Found::Tls { server_name: None }));
+    // A name past the end of the bytes read is never invented.
+    for cut in 0..hello.len() {
+        if let Some(name) = server_name(&hello[..cut]) {
+            assert_eq!(name, "orders.shop.svc", "cut at {cut}");
+        }
+    }
 }

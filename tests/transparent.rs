@@ -20,9 +20,9 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::netns::{in_netns, run, terminate, Pair};
 
 const POD_IP: &str = "10.233.9.1";
 const CLIENT_IP: &str = "10.233.9.2";
@@ -30,39 +30,19 @@ const CLIENT_IP: &str = "10.233.9.2";
 const TANDEM_UID: &str = "1337";
 const GREETING: &[u8] = b"220 server speaks first\r\n";
 
-/// The namespaces and tandem; torn down on drop.
+/// The namespaces (with their rules) and tandem; torn down on drop, tandem first.
 struct Pod {
-    pod: String,
-    client: String,
     tandem: Option<Child>,
-}
-
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("run {program}: {e}"));
-    assert!(out.status.success(), "{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    ns: Pair,
 }
 
 impl Pod {
     fn new() -> Self {
-        let id = std::process::id();
-        let pod = Pod { pod: format!("tdm-tp-pod-{id}"), client: format!("tdm-tp-cli-{id}"), tandem: None };
-        for ns in [&pod.pod, &pod.client] {
-            run("ip", &["netns", "add", ns]);
-            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
-        }
-        run(
-            "ip",
-            &["-n", &pod.pod, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &pod.client],
-        );
-        for (ns, addr) in [(&pod.pod, POD_IP), (&pod.client, CLIENT_IP)] {
-            run("ip", &["-n", ns, "addr", "add", &format!("{addr}/30"), "dev", "eth0"]);
-            run("ip", &["-n", ns, "link", "set", "eth0", "up"]);
-        }
-        pod
+        Pod { tandem: None, ns: Pair::new("tp", POD_IP, CLIENT_IP) }
     }
 
     fn iptables(&self, rule: &str) {
-        let mut args = vec!["netns", "exec", &self.pod, "iptables", "-w", "-t", "nat"];
+        let mut args = vec!["netns", "exec", &self.ns.pod, "iptables", "-w", "-t", "nat"];
         args.extend(rule.split_whitespace());
         run("ip", &args);
     }
@@ -74,24 +54,7 @@ impl Drop for Pod {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for ns in [&self.pod, &self.client] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
-        }
     }
-}
-
-/// Runs `f` on a thread that has joined network namespace `ns` (sockets it makes live there).
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open the namespace");
-        // SAFETY: setns moves only this thread into the namespace; the descriptor is valid.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("namespace thread")
 }
 
 /// Binds `addr` in namespace `ns` and serves at most 32 connections with `handler`, each on a
@@ -191,29 +154,6 @@ fn binary(n: usize) -> Vec<u8> {
     v
 }
 
-/// A ClientHello record naming `name` (enough of one for the detector and the SNI).
-fn client_hello(name: &str) -> Vec<u8> {
-    let mut sni = ((name.len() + 3) as u16).to_be_bytes().to_vec();
-    sni.push(0);
-    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    sni.extend_from_slice(name.as_bytes());
-    let mut exts = vec![0, 0];
-    exts.extend_from_slice(&(sni.len() as u16).to_be_bytes());
-    exts.extend_from_slice(&sni);
-    let mut body = vec![3, 3];
-    body.extend_from_slice(&[9u8; 32]);
-    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
-    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
-    body.extend_from_slice(&exts);
-    let mut hs = vec![1];
-    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    hs.extend_from_slice(&body);
-    let mut rec = vec![0x16, 3, 1];
-    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-    rec.extend_from_slice(&hs);
-    rec
-}
-
 fn skip_reason() -> Option<&'static str> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -244,14 +184,14 @@ fn redirected_connections_are_detected_and_reach_their_original_destination() {
     let log = dir.join("access.log");
 
     for port in ["8080", "8081"] {
-        serve(&pod.pod, &format!("127.0.0.1:{port}"), http_app);
+        serve(&pod.ns.pod, &format!("127.0.0.1:{port}"), http_app);
     }
-    serve(&pod.pod, "127.0.0.1:6379", echo);
-    serve(&pod.pod, "127.0.0.1:3306", greeter);
-    serve(&pod.pod, "127.0.0.1:7000", greeter);
-    serve(&pod.client, &format!("{CLIENT_IP}:9090"), http_app);
-    serve(&pod.client, &format!("{CLIENT_IP}:9191"), echo);
-    serve(&pod.client, &format!("{CLIENT_IP}:9443"), echo);
+    serve(&pod.ns.pod, "127.0.0.1:6379", echo);
+    serve(&pod.ns.pod, "127.0.0.1:3306", greeter);
+    serve(&pod.ns.pod, "127.0.0.1:7000", greeter);
+    serve(&pod.ns.client, &format!("{CLIENT_IP}:9090"), http_app);
+    serve(&pod.ns.client, &format!("{CLIENT_IP}:9191"), echo);
+    serve(&pod.ns.client, &format!("{CLIENT_IP}:9443"), echo);
 
     pod.iptables(
         "-A PREROUTING -i eth0 -p tcp -m multiport --dports 8080,8081,6379,3306,7000 -j REDIRECT --to-ports 15006",
@@ -261,7 +201,7 @@ fn redirected_connections_are_detected_and_reach_their_original_destination() {
     ));
 
     let tandem = Command::new("ip")
-        .args(["netns", "exec", &pod.pod, "setpriv", "--reuid", TANDEM_UID, "--regid", TANDEM_UID, "--clear-groups"])
+        .args(["netns", "exec", &pod.ns.pod, "setpriv", "--reuid", TANDEM_UID, "--regid", TANDEM_UID, "--clear-groups"])
         .arg(support::bin())
         .args(["run", "--app", "127.0.0.1:8080", "--inbound", "0.0.0.0:15006", "--admin", "0.0.0.0:15020"])
         .args(["--outbound", "127.0.0.1:15001", "--workers", "1", "--access-log"])
@@ -273,11 +213,10 @@ fn redirected_connections_are_detected_and_reach_their_original_destination() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn tandem");
-    let tandem_pid = tandem.id();
     pod.tandem = Some(tandem);
     let admin = format!("{POD_IP}:15020");
     let admin_c = admin.clone();
-    in_netns(&pod.client, move || {
+    in_netns(&pod.ns.client, move || {
         support::poll_blocking(Duration::from_secs(30), "tandem ready", || {
             let addr: SocketAddr = admin_c.parse().ok()?;
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
@@ -289,7 +228,7 @@ fn redirected_connections_are_detected_and_reach_their_original_destination() {
     });
 
     // Inbound, from the client namespace to the pod's own ports.
-    let client_ns = pod.client.clone();
+    let client_ns = pod.ns.client.clone();
     let (a, b, h2, opaque, fast_greeting, slow_greeting) = in_netns(&client_ns, || {
         let a = get(&format!("{POD_IP}:8080"), "shop", "/a");
         let b = get(&format!("{POD_IP}:8081"), "shop", "/b");
@@ -317,7 +256,7 @@ fn redirected_connections_are_detected_and_reach_their_original_destination() {
     assert_eq!(slow_greeting.as_bytes(), GREETING, "another port: the greeting comes after the detection timeout");
 
     // Outbound, from the "app" in the pod namespace (not tandem's uid: redirected).
-    let pod_ns = pod.pod.clone();
+    let pod_ns = pod.ns.pod.clone();
     let (redirected, forward, raw, tls) = in_netns(&pod_ns, || {
         let redirected = get(&format!("{CLIENT_IP}:9090"), "elsewhere.invalid:7", "/out");
         let forward = http(
@@ -327,14 +266,14 @@ fn redirected_connections_are_detected_and_reach_their_original_destination() {
             ),
         );
         let raw = exchange(connect(&format!("{CLIENT_IP}:9191")), binary(64 * 1024));
-        let tls = exchange(connect(&format!("{CLIENT_IP}:9443")), client_hello("orders.shop.example"));
+        let tls = exchange(connect(&format!("{CLIENT_IP}:9443")), support::client_hello("orders.shop.example"));
         (redirected, forward, raw, tls)
     });
     assert!(redirected.starts_with("HTTP/1.1 200") && redirected.contains("port=9090"), "{redirected}");
     assert!(redirected.contains("elsewhere.invalid:7"), "the Host the app chose is kept: {redirected}");
     assert!(forward.starts_with("HTTP/1.1 200") && forward.contains("port=9090"), "forward-proxy mode: {forward}");
     assert!(raw == binary(64 * 1024), "outbound opaque bytes come back exactly");
-    assert!(tls == client_hello("orders.shop.example"), "a ClientHello not terminated passes through");
+    assert!(tls == support::client_hello("orders.shop.example"), "a ClientHello not terminated passes through");
 
     // An opaque connection still open at the stop is cut at the drain deadline, flagged LR.
     let held = in_netns(&client_ns, || {
@@ -366,17 +305,7 @@ fn redirected_connections_are_detected_and_reach_their_original_destination() {
     assert!(count("outbound", "tls") >= 1.0, "{metrics}");
 
     // SIGTERM: tandem drains, cuts the held connection at the deadline and exits 0.
-    // SAFETY: signals the tandem process this test started.
-    assert_eq!(unsafe { libc::kill(tandem_pid as i32, libc::SIGTERM) }, 0);
-    let child = pod.tandem.as_mut().expect("tandem");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "tandem did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = terminate(pod.tandem.as_mut().expect("tandem"));
     assert_eq!(status.code(), Some(0));
     drop(held);
 

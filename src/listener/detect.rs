@@ -287,52 +287,10 @@ mod tests {
         assert_eq!(classify(b"PING", true), Some(Found::Other));
     }
 
-    /// A ClientHello carrying `name`, as a TLS client writes it.
-    fn client_hello(name: &str) -> Vec<u8> {
-        let mut sni = Vec::new();
-        sni.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
-        sni.push(0);
-        sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        sni.extend_from_slice(name.as_bytes());
-        let mut exts = Vec::new();
-        exts.extend_from_slice(&[0x00, 0x0b, 0x00, 0x02, 0x01, 0x00]); // ec_point_formats first
-        exts.extend_from_slice(&[0x00, 0x00]);
-        exts.extend_from_slice(&(sni.len() as u16).to_be_bytes());
-        exts.extend_from_slice(&sni);
-        let mut body = vec![0x03, 0x03];
-        body.extend_from_slice(&[7u8; 32]);
-        body.push(0); // session id
-        body.extend_from_slice(&[0x00, 0x02, 0x13, 0x01]); // one suite
-        body.extend_from_slice(&[0x01, 0x00]); // null compression
-        body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
-        body.extend_from_slice(&exts);
-        let mut hs = vec![0x01];
-        hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-        hs.extend_from_slice(&body);
-        let mut rec = vec![0x16, 0x03, 0x01];
-        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-        rec.extend_from_slice(&hs);
-        rec
-    }
-
     #[test]
-    fn a_client_hello_is_tls_with_its_server_name() {
-        let hello = client_hello("orders.shop.svc");
-        assert_eq!(classify(&hello, false), Some(Found::Tls { server_name: Some("orders.shop.svc".into()) }));
-        // Part of the record: wait for the rest, and at the end take it as TLS without a name.
-        assert_eq!(classify(&hello[..20], false), None);
-        assert_eq!(classify(&hello[..20], true), Some(Found::Tls { server_name: None }));
-        assert_eq!(timed_out(&hello[..3]), Found::Tls { server_name: None });
+    fn at_the_timeout_a_partial_record_is_tls_and_anything_else_a_timeout() {
+        assert_eq!(timed_out(&[0x16, 0x03, 0x01]), Found::Tls { server_name: None });
         assert_eq!(timed_out(b"GET /"), Found::Timeout);
-    }
-
-    #[test]
-    fn a_server_name_past_the_end_of_the_bytes_is_not_invented() {
-        let hello = client_hello("a.example");
-        for cut in 0..hello.len() {
-            if let Some(name) = server_name(&hello[..cut]) {
-                assert_eq!(name, "a.example", "cut at {cut}");
-            }
-        }
+        assert_eq!(timed_out(b""), Found::Timeout);
     }
 }

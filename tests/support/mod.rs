@@ -3,6 +3,7 @@
 //! the binary under test ([`bin`]), and in [`procs`] the built binary driven as a process.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod procs;
 
 // Not every test file uses these.
@@ -442,4 +443,27 @@ pub async fn request(
         b = b.header(*k, *v);
     }
     send(&h1(), b.body(Full::new(Bytes::from(body.to_owned()))).expect("request")).await
+}
+
+/// A ClientHello record naming `name` (enough of one for the detector and the SNI).
+pub fn client_hello(name: &str) -> Vec<u8> {
+    let mut sni = ((name.len() + 3) as u16).to_be_bytes().to_vec();
+    sni.push(0);
+    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni.extend_from_slice(name.as_bytes());
+    let mut exts = vec![0, 0];
+    exts.extend_from_slice(&(sni.len() as u16).to_be_bytes());
+    exts.extend_from_slice(&sni);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[9u8; 32]);
+    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    body.extend_from_slice(&exts);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
 }
