@@ -109,6 +109,18 @@ async fn a_listen_address_change_is_refused_naming_the_key_and_the_old_configura
 }
 
 #[tokio::test]
+async fn a_transparent_key_change_is_refused_naming_the_key() {
+    let s = Setup::new("reload-transparent").await;
+    s.write("", "access_log:\n  destination: off\n");
+    let t = run_file(&s.file);
+    s.write("", "access_log:\n  destination: off\ntransparent:\n  detect_timeout: 2s\n");
+    let (status, body) = post_reload(t.admin).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("transparent.detect_timeout: changing it needs a restart"), "{body}");
+    assert_eq!(status_of(t.inbound, "/hello").await, (200, None));
+}
+
+#[tokio::test]
 async fn an_invalid_file_is_refused_with_checks_messages_and_tandem_keeps_serving() {
     let s = Setup::new("reload-invalid").await;
     s.write("", "access_log:\n  destination: off\n");

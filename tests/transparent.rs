@@ -255,6 +255,25 @@ fn redirected_connections_are_detected_and_reach_their_original_destination() {
     assert_eq!(fast_greeting.as_bytes(), GREETING, "opaque port: the server speaks first");
     assert_eq!(slow_greeting.as_bytes(), GREETING, "another port: the greeting comes after the detection timeout");
 
+    // A reload (the same flags and environment, read again) swaps the connection settings; the
+    // interception is not among them and keeps working.
+    let pid = pod.tandem.as_ref().expect("tandem").id();
+    // SAFETY: kill has no memory preconditions; the pid is tandem's, a child of this test.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) }, 0);
+    let admin_r = admin.clone();
+    in_netns(&client_ns, move || {
+        support::poll_blocking(Duration::from_secs(30), "the reload applied", || {
+            let metrics = get(&admin_r, "a", "/metrics");
+            metrics.contains("tandem_config_reloads_total{result=\"applied\"} 1").then_some(())
+        })
+    });
+    let (after, opaque_after) = in_netns(&client_ns, || {
+        let after = get(&format!("{POD_IP}:8081"), "shop", "/after-reload");
+        (after, exchange(connect(&format!("{POD_IP}:6379")), binary(1024)))
+    });
+    assert!(after.starts_with("HTTP/1.1 200") && after.contains("port=8081"), "after a reload: {after}");
+    assert!(opaque_after == binary(1024), "after a reload the opaque port still relays");
+
     // Outbound, from the "app" in the pod namespace (not tandem's uid: redirected).
     let pod_ns = pod.ns.pod.clone();
     let (redirected, forward, raw, tls) = in_netns(&pod_ns, || {
