@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::hpack_int;
+
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -52,22 +54,6 @@ fn block(fields: &[(&str, &str)]) -> Vec<u8> {
         }
     }
     b
-}
-
-/// An integer with an `n`-bit prefix (section 5.1), `first` holding the bits above it.
-fn hpack_int(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
-    let max = (1usize << n) - 1;
-    if v < max {
-        out.push(first | v as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    v -= max;
-    while v >= 128 {
-        out.push((v % 128) as u8 | 0x80);
-        v /= 128;
-    }
-    out.push(v as u8);
 }
 
 /// RFC 7541 Appendix A.

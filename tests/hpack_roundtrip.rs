@@ -3,7 +3,10 @@
 //! (every representation: indexed, literal with and without indexing, never indexed, table size
 //! updates; plain and Huffman strings) decoded against a model of the dynamic table kept here.
 
+mod support;
+
 use bytes::{BufMut, BytesMut};
+use support::hpack_int;
 use tandem::h2::hpack::{huffman_encode, Decoder, Encoder, ENTRY_OVERHEAD};
 
 const STATIC_NAMES: [&str; 8] =
@@ -53,31 +56,15 @@ fn tandems_encoder_then_its_decoder_gives_back_every_field() {
     }
 }
 
-/// RFC 7541 section 5.1.
-fn int(dst: &mut BytesMut, first: u8, prefix: u32, mut v: usize) {
-    let max = (1usize << prefix) - 1;
-    if v < max {
-        dst.put_u8(first | v as u8);
-        return;
-    }
-    dst.put_u8(first | max as u8);
-    v -= max;
-    while v >= 128 {
-        dst.put_u8((v % 128) as u8 | 0x80);
-        v /= 128;
-    }
-    dst.put_u8(v as u8);
-}
-
 /// RFC 7541 section 5.2, Huffman-coded or not.
 fn string(dst: &mut BytesMut, s: &[u8], huffman: bool) {
     if huffman {
         let mut coded = BytesMut::new();
         huffman_encode(s, &mut coded);
-        int(dst, 0x80, 7, coded.len());
+        hpack_int(dst, 0x80, 7, coded.len());
         dst.put_slice(&coded);
     } else {
-        int(dst, 0, 7, s.len());
+        hpack_int(dst, 0, 7, s.len());
         dst.put_slice(s);
     }
 }
@@ -116,7 +103,7 @@ fn every_representation_written_here_decodes_as_the_table_model_says() {
             if rng.u8(..4) == 0 {
                 model.max = rng.usize(0..=limit);
                 model.evict();
-                int(&mut dst, 0x20, 5, model.max);
+                hpack_int(&mut dst, 0x20, 5, model.max);
             }
             for _ in 0..rng.usize(0..20) {
                 let huffman = rng.bool();
@@ -125,10 +112,10 @@ fn every_representation_written_here_decodes_as_the_table_model_says() {
                     0 => {
                         let i = rng.usize(0..61 + model.entries.len());
                         if i < 61 {
-                            int(&mut dst, 0x80, 7, 2); // :method GET
+                            hpack_int(&mut dst, 0x80, 7, 2); // :method GET
                             want.push((b":method".to_vec(), b"GET".to_vec()));
                         } else {
-                            int(&mut dst, 0x80, 7, 62 + (i - 61));
+                            hpack_int(&mut dst, 0x80, 7, 62 + (i - 61));
                             want.push(model.entries[i - 61].clone());
                         }
                     }
@@ -136,13 +123,13 @@ fn every_representation_written_here_decodes_as_the_table_model_says() {
                     1 | 2 => {
                         let (n, v) = field(&mut rng);
                         if rng.bool() {
-                            int(&mut dst, 0x40, 6, 0);
+                            hpack_int(&mut dst, 0x40, 6, 0);
                             string(&mut dst, &n, huffman);
                             string(&mut dst, &v, huffman);
                             want.push((n.clone(), v.clone()));
                             model.add(n, v);
                         } else {
-                            int(&mut dst, 0x40, 6, 4); // :path
+                            hpack_int(&mut dst, 0x40, 6, 4); // :path
                             string(&mut dst, &v, huffman);
                             want.push((b":path".to_vec(), v.clone()));
                             model.add(b":path".to_vec(), v);
@@ -151,7 +138,7 @@ fn every_representation_written_here_decodes_as_the_table_model_says() {
                     // Without indexing (0000) or never indexed (0001): the table is untouched.
                     k => {
                         let (n, v) = field(&mut rng);
-                        int(&mut dst, if k == 3 { 0x00 } else { 0x10 }, 4, 0);
+                        hpack_int(&mut dst, if k == 3 { 0x00 } else { 0x10 }, 4, 0);
                         string(&mut dst, &n, huffman);
                         string(&mut dst, &v, huffman);
                         want.push((n, v));

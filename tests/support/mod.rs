@@ -467,3 +467,20 @@ pub fn client_hello(name: &str) -> Vec<u8> {
     rec.extend_from_slice(&hs);
     rec
 }
+
+/// An HPACK integer with an `n`-bit prefix (RFC 7541 section 5.1), `first` holding the bits above
+/// it: the tests' own encoder, independent of tandem's.
+pub fn hpack_int(out: &mut impl bytes::BufMut, first: u8, n: u32, mut v: usize) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.put_u8(first | v as u8);
+        return;
+    }
+    out.put_u8(first | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.put_u8((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.put_u8(v as u8);
+}
